@@ -1,0 +1,332 @@
+"""Self-describing safetensors checkpoints, atomic writes, and voxceleb_trainer import.
+
+A checkpoint is one ``.safetensors`` file: model weights under ``model.``, loss parameters under
+``loss.``, and in the metadata (key ``xvec``) a JSON record of everything needed to rebuild the
+model: its registered name and parameters, the package that provides it, the loss, the epoch,
+training metrics and the resolved recipe. No pickle is involved anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from xvec import __version__, registry
+from xvec.errors import XvecError
+
+FORMAT = "xvec-checkpoint"
+FORMAT_VERSION = 1
+MODEL_PREFIX = "model."
+LOSS_PREFIX = "loss."
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint holds, decoded (tensors stay on CPU)."""
+
+    meta: dict[str, Any]
+    model_state: dict[str, torch.Tensor]
+    loss_state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def model_name(self) -> str:
+        return self.meta["model"]["name"]
+
+    @property
+    def model_params(self) -> dict[str, Any]:
+        return self.meta["model"]["params"]
+
+
+def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` so a crash leaves either the old file or the new one.
+
+    Writes a temporary file in the same folder, fsyncs it, renames it over the target and fsyncs
+    the folder. On failure (disk full, permissions) the previous file is untouched.
+    """
+    path = Path(path)
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise XvecError(f"{folder}: cannot write here ({exc.strerror or exc})") from exc
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except OSError as exc:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise XvecError(
+            f"{path}: write failed, previous file kept ({exc.strerror or exc})"
+        ) from exc
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:  # pragma: no cover - some filesystems refuse directory fsync
+        pass
+
+
+def _component_record(kind: str, name: str, params: Any) -> dict[str, Any]:
+    params_dict = params.model_dump(mode="json") if hasattr(params, "model_dump") else params
+    record: dict[str, Any] = {"name": name, "params": params_dict or {}}
+    try:
+        entry = registry.get_entry(kind, name)
+        record["package"] = entry.distribution
+        record["package_version"] = entry.version
+    except XvecError:
+        record["package"] = None
+    return record
+
+
+def serialize(
+    model: torch.nn.Module,
+    model_name: str,
+    *,
+    loss: torch.nn.Module | None = None,
+    loss_name: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> bytes:
+    """Encode a model (and optionally its loss) with its full description as safetensors bytes."""
+    tensors = {
+        MODEL_PREFIX + key: value.detach().cpu().contiguous().clone()
+        for key, value in model.state_dict().items()
+    }
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "xvec_version": __version__,
+        "model": _component_record("model", model_name, getattr(model, "params", {})),
+        "embedding_dim": int(getattr(model, "embedding_dim", 0) or 0),
+        "sample_rate": int(getattr(model, "sample_rate", 16000)),
+        "loss": None,
+    }
+    if loss is not None and loss_name is not None:
+        meta["loss"] = _component_record("loss", loss_name, getattr(loss, "params", {}))
+        meta["loss"]["num_classes"] = getattr(loss, "num_classes", None)
+        tensors.update(
+            {
+                LOSS_PREFIX + key: value.detach().cpu().contiguous().clone()
+                for key, value in loss.state_dict().items()
+            }
+        )
+    meta.update(extra or {})
+    return st_save(tensors, metadata={"xvec": json.dumps(meta)})
+
+
+def save_checkpoint(
+    path: str | Path, model: torch.nn.Module, model_name: str, **kwargs: Any
+) -> Path:
+    """Atomically write a self-describing checkpoint; see :func:`serialize` for arguments."""
+    path = Path(path)
+    atomic_write_bytes(path, serialize(model, model_name, **kwargs))
+    return path
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """Read and check a checkpoint file; anything that is not one gives a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise XvecError(f"{path}: checkpoint file not found")
+    data = path.read_bytes()
+    try:
+        tensors = st_load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + header_len])
+    except (SafetensorError, ValueError, UnicodeDecodeError, OverflowError) as exc:
+        raise XvecError(
+            f"{path}: not a readable safetensors file ({str(exc).splitlines()[0][:120]}); "
+            "is it truncated, or a voxceleb_trainer .model (use 'xvec import-vt')?"
+        ) from exc
+    raw = (header.get("__metadata__") or {}).get("xvec")
+    if raw is None:
+        raise XvecError(
+            f"{path}: safetensors file without xvec metadata; it was not written by xvec "
+            "(import voxceleb_trainer models with 'xvec import-vt')"
+        )
+    meta = json.loads(raw)
+    if meta.get("format") != FORMAT:
+        raise XvecError(f"{path}: unknown checkpoint format {meta.get('format')!r}")
+    model_state = {
+        k[len(MODEL_PREFIX) :]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)
+    }
+    loss_state = {k[len(LOSS_PREFIX) :]: v for k, v in tensors.items() if k.startswith(LOSS_PREFIX)}
+    return Checkpoint(meta=meta, model_state=model_state, loss_state=loss_state)
+
+
+def _missing_component(path: Path, kind: str, record: dict[str, Any], exc: XvecError) -> XvecError:
+    package = record.get("package")
+    if package and package != "xvec":
+        version = record.get("package_version")
+        spec = f"{package}=={version}" if version else package
+        return XvecError(
+            f"{path}: this checkpoint needs {kind} '{record['name']}' from package '{package}', "
+            f"which is not installed; install it (pip install '{spec}')"
+        )
+    return XvecError(f"{path}: {exc}")
+
+
+def build_model(path: str | Path, ckpt: Checkpoint) -> torch.nn.Module:
+    """Instantiate the checkpoint's model class from its recorded parameters and load weights."""
+    path = Path(path)
+    record = ckpt.meta["model"]
+    try:
+        model = registry.build("model", record["name"], record["params"])
+    except XvecError as exc:
+        raise _missing_component(path, "model", record, exc) from exc
+    load_state_strict(model, ckpt.model_state, str(path))
+    return model
+
+
+def build_loss(path: str | Path, ckpt: Checkpoint) -> torch.nn.Module | None:
+    """Instantiate the checkpoint's loss (if it has one) and load its parameters."""
+    record = ckpt.meta.get("loss")
+    if not record:
+        return None
+    try:
+        loss = registry.build(
+            "loss",
+            record["name"],
+            record["params"],
+            embedding_dim=ckpt.meta["embedding_dim"],
+            num_classes=record.get("num_classes"),
+        )
+    except XvecError as exc:
+        raise _missing_component(Path(path), "loss", record, exc) from exc
+    load_state_strict(loss, ckpt.loss_state, str(path))
+    return loss
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Rebuild a model from a checkpoint's metadata alone, in eval mode, ready for inference."""
+    ckpt = read_checkpoint(path)
+    model = build_model(path, ckpt)
+    model.checkpoint_meta = ckpt.meta  # type: ignore[attr-defined]
+    return model.to(device).eval()
+
+
+def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load a state dict, naming the first few missing, unexpected or mis-shaped keys."""
+    expected = module.state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    mismatched = [
+        f"{key} {tuple(state[key].shape)} vs expected {tuple(expected[key].shape)}"
+        for key in expected
+        if key in state and state[key].shape != expected[key].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+    if mismatched:
+        problems.append(f"{len(mismatched)} of wrong shape (e.g. {'; '.join(mismatched[:3])})")
+    if problems:
+        raise XvecError(
+            f"{source}: weights do not fit {type(module).__name__}: {'; '.join(problems)}; "
+            "check the architecture options (model, encoder, n_mels, nOut, loss)"
+        )
+    module.load_state_dict(state, strict=True)
+
+
+# --------------------------------------------------------------------------- voxceleb_trainer
+
+
+def read_voxceleb_trainer(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a voxceleb_trainer ``.model`` file without executing any code.
+
+    Accepts the bare state dict of the published models and the ``{"model_state_dict": ...}``
+    format of current voxceleb_trainer. Uses ``torch.load(weights_only=True)``: a file whose
+    unpickling would need arbitrary code is refused.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise XvecError(f"{path}: file not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ... for bad files
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            raise XvecError(
+                f"{path}: refused: loading it would run arbitrary code from the pickle "
+                f"({first}); only plain tensor state dicts are accepted"
+            ) from exc
+        raise XvecError(f"{path}: not a readable PyTorch checkpoint ({first})") from exc
+    if isinstance(obj, dict) and "model_state_dict" in obj:
+        obj = obj["model_state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise XvecError(f"{path}: expected a state dict of tensors (voxceleb_trainer .model)")
+    return obj
+
+
+def split_voxceleb_trainer(
+    state: dict[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Split a SpeakerNet state dict into model (``__S__.``) and loss (``__L__.``) parts."""
+    model_state, loss_state = {}, {}
+    for key, value in state.items():
+        name = key.removeprefix("module.")
+        if name.startswith("__S__."):
+            model_state[name[len("__S__.") :]] = value
+        elif name.startswith("__L__."):
+            loss_state[name[len("__L__.") :]] = value
+        else:
+            model_state[name] = value
+    return model_state, loss_state
+
+
+def import_voxceleb_trainer(
+    source: str | Path,
+    output: str | Path,
+    model_name: str,
+    model_params: dict[str, Any],
+    loss_name: str | None = None,
+    loss_params: dict[str, Any] | None = None,
+    num_classes: int | None = None,
+) -> Path:
+    """Convert a voxceleb_trainer ``.model`` into a self-describing xvec checkpoint."""
+    source = Path(source)
+    model_state, loss_state = split_voxceleb_trainer(read_voxceleb_trainer(source))
+    model = registry.build("model", model_name, model_params)
+    model_state = type(model).from_voxceleb_trainer(model_state)
+    load_state_strict(model, model_state, str(source))
+    loss = None
+    if loss_name is not None:
+        if num_classes is None:
+            num_classes = _infer_num_classes(loss_state)
+        loss = registry.build(
+            "loss",
+            loss_name,
+            loss_params or {},
+            embedding_dim=model.embedding_dim,
+            num_classes=num_classes,
+        )
+        load_state_strict(loss, loss_state, f"{source} (loss part)")
+    extra = {"imported_from": {"format": "voxceleb_trainer", "file": source.name}}
+    return save_checkpoint(output, model, model_name, loss=loss, loss_name=loss_name, extra=extra)
+
+
+def _infer_num_classes(loss_state: dict[str, torch.Tensor]) -> int | None:
+    """The class count implied by a classification head's weight, if there is one."""
+    for key in ("W", "weight", "fc.weight", "softmax.fc.weight"):
+        if key in loss_state:
+            tensor = loss_state[key]
+            return int(tensor.shape[1] if key == "W" else tensor.shape[0])
+    return None

@@ -1,0 +1,239 @@
+"""Recipes: TOML files validated by pydantic, with ``--set section.field=value`` overrides.
+
+Every section forbids unknown fields, so a typo (voxceleb_trainer's ``nLcasses``) is an error
+naming the file, the field path and the allowed fields. The ``[model]`` and ``[loss]`` sections
+take a registered ``name`` plus that item's own parameters, checked against its schema.
+Defaults follow voxceleb_trainer's where it has one.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from xvec.errors import XvecError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class Section(BaseModel):
+    """A recipe section: unknown fields are errors."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class DataConfig(Section):
+    """Where the training and test data live and how utterances are cropped."""
+
+    train_list: Path | None = None
+    train_path: Path = Path("data/voxceleb2")
+    test_list: Path | None = None
+    test_path: Path = Path("data/voxceleb1")
+    max_frames: int = Field(200, gt=0, description="training crop, in 10 ms frames")
+    eval_frames: int = Field(300, ge=0, description="evaluation crop (vt-crops); 0 = whole file")
+    num_eval: int = Field(10, gt=0, description="evaluation crops per file (vt-crops)")
+
+
+class NamedSection(Section):
+    """``name`` of a registered item plus its own parameters (validated by the registry)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _collect_params(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "params" not in data:
+            data = dict(data)
+            name = data.pop("name", None)
+            params = data
+            data = {"params": params}
+            if name is not None:
+                data["name"] = name
+        return data
+
+
+class OptimConfig(Section):
+    """Optimiser, learning-rate schedule and gradient clipping."""
+
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(0.001, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    scheduler: Literal["steplr", "cosine", "none"] = "steplr"
+    lr_decay: float = Field(0.95, gt=0, le=1, description="steplr: factor every test_interval")
+    warmup_epochs: float = Field(0.0, ge=0, description="cosine: linear warm-up length")
+    min_lr: float = Field(0.0, ge=0, description="cosine: final learning rate")
+    grad_clip: float | None = Field(None, gt=0)
+
+
+class TrainConfig(Section):
+    """The training loop."""
+
+    max_epoch: int = Field(500, gt=0)
+    batch_size: int = Field(200, gt=0)
+    nPerSpeaker: int = Field(1, gt=0)
+    max_seg_per_spk: int = Field(500, gt=0)
+    nClasses: int | None = Field(None, gt=0, description="checked against the train list")
+    test_interval: int = Field(10, gt=0)
+    seed: int = 10
+    output_dir: Path = Path("runs/exp1")
+    num_workers: int = Field(2, ge=0)
+    mixed_precision: bool = True
+    device: str = "auto"
+    log_every: int = Field(10, gt=0, description="steps between JSON-lines log records")
+    save_every_steps: int = Field(0, ge=0, description="also save the training state every N steps")
+    deterministic: bool = False
+
+
+class EvalConfig(Section):
+    """Evaluation during and after training."""
+
+    protocol: Literal["full", "vt-crops"] = "full"
+    max_seconds: float | None = Field(None, gt=0)
+    batch_size: int = Field(32, gt=0)
+    dcf_p_target: float = Field(0.05, gt=0, lt=1)
+    dcf_c_miss: float = Field(1.0, gt=0)
+    dcf_c_fa: float = Field(1.0, gt=0)
+
+
+class AugmentConfig(Section):
+    """Data augmentation (off unless a source is given)."""
+
+    musan_path: Path | None = None
+    rir_path: Path | None = None
+    speed_perturb: bool = False
+    probability: float = Field(0.6, ge=0, le=1, description="chance an utterance is augmented")
+
+
+class Recipe(Section):
+    """A whole training/evaluation recipe."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: NamedSection
+    loss: NamedSection | None = None
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+    def resolved(self, base: Path | None = None) -> Recipe:
+        """A copy with every relative path made absolute against ``base`` (default: cwd)."""
+        base = (base or Path.cwd()).resolve()
+
+        def fix(value: Path | None) -> Path | None:
+            return None if value is None else (base / value).resolve()
+
+        data = self.data.model_copy(
+            update={
+                key: fix(getattr(self.data, key))
+                for key in ("train_list", "train_path", "test_list", "test_path")
+            }
+        )
+        augment = self.augment.model_copy(
+            update={key: fix(getattr(self.augment, key)) for key in ("musan_path", "rir_path")}
+        )
+        train = self.train.model_copy(update={"output_dir": fix(self.train.output_dir)})
+        return self.model_copy(update={"data": data, "augment": augment, "train": train})
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (paths as strings), the form stored in checkpoints."""
+        return self.model_dump(mode="json")
+
+
+def _format_validation_error(source: str, exc: ValidationError, schema: type[BaseModel]) -> str:
+    error = exc.errors()[0]
+    loc = [str(part) for part in error["loc"]]
+    path = ".".join(loc)
+    if error["type"] == "extra_forbidden":
+        owner: Any = schema
+        for part in loc[:-1]:
+            field = owner.model_fields.get(part)
+            owner = field.annotation if field is not None else owner
+            owner = getattr(owner, "__args__", (owner,))[0] if hasattr(owner, "__args__") else owner
+        allowed = ", ".join(getattr(owner, "model_fields", {}))
+        return f"{source}: unknown field '{path}' (allowed in this section: {allowed})"
+    return f"{source}: field '{path}': {error['msg']}"
+
+
+def parse_recipe(data: dict[str, Any], source: str = "<recipe>") -> Recipe:
+    """Validate a recipe dict; errors name ``source`` and the field path."""
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise XvecError(_format_validation_error(source, exc, Recipe)) from exc
+
+
+def _parse_value(text: str) -> Any:
+    """A TOML value (number, bool, string, list); anything else is taken as a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.field=value`` overrides to a raw recipe dict (a deep copy is returned)."""
+    import copy
+
+    result = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise XvecError(f"--set '{item}': expected SECTION.FIELD=VALUE, e.g. train.max_epoch=5")
+        parts = key.split(".")
+        if len(parts) < 2:
+            raise XvecError(f"--set '{item}': expected SECTION.FIELD=VALUE, e.g. train.max_epoch=5")
+        node = result
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise XvecError(f"--set '{item}': '{part}' is a value, not a section")
+            node = child
+        node[parts[-1]] = _parse_value(value.strip())
+    return result
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Read a TOML file; a syntax error names the file, line and column."""
+    path = Path(path)
+    if not path.is_file():
+        raise XvecError(f"{path}: recipe file not found")
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise XvecError(f"{path}: TOML syntax error: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise XvecError(f"{path}: not a UTF-8 text file ({exc.reason})") from exc
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Load, override and validate a recipe, including the model's and loss's parameters."""
+    path = Path(path)
+    data = apply_overrides(read_toml(path), overrides or [])
+    source = str(path) + (" (with --set overrides)" if overrides else "")
+    recipe = parse_recipe(data, source)
+    check_components(recipe, source)
+    return recipe
+
+
+def check_components(recipe: Recipe, source: str) -> None:
+    """Validate ``[model]`` and ``[loss]`` parameters against their registered schemas."""
+    from xvec import registry
+
+    sections = [("model", recipe.model)] + ([("loss", recipe.loss)] if recipe.loss else [])
+    for kind, section in sections:
+        try:
+            cls = registry.get_class(kind, section.name)
+            registry.validate_params(kind, section.name, cls, section.params)
+        except XvecError as exc:
+            raise XvecError(f"{source}: [{kind}] {exc}") from exc

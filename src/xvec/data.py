@@ -1,0 +1,364 @@
+"""VoxCeleb-format lists, the speaker batch sampler, and the training dataset.
+
+Formats (as voxceleb_trainer's ``lists/``): a train list has ``SPEAKER relative/path`` per line,
+a trial list ``LABEL enroll test`` (1 target, 0 non-target), a file list one path per line.
+Whitespace is free, blank lines and ``#`` comments are allowed, and a malformed line is an
+error naming the file, the line and what was expected.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from xvec.errors import XvecError
+
+_COMMENT = re.compile(r"(?:^|\s)#")  # a '#' at the start or after whitespace begins a comment
+
+
+def _lines(path: Path, what: str) -> Iterator[tuple[int, list[str]]]:
+    """Yield (line number, fields) of the non-blank, non-comment lines of a list file."""
+    path = Path(path)
+    if not path.is_file():
+        raise XvecError(f"{path}: {what} not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise XvecError(f"{path}: {what} is not UTF-8 text ({exc.reason})") from exc
+    for number, line in enumerate(text.splitlines(), start=1):
+        content = _COMMENT.split(line, maxsplit=1)[0].strip()
+        if content:
+            yield number, content.split()
+
+
+@dataclass
+class TrainList:
+    """A parsed train list: utterance paths, integer labels and the sorted speaker names."""
+
+    path: Path
+    files: list[str]
+    labels: np.ndarray  # int64 [utterances], index into speakers
+    speakers: list[str]
+    lines: list[int]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.speakers)
+
+    def utterances_per_speaker(self) -> np.ndarray:
+        return np.bincount(self.labels, minlength=self.num_classes)
+
+
+def read_train_list(path: str | Path) -> TrainList:
+    """Parse a ``SPEAKER path`` train list; speakers are numbered in sorted order as VT does."""
+    path = Path(path)
+    speakers_of: list[str] = []
+    files: list[str] = []
+    lines: list[int] = []
+    seen: dict[str, tuple[str, int]] = {}
+    for number, fields in _lines(path, "train list"):
+        if len(fields) != 2:
+            raise XvecError(
+                f"{path}:{number}: expected 2 columns 'SPEAKER relative/path', got {len(fields)}"
+            )
+        speaker, file = fields
+        previous = seen.get(file)
+        if previous is not None:
+            if previous[0] != speaker:
+                raise XvecError(
+                    f"{path}:{number}: '{file}' is listed for speaker '{speaker}' but line "
+                    f"{previous[1]} gives speaker '{previous[0]}'; fix one of them"
+                )
+            continue
+        seen[file] = (speaker, number)
+        speakers_of.append(speaker)
+        files.append(file)
+        lines.append(number)
+    if not files:
+        raise XvecError(f"{path}: train list is empty (expected lines 'SPEAKER relative/path')")
+    speakers = sorted(set(speakers_of))
+    index = {name: i for i, name in enumerate(speakers)}
+    labels = np.fromiter((index[s] for s in speakers_of), dtype=np.int64, count=len(files))
+    return TrainList(path=path, files=files, labels=labels, speakers=speakers, lines=lines)
+
+
+@dataclass
+class Trials:
+    """A parsed trial list; ``files`` are the unique paths and the indices point into them."""
+
+    path: Path
+    labels: np.ndarray  # int8 [trials]
+    enroll: np.ndarray  # int64 [trials] index into files
+    test: np.ndarray  # int64 [trials]
+    files: list[str]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def enroll_names(self) -> list[str]:
+        return [self.files[i] for i in self.enroll]
+
+    def test_names(self) -> list[str]:
+        return [self.files[i] for i in self.test]
+
+
+def read_trials(path: str | Path) -> Trials:
+    """Parse a ``LABEL enroll test`` trial list (label 1 = target, 0 = non-target)."""
+    path = Path(path)
+    labels: list[int] = []
+    pairs: list[tuple[int, int]] = []
+    index: dict[str, int] = {}
+    for number, fields in _lines(path, "trial list"):
+        if len(fields) != 3:
+            raise XvecError(
+                f"{path}:{number}: expected 3 columns 'LABEL enroll test', got {len(fields)}"
+            )
+        label, enroll, test = fields
+        if label not in ("0", "1"):
+            raise XvecError(
+                f"{path}:{number}: label must be 1 (target) or 0 (non-target), got '{label}'"
+            )
+        labels.append(int(label))
+        pairs.append((index.setdefault(enroll, len(index)), index.setdefault(test, len(index))))
+    if not labels:
+        raise XvecError(f"{path}: trial list is empty (expected lines 'LABEL enroll test')")
+    pair_array = np.asarray(pairs, dtype=np.int64)
+    return Trials(
+        path=path,
+        labels=np.asarray(labels, dtype=np.int8),
+        enroll=pair_array[:, 0],
+        test=pair_array[:, 1],
+        files=list(index),
+    )
+
+
+def read_file_list(path: str | Path) -> list[str]:
+    """Parse a plain list of audio paths (one per line; duplicates removed, order kept)."""
+    path = Path(path)
+    files: dict[str, None] = {}
+    for number, fields in _lines(path, "file list"):
+        if len(fields) != 1:
+            raise XvecError(
+                f"{path}:{number}: expected one path per line, got {len(fields)} columns "
+                "(paths with spaces are not supported)"
+            )
+        files.setdefault(fields[0], None)
+    if not files:
+        raise XvecError(f"{path}: file list is empty")
+    return list(files)
+
+
+def check_files_exist(root: str | Path, files: Iterable[str], source: str | Path) -> None:
+    """Report every listed file absent under ``root`` at once, before long work starts."""
+    root = Path(root)
+    if not root.is_dir():
+        raise XvecError(f"{root}: audio root folder not found (named for {source})")
+    missing = [name for name in files if not (root / name).is_file()]
+    if missing:
+        shown = ", ".join(missing[:3])
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise XvecError(
+            f"{source}: {len(missing)} listed file(s) not found under {root}: {shown}{more}"
+        )
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def _epoch_rng(seed: int, epoch: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, 0x5A4D])
+
+
+def make_batches(
+    labels: np.ndarray,
+    batch_size: int,
+    per_speaker: int,
+    max_seg_per_spk: int,
+    distinct_speakers: bool,
+    seed: int,
+    epoch: int,
+) -> list[np.ndarray]:
+    """One epoch's batches: each an int array ``[rows, per_speaker]`` of utterance indices.
+
+    Every utterance appears in a row once per epoch (up to ``max_seg_per_spk`` per speaker);
+    a speaker's last row is completed with its own earlier utterances. With
+    ``distinct_speakers`` (metric-learning losses) no speaker appears twice in a batch: batches
+    are filled by drawing speakers without replacement, weighted by their remaining rows.
+    Deterministic for (seed, epoch), so a resumed run sees the same batches.
+    """
+    rng = _epoch_rng(seed, epoch)
+    num_classes = int(labels.max()) + 1
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(num_classes + 1))
+    rows_by_speaker: list[np.ndarray] = []
+    for speaker in range(num_classes):
+        utts = order[bounds[speaker] : bounds[speaker + 1]]
+        if utts.size == 0:
+            rows_by_speaker.append(np.empty((0, per_speaker), dtype=np.int64))
+            continue
+        utts = rng.permutation(utts)[:max_seg_per_spk]
+        n_rows = -(-utts.size // per_speaker)
+        filled = np.resize(utts, n_rows * per_speaker)  # wraps the speaker's own utterances
+        rows_by_speaker.append(filled.reshape(n_rows, per_speaker))
+    if not distinct_speakers:
+        rows = np.concatenate(rows_by_speaker)
+        rows = rows[rng.permutation(len(rows))]
+        batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+        if len(batches) > 1 and len(batches[-1]) < 2:  # batch norm cannot train on one row
+            batches[-2] = np.concatenate(batches[-2:])
+            batches.pop()
+        return batches
+
+    remaining = np.array([len(r) for r in rows_by_speaker], dtype=np.int64)
+    taken = np.zeros(num_classes, dtype=np.int64)
+    batches = []
+    while True:
+        available = np.flatnonzero(remaining)
+        if available.size < 2:
+            break
+        size = min(batch_size, available.size)
+        weights = remaining[available] / remaining[available].sum()
+        chosen = rng.choice(available, size=size, replace=False, p=weights)
+        batches.append(np.stack([rows_by_speaker[s][taken[s]] for s in chosen]))
+        taken[chosen] += 1
+        remaining[chosen] -= 1
+    return batches
+
+
+def check_sampler(
+    num_classes: int, batch_size: int, per_speaker: int, metric_loss: bool, loss_name: str
+) -> None:
+    """Fail early, saying what to change, when a metric loss cannot get distinct speakers."""
+    if metric_loss and num_classes < 2:
+        raise XvecError(f"loss '{loss_name}' needs at least 2 training speakers, the list has 1")
+    if metric_loss and batch_size > num_classes:
+        raise XvecError(
+            f"loss '{loss_name}' compares distinct speakers within a batch, but train.batch_size "
+            f"{batch_size} exceeds the {num_classes} training speakers; set train.batch_size "
+            f"<= {num_classes} (e.g. --set train.batch_size={num_classes})"
+        )
+
+
+class EpochBatches:
+    """The batch keys of one epoch for one rank, resumable from a batch position.
+
+    Iterating yields ``(epoch, batch_index, rows)`` keys that the dataset turns into audio;
+    the crop randomness is derived from the key, so results do not depend on worker timing.
+    """
+
+    def __init__(
+        self,
+        labels: np.ndarray,
+        batch_size: int,
+        per_speaker: int,
+        max_seg_per_spk: int,
+        distinct_speakers: bool,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.labels = labels
+        self.batch_size = batch_size
+        self.per_speaker = per_speaker
+        self.max_seg_per_spk = max_seg_per_spk
+        self.distinct_speakers = distinct_speakers
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.start = 0
+        self._batches: list[np.ndarray] = []
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch and the first batch (of this rank) to yield."""
+        self.epoch = epoch
+        self.start = start
+        batches = make_batches(
+            self.labels,
+            self.batch_size,
+            self.per_speaker,
+            self.max_seg_per_spk,
+            self.distinct_speakers,
+            self.seed,
+            epoch,
+        )
+        per_rank = len(batches) // self.world_size if self.world_size > 1 else len(batches)
+        self._batches = batches[self.rank :: self.world_size][:per_rank]
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def __iter__(self) -> Iterator[tuple[int, int, np.ndarray]]:
+        for index in range(self.start, len(self._batches)):
+            yield (self.epoch, index, self._batches[index])
+
+
+class TrainDataset:
+    """Map-style dataset whose items are whole batches: key -> (waveforms, labels).
+
+    ``waveforms`` is float32 ``[rows, per_speaker, samples]``; crops of ``max_frames`` frames are
+    read from disk (only the needed samples) and optionally augmented.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        train_list: TrainList,
+        max_frames: int,
+        seed: int,
+        augmenter: object | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.files = train_list.files
+        self.labels = train_list.labels
+        self.max_frames = max_frames
+        self.seed = seed
+        self.augmenter = augmenter
+        self._infos: dict[int, object] = {}
+
+    def __getitem__(self, key: tuple[int, int, np.ndarray]):
+        import torch
+
+        from xvec.audio import audio_info, train_crop
+
+        epoch, index, rows = key
+        rng = np.random.default_rng([self.seed, epoch, index, 0xC0])
+        flat = rows.reshape(-1)
+        crops = []
+        for utt in flat:
+            info = self._infos.get(int(utt))
+            if info is None:
+                info = audio_info(self.root / self.files[utt])
+                self._infos[int(utt)] = info
+            audio = train_crop(self.root / self.files[utt], self.max_frames, rng, info=info)
+            if self.augmenter is not None:
+                audio = self.augmenter(audio, rng)
+            crops.append(audio)
+        waves = torch.from_numpy(np.stack(crops).reshape(rows.shape[0], rows.shape[1], -1))
+        labels = torch.from_numpy(self.labels[rows[:, 0]])
+        return waves, labels
+
+    def __len__(self) -> int:  # pragma: no cover - keys come from EpochBatches
+        return len(self.files)
+
+
+def class_summary(train_list: TrainList) -> dict[str, float]:
+    """Speakers (nClasses), utterances and utterances-per-speaker statistics."""
+    counts = train_list.utterances_per_speaker()
+    return {
+        "speakers": train_list.num_classes,
+        "utterances": len(train_list.files),
+        "min_per_speaker": int(counts.min()),
+        "median_per_speaker": float(np.median(counts)),
+        "max_per_speaker": int(counts.max()),
+    }
+
+
+def unique(items: Sequence[str]) -> list[str]:
+    """Items in first-seen order without repeats."""
+    return list(dict.fromkeys(items))

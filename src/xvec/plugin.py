@@ -1,0 +1,88 @@
+"""The public API that models and losses implement, built-in or third-party.
+
+A plugin package declares an entry point in the group ``xvec.models`` or ``xvec.losses`` that
+points at a subclass of :class:`SpeakerModel` or :class:`SpeakerLoss`. Each class carries a
+pydantic ``Params`` schema, so a recipe is validated against it before anything runs, and a
+checkpoint can rebuild the object from its recorded parameters alone.
+
+This module is the only part of xvec a plugin needs to import.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+__all__ = ["Params", "SpeakerLoss", "SpeakerModel"]
+
+
+class Params(BaseModel):
+    """Base for a model's or loss's parameter schema: unknown fields are errors, never ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+class SpeakerModel(nn.Module):
+    """An embedding extractor: 16 kHz waveforms ``[batch, samples]`` -> ``[batch, embedding_dim]``.
+
+    Subclasses set ``Params`` and implement ``forward`` and ``embedding_dim``. The first line of
+    the class docstring is the description ``xvec models`` shows.
+    """
+
+    Params: ClassVar[type[Params]] = Params
+    sample_rate: ClassVar[int] = 16000
+
+    def __init__(self, params: Params | None = None) -> None:
+        super().__init__()
+        self.params = params if params is not None else self.Params()
+
+    @property
+    def embedding_dim(self) -> int:
+        """Size of the embedding vector this model returns."""
+        raise NotImplementedError
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @classmethod
+    def from_voxceleb_trainer(cls, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Map a voxceleb_trainer ``__S__`` state dict (prefix removed) onto this model's keys.
+
+        The default is the identity: built-in models keep voxceleb_trainer's module names.
+        """
+        return state
+
+
+class SpeakerLoss(nn.Module):
+    """A training objective on embeddings.
+
+    ``forward(x, labels)`` takes ``x`` of shape ``[batch, per_speaker, dim]`` (``per_speaker``
+    utterances of the same speaker in each row, as voxceleb_trainer's nPerSpeaker) and ``labels``
+    of shape ``[batch]``; it returns ``(loss, accuracy)`` where accuracy is a top-1 percentage
+    (or another "higher is better" figure, named in the docstring).
+
+    Class attributes tell the trainer what the loss needs, so a recipe is checked up front:
+    ``needs_classes`` (the number of training speakers) and ``min_per_speaker``.
+    """
+
+    Params: ClassVar[type[Params]] = Params
+    needs_classes: ClassVar[bool] = False
+    min_per_speaker: ClassVar[int] = 1
+
+    def __init__(
+        self, params: Params | None, embedding_dim: int, num_classes: int | None = None
+    ) -> None:
+        super().__init__()
+        self.params = params if params is not None else self.Params()
+        if self.needs_classes and not num_classes:
+            raise ValueError(f"{type(self).__name__} needs the number of classes (speakers)")
+        self.embedding_dim = embedding_dim
+        self.num_classes = num_classes
+
+    def forward(  # pragma: no cover - abstract
+        self, x: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError

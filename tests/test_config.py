@@ -1,0 +1,129 @@
+"""Recipes: validation errors name file, field and allowed fields; overrides; paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from xvec.config import apply_overrides, load_recipe
+from xvec.errors import XvecError
+
+GOOD = """
+[data]
+train_list = "lists/train_list.txt"
+train_path = "data/voxceleb2"
+test_list = "lists/veri_test.txt"
+max_frames = 200
+
+[model]
+name = "ResNetSE34L"
+nOut = 512
+encoder_type = "SAP"
+
+[loss]
+name = "amsoftmax"
+margin = 0.3
+scale = 30
+
+[train]
+batch_size = 200
+max_epoch = 20
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "recipe.toml"
+    path.write_text(text)
+    return path
+
+
+def test_good_recipe_loads_with_voxceleb_trainer_defaults(tmp_path):
+    recipe = load_recipe(write(tmp_path, GOOD))
+    assert recipe.model.name == "ResNetSE34L"
+    assert recipe.model.params == {"nOut": 512, "encoder_type": "SAP"}
+    assert recipe.loss.params == {"margin": 0.3, "scale": 30}
+    assert recipe.train.batch_size == 200
+    assert recipe.data.eval_frames == 300 and recipe.optim.lr == 0.001
+    assert recipe.optim.lr_decay == 0.95 and recipe.train.test_interval == 10
+
+
+def test_paths_resolve_against_the_current_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe(write(tmp_path, GOOD)).resolved()
+    assert recipe.data.train_list == tmp_path / "lists" / "train_list.txt"
+    assert recipe.train.output_dir == tmp_path / "runs" / "exp1"
+
+
+def test_unknown_field_names_file_path_and_allowed(tmp_path):
+    path = write(tmp_path, GOOD.replace("max_epoch = 20", "max_epoch = 20\nnLcasses = 5994"))
+    with pytest.raises(XvecError) as info:
+        load_recipe(path)
+    message = str(info.value)
+    assert str(path) in message and "train.nLcasses" in message
+    assert (
+        "allowed in this section:" in message and "batch_size" in message and "nClasses" in message
+    )
+
+
+def test_unknown_model_parameter_names_the_schema(tmp_path):
+    path = write(tmp_path, GOOD.replace("nOut = 512", "nOutt = 512"))
+    with pytest.raises(XvecError, match=r"\[model\].*'nOutt'.*allowed parameters:.*nOut"):
+        load_recipe(path)
+
+
+def test_toml_syntax_error_gives_line_and_column(tmp_path):
+    path = write(tmp_path, GOOD.replace('name = "amsoftmax"', 'name = "amsoftmax'))
+    with pytest.raises(XvecError, match=r"TOML syntax error.*line 14, column"):
+        load_recipe(path)
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ("optim.lr=-0.1", "optim.lr"),
+        ("train.batch_size=0", "train.batch_size"),
+        ("data.eval_frames=-1", "data.eval_frames"),
+        ("train.max_epoch='ten'", "train.max_epoch"),
+    ],
+)
+def test_out_of_range_and_wrong_type(tmp_path, override, field):
+    with pytest.raises(XvecError, match=rf"with --set overrides\): field '{field}'"):
+        load_recipe(write(tmp_path, GOOD), [override])
+
+
+def test_unknown_model_and_loss_names(tmp_path):
+    with pytest.raises(XvecError, match=r"unknown model 'ResNet34'.*Available:.*ResNetSE34L"):
+        load_recipe(write(tmp_path, GOOD), ["model.name=ResNet34"])
+    with pytest.raises(XvecError, match=r"unknown loss 'arcface'.*aamsoftmax"):
+        load_recipe(write(tmp_path, GOOD), ["loss.name=arcface"])
+
+
+def test_overrides_apply_and_parse_values(tmp_path):
+    recipe = load_recipe(
+        write(tmp_path, GOOD),
+        [
+            "train.max_epoch=5",
+            "optim.scheduler=cosine",
+            "train.mixed_precision=false",
+            "model.nOut=256",
+        ],
+    )
+    assert recipe.train.max_epoch == 5 and recipe.optim.scheduler == "cosine"
+    assert recipe.train.mixed_precision is False and recipe.model.params["nOut"] == 256
+
+
+@pytest.mark.parametrize("bad", ["train.max_epoch", "=5", "max_epoch=5", "train..x=1"])
+def test_malformed_override(bad):
+    with pytest.raises(XvecError, match="--set"):
+        apply_overrides({"train": {}}, [bad])
+
+
+def test_override_into_a_value_is_an_error():
+    with pytest.raises(XvecError, match="'max_epoch' is a value, not a section"):
+        apply_overrides({"train": {"max_epoch": 3}}, ["train.max_epoch.x=1"])
+
+
+def test_missing_recipe_file(tmp_path):
+    with pytest.raises(XvecError, match="recipe file not found"):
+        load_recipe(tmp_path / "nope.toml")

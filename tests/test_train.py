@@ -1,0 +1,213 @@
+"""Training: end to end, exact resume (also after SIGKILL), NaN stop, recipe checks, DDP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_distribution
+from safetensors.torch import load_file
+
+from xvec.config import load_recipe
+from xvec.errors import XvecError
+from xvec.train import read_log, train
+
+RECIPE = """
+[data]
+train_list = "{root}/train_list.txt"
+train_path = "{root}/audio"
+test_list = "{root}/trials.txt"
+test_path = "{root}/audio"
+max_frames = 50
+
+[model]
+name = "TinyModel"
+nOut = 8
+
+[loss]
+name = "softmax"
+
+[optim]
+lr = 0.01
+
+[train]
+max_epoch = 2
+batch_size = 4
+test_interval = 1
+seed = 3
+num_workers = 0
+output_dir = "{out}"
+log_every = 1
+"""
+
+
+def recipe_file(tmp_path: Path, corpus: Path, out: str = "run", extra: str = "") -> Path:
+    path = tmp_path / f"{out}.toml"
+    path.write_text(RECIPE.format(root=corpus, out=tmp_path / out) + extra)
+    return path
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "last.safetensors"))
+
+
+def test_train_end_to_end_writes_everything(tmp_path, tone_corpus, tiny_model_dist):
+    summary = train(load_recipe(recipe_file(tmp_path, tone_corpus)))
+    run = tmp_path / "run"
+    for name in (
+        "last.safetensors",
+        "best.safetensors",
+        "state.safetensors",
+        "log.jsonl",
+        "recipe.json",
+        "scores.txt",
+        "result.json",
+        "hist.png",
+        "curves.png",
+    ):
+        assert (run / name).is_file(), name
+    records = read_log(run)
+    train_steps = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert len(evals) == 2 and 0 <= evals[-1]["eer"] <= 100
+    assert train_steps[-1]["step"] == len(train_steps)  # 4 speakers x 4 utts / 4 per batch x 2
+    assert "hist.png" in summary
+    from xvec.checkpoint import load_model
+
+    model = load_model(run / "best.safetensors")
+    assert model.checkpoint_meta["loss"]["name"] == "softmax"
+    assert model.checkpoint_meta["recipe"]["train"]["batch_size"] == 4
+
+
+def test_stop_and_resume_is_exact(tmp_path, tone_corpus, tiny_model_dist):
+    train(load_recipe(recipe_file(tmp_path, tone_corpus, "straight")))
+    interrupted = load_recipe(recipe_file(tmp_path, tone_corpus, "resumed"))
+    train(interrupted, stop_after_steps=3)  # stops mid-epoch 1
+    assert not (tmp_path / "resumed" / "last.safetensors").exists()
+    train(interrupted, resume=True, stop_after_steps=2)  # into epoch 2
+    train(interrupted, resume=True)
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_existing_run_needs_resume_and_same_recipe(tmp_path, tone_corpus, tiny_model_dist):
+    path = recipe_file(tmp_path, tone_corpus)
+    train(load_recipe(path), stop_after_steps=1)
+    with pytest.raises(XvecError, match="holds a previous run; add --resume"):
+        train(load_recipe(path))
+    with pytest.raises(XvecError, match=r"the \[model\] section differs"):
+        train(load_recipe(path, ["model.nOut=4"]), resume=True)
+
+
+def test_metric_loss_needs_two_per_speaker_and_enough_speakers(
+    tmp_path, tone_corpus, tiny_model_dist
+):
+    path = recipe_file(tmp_path, tone_corpus)
+    with pytest.raises(XvecError, match=r"needs train.nPerSpeaker >= 2.*train.nPerSpeaker=2"):
+        train(load_recipe(path, ["loss.name=angleproto"]))
+    path2 = recipe_file(tmp_path, tone_corpus, "metric")
+    with pytest.raises(
+        XvecError, match=r"batch_size 8 exceeds the 4 training speakers.*batch_size=4"
+    ):
+        train(
+            load_recipe(
+                path2, ["loss.name=angleproto", "train.nPerSpeaker=2", "train.batch_size=8"]
+            )
+        )
+    with pytest.raises(XvecError, match=r"train.nClasses is 10 but .* has 4 speakers"):
+        train(load_recipe(path2, ["train.nClasses=10"]))
+
+
+NAN_LOSS = '''
+import torch
+from xvec.plugin import SpeakerLoss
+
+
+class NanAfter(SpeakerLoss):
+    """Returns NaN from the third call on."""
+
+    calls = 0
+
+    def __init__(self, params, embedding_dim, num_classes=None):
+        super().__init__(params, embedding_dim, num_classes)
+        self.w = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x, labels):
+        type(self).calls += 1
+        value = (x.pow(2).mean() * self.w).squeeze()
+        if type(self).calls >= 3:
+            value = value * float("nan")
+        return value, torch.tensor(0.0)
+'''
+
+
+def test_nan_loss_stops_with_epoch_and_step(tmp_path, tone_corpus, tiny_model_dist, monkeypatch):
+    from xvec import registry
+
+    root = make_distribution(
+        tmp_path / "nan",
+        "xvec-nan",
+        {"xvec.losses": {"nanafter": "xvec_nan:NanAfter"}},
+        {"xvec_nan": NAN_LOSS},
+    )
+    monkeypatch.syspath_prepend(str(root))
+    registry.refresh()
+    path = recipe_file(tmp_path, tone_corpus, extra="")
+    with pytest.raises(XvecError, match=r"loss became nan at epoch 1, step 3; stopped"):
+        train(load_recipe(path, ["loss.name=nanafter", "train.save_every_steps=1"]))
+    sys.modules.pop("xvec_nan", None)
+    state = load_file(str(tmp_path / "run" / "state.safetensors"))
+    assert all(torch.isfinite(v).all() for k, v in state.items() if v.is_floating_point())
+
+
+def _env_with(site: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH", "")]))
+    return env
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tone_corpus, tiny_model_dist):
+    env = _env_with(tiny_model_dist)
+    overrides = ["--set", "train.save_every_steps=1", "--set", "train.max_epoch=3"]
+    straight = recipe_file(tmp_path, tone_corpus, "straight")
+    subprocess.run(
+        [sys.executable, "-m", "xvec", "train", str(straight), *overrides],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    killed = recipe_file(tmp_path, tone_corpus, "killed")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xvec", "train", str(killed), *overrides],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    log = tmp_path / "killed" / "log.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if log.is_file() and len(log.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    result = subprocess.run(
+        [sys.executable, "-m", "xvec", "train", str(killed), *overrides, "--resume"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "killed")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
