@@ -127,3 +127,8 @@ def test_override_into_a_value_is_an_error():
 def test_missing_recipe_file(tmp_path):
     with pytest.raises(XvecError, match="recipe file not found"):
         load_recipe(tmp_path / "nope.toml")
+
+
+def test_empty_override_restores_the_default():
+    data = apply_overrides({"data": {"test_list": "t.txt", "max_frames": 100}}, ["data.test_list="])
+    assert data == {"data": {"max_frames": 100}}

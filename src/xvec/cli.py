@@ -600,6 +600,27 @@ def import_vt(
     out.print(f"imported {source} as {model} {params} -> {path}")
 
 
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+    torchscript = "torchscript"
+
+
+@app.command("export")
+@friendly
+def export_command(
+    model: Annotated[Path, typer.Argument(help="xvec checkpoint (.safetensors).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="File to write.")],
+    fmt: Annotated[ExportFormat, typer.Option("--format", "-f")] = ExportFormat.onnx,
+    tolerance: Annotated[
+        float, typer.Option(help="Largest allowed difference from the PyTorch model.")
+    ] = 1e-4,
+) -> None:
+    """Export a model (front end included: input is the 16 kHz waveform) and verify it."""
+    from xvec.export import export_checkpoint
+
+    out.print(str(export_checkpoint(model, output, fmt.value, tolerance)))
+
+
 @app.command("synth")
 @friendly
 def synth_command(

@@ -180,7 +180,10 @@ def _parse_value(text: str) -> Any:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``section.field=value`` overrides to a raw recipe dict (a deep copy is returned)."""
+    """Apply ``section.field=value`` overrides to a raw recipe dict (a deep copy is returned).
+
+    An empty value (``data.test_list=``) removes the field, so its default applies.
+    """
     import copy
 
     result = copy.deepcopy(data)
@@ -198,7 +201,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(child, dict):
                 raise XvecError(f"--set '{item}': '{part}' is a value, not a section")
             node = child
-        node[parts[-1]] = _parse_value(value.strip())
+        if value.strip():
+            node[parts[-1]] = _parse_value(value.strip())
+        else:  # 'section.field=' unsets the field: back to its default (e.g. no test list)
+            node.pop(parts[-1], None)
     return result
 
 

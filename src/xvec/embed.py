@@ -223,6 +223,9 @@ def embed_files(
         stats.notes.append(
             f"{stats.resampled_files} file(s) not at {SAMPLE_RATE} Hz were resampled"
         )
+    multichannel = sum(i.channels > 1 for i in infos)
+    if multichannel:
+        stats.notes.append(f"{multichannel} multi-channel file(s) were downmixed to mono")
     lengths = np.array([i.frames_at(SAMPLE_RATE) for i in infos], dtype=np.int64)
     if protocol.name == "full" and protocol.max_seconds:
         lengths = np.minimum(lengths, int(protocol.max_seconds * SAMPLE_RATE))

@@ -1,0 +1,76 @@
+"""Evaluation speed and memory on the speechocean762 dev trials (1,260 files, 11,752 trials).
+
+Prints files/s of embedding extraction, trials/s of scoring and the peak memory of
+``xvec eval``. Without --model, an untrained ResNetSE34L (voxceleb_trainer's defaults) is used:
+speed does not depend on the weights.
+
+    python bench/eval_speed.py [--model M.safetensors] [--protocol full|vt-crops]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from _proctree import run_measured
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "speechocean762"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", type=Path)
+    parser.add_argument("--architecture", default="ResNetSE34L")
+    parser.add_argument("--protocol", default="full")
+    args = parser.parse_args()
+    if not DATA.is_dir():
+        raise SystemExit(f"needs {DATA}")
+    from xvec import registry
+    from xvec.checkpoint import save_checkpoint
+    from xvec.data import read_trials
+    from xvec.scoring import cosine_scores
+
+    trials_path = DATA / "lists" / "dev_trials.txt"
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model
+        if model is None:
+            model = Path(tmp) / "untrained.safetensors"
+            save_checkpoint(
+                model, registry.build("model", args.architecture, {}), args.architecture
+            )
+        out_dir = Path(tmp) / "eval"
+        command = [
+            sys.executable, "-m", "xvec", "eval", "--model", str(model),
+            "--trials", str(trials_path), "--audio-root", str(DATA / "audio"),
+            "--protocol", args.protocol, "-o", str(out_dir),
+        ]  # fmt: skip
+        measured = run_measured(command)
+        result = json.loads((out_dir / "result.json").read_text())
+    trials = read_trials(trials_path)
+    print(f"model: {model.name if args.model else args.architecture + ' (untrained)'}")
+    print(f"files: {len(trials.files)}, trials: {len(trials)}, protocol {args.protocol}")
+    print(f"xvec eval wall time: {measured['seconds']:.1f} s (with start-up)")
+    print(f"embedding: {result['files_per_second']:.1f} files/s")
+    print(f"peak RSS: {measured['main_mib']:.0f} MiB")
+
+    # Scoring alone, repeated to a million trials, on stored-size embeddings.
+    rng = np.random.default_rng(0)
+    embeddings = rng.standard_normal((len(trials.files), 512)).astype(np.float32)
+    reps = int(np.ceil(1_000_000 / len(trials)))
+    enroll, test = np.tile(trials.enroll, reps), np.tile(trials.test, reps)
+    start = time.perf_counter()
+    cosine_scores(embeddings, enroll, test)
+    seconds = time.perf_counter() - start
+    print(
+        f"cosine scoring: {len(enroll)} trials in {seconds:.3f} s -> {len(enroll) / seconds:,.0f} trials/s"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""The small stable Python API: load a checkpoint, embed audio, score pairs.
+
+>>> import xvec
+>>> enc = xvec.load("model.safetensors")                # doctest: +SKIP
+>>> enc.embed("a.wav").shape                            # doctest: +SKIP
+(512,)
+>>> enc.score("a.wav", "b.wav")                         # doctest: +SKIP
+0.73
+
+The protocols are those of ``xvec embed``: ``full`` (whole file, cosine scoring) and
+``vt-crops`` (voxceleb_trainer's evenly spaced crops and its crop-distance score).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from xvec.audio import SAMPLE_RATE, eval_crops, wrap_pad
+from xvec.embed import MIN_SAMPLES, Protocol, embed_files, pick_device
+
+AudioInput = str | Path | np.ndarray
+
+
+class Encoder:
+    """A speaker-embedding extractor ready for inference (eval mode, on its device)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        protocol: Protocol | None = None,
+        device: str | torch.device = "auto",
+        batch_size: int = 32,
+    ) -> None:
+        self.device = pick_device(str(device))
+        self.model = model.to(self.device).eval()
+        self.protocol = protocol or Protocol()
+        self.batch_size = batch_size
+
+    @property
+    def embedding_dim(self) -> int:
+        """Size of one embedding vector."""
+        return int(self.model.embedding_dim)
+
+    @property
+    def sample_rate(self) -> int:
+        """Sample rate the model expects; files at other rates are resampled on reading."""
+        return int(getattr(self.model, "sample_rate", SAMPLE_RATE))
+
+    def embed(self, audio: AudioInput) -> np.ndarray:
+        """One file's (or one 16 kHz mono waveform's) embedding: ``[dim]``, or ``[crops, dim]``
+        with the ``vt-crops`` protocol."""
+        if isinstance(audio, np.ndarray):
+            return self._embed_waveform(audio)
+        return self.embed_batch([audio])[0]
+
+    def embed_batch(self, files: Sequence[str | Path]) -> np.ndarray:
+        """Embeddings of several files, batched by length: ``[files, dim]`` (or with crops)."""
+        names = [str(f) for f in files]
+        vectors = embed_files(
+            self.model,
+            Path(""),
+            names,
+            self.protocol,
+            batch_size=self.batch_size,
+            device=self.device,
+        )
+        return np.stack([vectors[name] for name in names])
+
+    def score(self, first: AudioInput, second: AudioInput) -> float:
+        """Similarity of two recordings (higher = more likely the same speaker)."""
+        from xvec.scoring import cosine_scores, vt_crop_scores
+
+        pair = np.stack([self.embed(first), self.embed(second)])
+        scorer = vt_crop_scores if self.protocol.name == "vt-crops" else cosine_scores
+        return float(scorer(pair, np.array([0]), np.array([1]))[0])
+
+    def _embed_waveform(self, audio: np.ndarray) -> np.ndarray:
+        audio = np.ascontiguousarray(audio, dtype=np.float32)
+        if audio.ndim != 1:
+            raise ValueError(f"expected a mono waveform [samples], got shape {audio.shape}")
+        if self.protocol.name == "vt-crops":
+            batch = eval_crops(audio, self.protocol.eval_frames, self.protocol.num_eval)
+        else:
+            if self.protocol.max_seconds:
+                audio = audio[: int(self.protocol.max_seconds * SAMPLE_RATE)]
+            if audio.shape[0] < MIN_SAMPLES:
+                audio = wrap_pad(audio, MIN_SAMPLES)[:MIN_SAMPLES]
+            batch = audio[None]
+        with torch.inference_mode():
+            output = self.model(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
+        return output if self.protocol.name == "vt-crops" else output[0]
+
+
+def load(
+    path: str | Path,
+    protocol: str = "full",
+    device: str = "auto",
+    *,
+    max_seconds: float | None = None,
+    eval_frames: int = 400,
+    num_eval: int = 10,
+    batch_size: int = 32,
+) -> Encoder:
+    """Load an xvec checkpoint (``.safetensors``) as an :class:`Encoder`."""
+    from xvec.checkpoint import load_model
+
+    model = load_model(path)
+    chosen = Protocol(protocol, max_seconds=max_seconds, eval_frames=eval_frames, num_eval=num_eval)
+    return Encoder(model, chosen, device=device, batch_size=batch_size)
