@@ -31,10 +31,11 @@ def main() -> None:
     args = parser.parse_args()
     if not DATA.is_dir():
         raise SystemExit(f"needs {DATA}")
+    from xvec.scoring import cosine_scores
+
     from xvec import registry
     from xvec.checkpoint import save_checkpoint
     from xvec.data import read_trials
-    from xvec.scoring import cosine_scores
 
     trials_path = DATA / "lists" / "dev_trials.txt"
     with tempfile.TemporaryDirectory() as tmp:
@@ -67,9 +68,8 @@ def main() -> None:
     start = time.perf_counter()
     cosine_scores(embeddings, enroll, test)
     seconds = time.perf_counter() - start
-    print(
-        f"cosine scoring: {len(enroll)} trials in {seconds:.3f} s -> {len(enroll) / seconds:,.0f} trials/s"
-    )
+    rate = len(enroll) / seconds
+    print(f"cosine scoring: {len(enroll)} trials in {seconds:.3f} s -> {rate:,.0f} trials/s")
 
 
 if __name__ == "__main__":
