@@ -59,6 +59,7 @@ from xvec.plugin import Params, SpeakerModel
 class TinyParams(Params):
     nOut: int = 8
     hidden: int = 16
+    batch_norm: bool = True
 
 
 class TinyModel(SpeakerModel):
@@ -69,7 +70,8 @@ class TinyModel(SpeakerModel):
     def __init__(self, params=None):
         super().__init__(params)
         self.frame = torch.nn.Conv1d(1, self.params.hidden, kernel_size=400, stride=160)
-        self.norm = torch.nn.BatchNorm1d(self.params.hidden)
+        hidden = self.params.hidden
+        self.norm = torch.nn.BatchNorm1d(hidden) if self.params.batch_norm else torch.nn.Identity()
         self.out = torch.nn.Linear(2 * self.params.hidden, self.params.nOut)
 
     @property

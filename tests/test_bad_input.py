@@ -205,8 +205,8 @@ def _scores_for(trials: Path, tmp_path: Path) -> Path:
     [
         ("1 a.wav b.wav\n2 a.wav c.wav\n", ["trials.txt:2:", "label"]),
         ("1 a.wav b.wav\na.wav c.wav\n", ["trials.txt:2:", "3 columns"]),
-        ("1 a.wav b.wav\n1 a.wav c.wav\n", ["trials.txt", "non-target"]),
-        ("0 a.wav b.wav\n0 a.wav c.wav\n", ["trials.txt", "target"]),
+        ("1 a.wav b.wav\n1 a.wav c.wav\n", ["trials.txt", "all 2 trials are target"]),
+        ("0 a.wav b.wav\n0 a.wav c.wav\n", ["trials.txt", "all 2 trials are non-target"]),
     ],
 )
 def test_trial_list_errors(tmp_path, content, fragments):
@@ -422,6 +422,7 @@ def test_unwritable_output_folder(tmp_path, corpus):
     one_line_error(
         xvec("plot", "hist", scores, "--trials", trials, "-o", blocker / "hist.png"),
         "hist.png",
+        "cannot write",
     )
 
 

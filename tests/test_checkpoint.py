@@ -30,7 +30,7 @@ def test_round_trip_rebuilds_model_from_metadata_alone(tiny, tmp_path):
     meta = loaded.checkpoint_meta
     assert meta["model"] == {
         "name": "TinyModel",
-        "params": {"nOut": 6, "hidden": 12},
+        "params": {"nOut": 6, "hidden": 12, "batch_norm": True},
         "package": "xvec-tiny",
         "package_version": "0.1",
     }
@@ -77,7 +77,7 @@ def test_unwritable_folder_is_a_clear_error(tiny, tmp_path):
         folder = tmp_path / "ro"
         folder.mkdir(mode=0o500)
         target = folder / "m.safetensors"
-    with pytest.raises(XvecError, match="cannot write here"):
+    with pytest.raises(XvecError, match=r"m\.safetensors: cannot write into"):
         checkpoint.save_checkpoint(target, tiny, "TinyModel")
 
 
@@ -127,10 +127,7 @@ def test_voxceleb_trainer_pickle_that_runs_code_is_refused(tmp_path):
     evil = tmp_path / "evil.model"
     with evil.open("wb") as handle:
         pickle.dump({"__S__.w": Payload()}, handle)
-    with (
-        pytest.raises(XvecError, match="refused: loading it would run arbitrary code"),
-        pytest.warns(UserWarning, match="pickle protocol"),
-    ):
+    with pytest.raises(XvecError, match=r"refused: .*arbitrary code"):
         checkpoint.read_voxceleb_trainer(evil)
     assert not marker.exists()
     # torch.save format with a code-running object inside is refused too.

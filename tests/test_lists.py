@@ -137,7 +137,8 @@ def test_fuzz_train_list_round_trip(tmp_path_factory, rows):
 @given(st.lists(st.tuples(st.sampled_from("01"), names, names), min_size=1, max_size=30), blank)
 def test_fuzz_trials_round_trip(tmp_path_factory, rows, pad):
     path = tmp_path_factory.mktemp("fuzz") / "trials.txt"
-    path.write_text("\n".join(f"{pad}{label}{pad} {e}\t{t}" for label, e, t in rows), encoding="utf-8")
+    text = "\n".join(f"{pad}{label}{pad} {e}\t{t}" for label, e, t in rows)
+    path.write_text(text, encoding="utf-8")
     trials = read_trials(path)
     assert trials.labels.tolist() == [int(label) for label, _, _ in rows]
     assert trials.enroll_names() == [e for _, e, _ in rows]
@@ -201,17 +202,19 @@ def test_batch_larger_than_speakers_does_not_crash_classification():
         check_sampler(7, 200, 2, metric_loss=True, loss_name="angleproto")
 
 
-def test_epoch_batches_split_ranks_and_resume():
-    whole = EpochBatches(LABELS, 3, 1, 500, False, seed=4)
-    ranks = [EpochBatches(LABELS, 3, 1, 500, False, seed=4, rank=r, world_size=2) for r in (0, 1)]
+def test_epoch_batches_deal_global_batches_to_ranks_and_resume():
+    whole = EpochBatches(LABELS, 4, 1, 500, False, seed=4)
+    ranks = [EpochBatches(LABELS, 4, 1, 500, False, seed=4, rank=r, world_size=2) for r in (0, 1)]
     for sampler in [whole, *ranks]:
         sampler.set_epoch(2)
-    keys0 = [k[2] for k in ranks[0]]
-    keys1 = [k[2] for k in ranks[1]]
-    assert len(keys0) == len(keys1)
-    flat0 = set(np.concatenate(keys0).ravel().tolist())
-    flat1 = set(np.concatenate(keys1).ravel().tolist())
-    assert not flat0 & flat1
+    assert len(ranks[0]) == len(ranks[1]) == len(whole)
+    for full, part0, part1 in zip(whole, *ranks, strict=True):
+        assert part0[1] == part1[1] == full[1]
+        rows0, rows1 = part0[2].ravel().tolist(), part1[2].ravel().tolist()
+        assert not set(rows0) & set(rows1)
+        assert sorted(rows0 + rows1) == sorted(full[2].ravel().tolist())
+        # Row ids say where each row sits in the global batch (crop randomness follows them).
+        assert (full[2][part0[3]] == part0[2]).all() and (full[2][part1[3]] == part1[2]).all()
     whole.set_epoch(2, start=3)
     resumed = list(whole)
     assert resumed[0][1] == 3 and len(resumed) == len(whole) - 3

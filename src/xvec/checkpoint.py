@@ -9,8 +9,8 @@ training metrics and the resolved recipe. No pickle is involved anywhere.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from safetensors.torch import save as st_save
 
 from xvec import __version__, registry
 from xvec.errors import XvecError
+from xvec.files import atomic_write_bytes
 
 FORMAT = "xvec-checkpoint"
 FORMAT_VERSION = 1
@@ -44,43 +45,6 @@ class Checkpoint:
     @property
     def model_params(self) -> dict[str, Any]:
         return self.meta["model"]["params"]
-
-
-def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` so a crash leaves either the old file or the new one.
-
-    Writes a temporary file in the same folder, fsyncs it, renames it over the target and fsyncs
-    the folder. On failure (disk full, permissions) the previous file is untouched.
-    """
-    path = Path(path)
-    folder = path.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise XvecError(f"{folder}: cannot write here ({exc.strerror or exc})") from exc
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except OSError as exc:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise XvecError(
-            f"{path}: write failed, previous file kept ({exc.strerror or exc})"
-        ) from exc
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    try:
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:  # pragma: no cover - some filesystems refuse directory fsync
-        pass
 
 
 def _component_record(kind: str, name: str, params: Any) -> dict[str, Any]:
@@ -260,14 +224,19 @@ def read_voxceleb_trainer(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise XvecError(f"{path}: file not found")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*pickle protocol.*")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ... for bad files
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+        text = str(exc)
+        if "weights_only" in text or "Unsupported global" in text:
+            culprit = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+            what = f" (it calls {culprit.group(1)})" if culprit else ""
             raise XvecError(
-                f"{path}: refused: loading it would run arbitrary code from the pickle "
-                f"({first}); only plain tensor state dicts are accepted"
+                f"{path}: refused: loading it would run arbitrary code from the pickle{what}; "
+                "only plain tensor state dicts are accepted"
             ) from exc
+        first = text.strip().splitlines()[0][:160] if text.strip() else type(exc).__name__
         raise XvecError(f"{path}: not a readable PyTorch checkpoint ({first})") from exc
     if isinstance(obj, dict) and "model_state_dict" in obj:
         obj = obj["model_state_dict"]

@@ -56,7 +56,14 @@ def friendly(func: F) -> F:
                 warnings.showwarning = _show_warning
                 return func(*args, **kwargs)
         except XvecError as exc:
-            err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+            from rich.markup import escape
+
+            err.print(
+                f"[bold red]error:[/] {escape(str(exc))}",
+                markup=True,
+                highlight=False,
+                soft_wrap=True,
+            )
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err.print("interrupted", highlight=False)
@@ -66,7 +73,9 @@ def friendly(func: F) -> F:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
 
 
 class ProtocolName(str, Enum):
@@ -108,7 +117,7 @@ class FileProgress:
         from rich.progress import Progress
 
         self._time = time.perf_counter
-        self.progress = Progress(*_progress_columns(), console=err, transient=False)
+        self.progress = Progress(*_progress_columns(), console=err, transient=True)
         self.description = description
         self.task = None
         self.count = 0
@@ -136,7 +145,8 @@ class FileProgress:
 def _registry_table(kind: str) -> Table:
     from xvec import registry
 
-    table = Table(title=f"xvec {kind}s (entry-point group {registry.GROUPS[kind]})")
+    plural = {"model": "models", "loss": "losses"}[kind]
+    table = Table(title=f"xvec {plural} (entry-point group {registry.GROUPS[kind]})")
     table.add_column("name", style="bold cyan")
     table.add_column("package")
     table.add_column("description")
@@ -197,7 +207,7 @@ def count_classes(
 
 
 def _write_json(path: Path, data: Any) -> None:
-    from xvec.checkpoint import atomic_write_bytes
+    from xvec.files import atomic_write_bytes
 
     atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
 
@@ -234,7 +244,7 @@ def eval_command(
 ) -> None:
     """Evaluate model(s) or score file(s) on a trial list: EER and minDCF in a table."""
     from xvec.checkpoint import load_model
-    from xvec.data import read_trials
+    from xvec.data import read_trials, require_both_labels
     from xvec.embed import Protocol
     from xvec.evaluate import evaluate_model
     from xvec.metrics import evaluate
@@ -244,6 +254,7 @@ def eval_command(
     if not model and not scores:
         raise XvecError("give --model (one or more checkpoints) or --scores (score files)")
     trial_list = read_trials(trials)
+    require_both_labels(trial_list)
     summaries = []
     if scores:
         for score_file in scores:
@@ -453,12 +464,13 @@ def plot_hist(
     title: Annotated[str | None, typer.Option()] = None,
 ) -> None:
     """Target and non-target score histograms with the EER threshold."""
-    from xvec.data import read_trials
+    from xvec.data import read_trials, require_both_labels
     from xvec.metrics import evaluate
     from xvec.plots import plot_histogram
     from xvec.scoring import read_scores
 
     trial_list = read_trials(trials)
+    require_both_labels(trial_list)
     values = _scores_in_trial_order(scores, trial_list, read_scores)
     metrics = evaluate(values, trial_list.labels)
     plot_histogram(

@@ -106,6 +106,17 @@ class Trials:
         return [self.files[i] for i in self.test]
 
 
+def require_both_labels(trials: Trials) -> None:
+    """EER and minDCF need target and non-target trials: say so before any long work."""
+    targets = int(trials.labels.sum())
+    if targets == 0 or targets == len(trials):
+        kind = "target (1)" if targets == len(trials) else "non-target (0)"
+        raise XvecError(
+            f"{trials.path}: all {len(trials)} trials are {kind}; EER and minDCF are undefined "
+            "without both labels 1 and 0"
+        )
+
+
 def read_trials(path: str | Path) -> Trials:
     """Parse a ``LABEL enroll test`` trial list (label 1 = target, 0 = non-target)."""
     path = Path(path)
@@ -246,8 +257,11 @@ def check_sampler(
 class EpochBatches:
     """The batch keys of one epoch for one rank, resumable from a batch position.
 
-    Iterating yields ``(epoch, batch_index, rows)`` keys that the dataset turns into audio;
-    the crop randomness is derived from the key, so results do not depend on worker timing.
+    ``batch_size`` is the global batch: with ``world_size`` ranks, every batch's rows are dealt
+    out across the ranks (rank ``r`` takes rows ``r, r + world, ...``), so a run on N processes
+    sees the same batches as a single process. Iterating yields ``(epoch, batch_index, rows,
+    row_ids)`` keys; ``row_ids`` are the rows' positions in the global batch, from which every
+    crop's randomness is derived, so results depend neither on worker timing nor on N.
     """
 
     def __init__(
@@ -275,7 +289,7 @@ class EpochBatches:
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Select the epoch and the first batch (of this rank) to yield."""
+        """Select the epoch and the first batch to yield."""
         self.epoch = epoch
         self.start = start
         batches = make_batches(
@@ -287,15 +301,17 @@ class EpochBatches:
             self.seed,
             epoch,
         )
-        per_rank = len(batches) // self.world_size if self.world_size > 1 else len(batches)
-        self._batches = batches[self.rank :: self.world_size][:per_rank]
+        # Every rank must run the same number of steps with at least one row each.
+        self._batches = [b for b in batches if len(b) >= self.world_size]
 
     def __len__(self) -> int:
         return len(self._batches)
 
-    def __iter__(self) -> Iterator[tuple[int, int, np.ndarray]]:
+    def __iter__(self) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
         for index in range(self.start, len(self._batches)):
-            yield (self.epoch, index, self._batches[index])
+            batch = self._batches[index]
+            row_ids = np.arange(self.rank, len(batch), self.world_size)
+            yield (self.epoch, index, batch[row_ids], row_ids)
 
 
 class TrainDataset:
@@ -321,27 +337,29 @@ class TrainDataset:
         self.augmenter = augmenter
         self._infos: dict[int, object] = {}
 
-    def __getitem__(self, key: tuple[int, int, np.ndarray]):
+    def __getitem__(self, key: tuple[int, int, np.ndarray, np.ndarray]):
         import torch
 
-        from xvec.audio import audio_info, train_crop
-
-        epoch, index, rows = key
-        rng = np.random.default_rng([self.seed, epoch, index, 0xC0])
-        flat = rows.reshape(-1)
+        epoch, index, rows, row_ids = key
         crops = []
-        for utt in flat:
-            info = self._infos.get(int(utt))
-            if info is None:
-                info = audio_info(self.root / self.files[utt])
-                self._infos[int(utt)] = info
-            audio = train_crop(self.root / self.files[utt], self.max_frames, rng, info=info)
-            if self.augmenter is not None:
-                audio = self.augmenter(audio, rng)
-            crops.append(audio)
+        for row, row_id in zip(rows, row_ids, strict=True):
+            rng = np.random.default_rng([self.seed, epoch, index, int(row_id), 0xC0])
+            crops += [self._crop(int(utt), rng) for utt in row]
         waves = torch.from_numpy(np.stack(crops).reshape(rows.shape[0], rows.shape[1], -1))
         labels = torch.from_numpy(self.labels[rows[:, 0]])
         return waves, labels
+
+    def _crop(self, utt: int, rng: np.random.Generator) -> np.ndarray:
+        """One random training crop (header read once per file and worker), augmented."""
+        from xvec.audio import audio_info, train_crop
+
+        info = self._infos.get(utt)
+        if info is None:
+            info = self._infos[utt] = audio_info(self.root / self.files[utt])
+        audio = train_crop(self.root / self.files[utt], self.max_frames, rng, info=info)
+        if self.augmenter is not None:
+            audio = self.augmenter(audio, rng)
+        return audio
 
     def __len__(self) -> int:  # pragma: no cover - keys come from EpochBatches
         return len(self.files)

@@ -136,11 +136,12 @@ class EmbeddingStore:
     def __init__(self, meta: dict[str, Any] | None = None) -> None:
         self.vectors: dict[str, np.ndarray] = {}
         self.meta = meta or {}
+        self.path: Path | None = None
 
     def save(self, path: str | Path) -> Path:
         from safetensors.numpy import save
 
-        from xvec.checkpoint import atomic_write_bytes
+        from xvec.files import atomic_write_bytes
 
         payload = save(
             {k: np.ascontiguousarray(v) for k, v in self.vectors.items()},
@@ -166,6 +167,7 @@ class EmbeddingStore:
         raw = (header.get("__metadata__") or {}).get("xvec_embeddings")
         store = cls(json.loads(raw) if raw else {})
         store.vectors = vectors
+        store.path = path
         return store
 
     def matrix(self, files: Sequence[str], source: str | Path) -> np.ndarray:
@@ -173,7 +175,8 @@ class EmbeddingStore:
         missing = [f for f in files if f not in self.vectors]
         if missing:
             raise XvecError(
-                f"{source}: {len(missing)} file(s) have no embedding in the embeddings file "
+                f"{source}: {len(missing)} file(s) have no embedding in "
+                f"{self.path or 'the embeddings file'} "
                 f"(e.g. {', '.join(missing[:3])}); embed them first with 'xvec embed'"
             )
         return np.stack([self.vectors[f] for f in files])

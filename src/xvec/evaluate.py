@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xvec.data import Trials, check_files_exist
+from xvec.data import Trials, check_files_exist, require_both_labels
 from xvec.embed import EmbedStats, Protocol, embed_files
 from xvec.metrics import Metrics, evaluate
 from xvec.scoring import cosine_scores, vt_crop_scores
@@ -64,6 +64,7 @@ def evaluate_model(
 ) -> EvalResult:
     """Embed every unique trial file once, score all trials in one vectorised pass, measure."""
     protocol = protocol or Protocol()
+    require_both_labels(trials)
     check_files_exist(audio_root, trials.files, trials.path)
     start = time.perf_counter()
     stats = EmbedStats()

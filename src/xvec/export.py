@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from xvec.checkpoint import atomic_write_bytes, load_model
+from xvec.checkpoint import load_model
 from xvec.errors import XvecError
+from xvec.files import atomic_write_bytes
 
 FORMATS = ("onnx", "torchscript")
 CHECK_SECONDS = (1.0, 2.37, 4.0)

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from xvec import registry
-from xvec.checkpoint import atomic_write_bytes, load_state_strict, save_checkpoint
+from xvec.checkpoint import load_state_strict, save_checkpoint
 from xvec.config import Recipe
 from xvec.data import (
     EpochBatches,
@@ -37,8 +37,10 @@ from xvec.data import (
     check_sampler,
     read_train_list,
     read_trials,
+    require_both_labels,
 )
 from xvec.errors import XvecError
+from xvec.files import atomic_write_bytes
 
 STATE_FILE = "state.safetensors"
 LOG_FILE = "log.jsonl"
@@ -351,6 +353,7 @@ def train(
     trials = None
     if cfg_data.test_list is not None:
         trials = read_trials(cfg_data.test_list)
+        require_both_labels(trials)
         check_files_exist(cfg_data.test_path, trials.files, cfg_data.test_list)
 
     # ---- model and loss
@@ -482,7 +485,9 @@ def train(
                     position.step += 1
                     position.batch += 1
                     steps_this_call += 1
-                    progress.advance(value.item(), accuracy.item(), waves.shape[0] * waves.shape[1])
+                    progress.advance(
+                        value.item(), accuracy.item(), waves.shape[0] * waves.shape[1] * world
+                    )
                     if position.step % cfg_train.log_every == 0:
                         log.write(
                             kind="train",

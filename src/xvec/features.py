@@ -1,0 +1,191 @@
+"""Log-mel front ends: xvec's own :class:`LogFbank` and voxceleb_trainer's exact model inputs.
+
+This module and ``audio.py`` are the only places that use torchaudio. Front ends always run in
+float32 without gradient tracking, even inside an autocast region: log-mel features of 16-bit
+audio lose too much in half precision, and they have nothing to learn.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+import torchaudio
+from torch import nn
+
+__all__ = [
+    "LogFbank",
+    "PreEmphasis",
+    "VTMelFrontEnd",
+    "vt_filterbank",
+    "vt_log_mel",
+    "wrap_pad_to",
+]
+
+VT_N_FFT = 512
+VT_WIN_LENGTH = 400
+VT_HOP_LENGTH = 160
+VT_LOG_FLOOR = 1e-6  # added to the mel power before the log, as voxceleb_trainer does
+
+WindowName = Literal["hamming", "hann"]
+_WINDOWS = {"hamming": torch.hamming_window, "hann": torch.hann_window}
+
+
+def wrap_pad_to(waveform: torch.Tensor, min_samples: int) -> torch.Tensor:
+    """Repeat a ``[batch, samples]`` signal cyclically up to ``min_samples`` (no-op if longer).
+
+    Cyclic repetition is what voxceleb_trainer does to short evaluation signals
+    (``numpy.pad(..., "wrap")``), so a padded input still looks like speech, not silence.
+    """
+    samples = waveform.shape[-1]
+    if samples >= min_samples:
+        return waveform
+    if samples == 0:
+        raise ValueError("cannot pad an empty waveform")
+    repeats = -(-min_samples // samples)
+    return waveform.repeat(1, repeats)[:, :min_samples]
+
+
+class PreEmphasis(nn.Module):
+    """First-order high-pass ``y[t] = x[t] - coef * x[t-1]`` on ``[batch, samples]`` signals.
+
+    The first output sample uses a reflected ``x[-1] = x[1]`` so the length is unchanged. The
+    2-tap kernel is the buffer ``flipped_filter`` (``[-coef, 1]``), the name under which
+    voxceleb_trainer's ResNetSE34V2 stores it, so its state dicts load unchanged.
+    """
+
+    def __init__(self, coef: float = 0.97) -> None:
+        super().__init__()
+        self.coef = coef
+        kernel = torch.tensor([-coef, 1.0], dtype=torch.float32).view(1, 1, 2)
+        self.register_buffer("flipped_filter", kernel)
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        if waveform.dim() != 2:
+            raise ValueError(f"PreEmphasis expects [batch, samples], got {tuple(waveform.shape)}")
+        padded = F.pad(waveform.unsqueeze(1), (1, 0), mode="reflect")
+        return F.conv1d(padded, self.flipped_filter).squeeze(1)
+
+
+class LogFbank(nn.Module):
+    """Mean-normalised log-mel filterbank ``[batch, samples] -> [batch, n_mels, frames]``.
+
+    Pre-emphasis, Hamming-window power spectrum (centred frames, reflect padding), HTK mel
+    filters, ``log(x + 1e-6)``, then the per-utterance mean over time is subtracted (cepstral
+    mean normalisation), which removes a fixed channel response. The window and filters are
+    non-persistent buffers: they are constants, so checkpoints do not carry them. Signals
+    shorter than one window are cyclically padded to one window.
+    """
+
+    def __init__(
+        self,
+        n_mels: int = 80,
+        sample_rate: int = 16000,
+        n_fft: int = 512,
+        win_length: int = 400,
+        hop_length: int = 160,
+        preemphasis: float = 0.97,
+    ) -> None:
+        super().__init__()
+        if not 0 < win_length <= n_fft:
+            raise ValueError(f"win_length must be in 1..n_fft ({n_fft}), got {win_length}")
+        self.n_mels = n_mels
+        self.n_fft = n_fft
+        self.win_length = win_length
+        self.hop_length = hop_length
+        self.preemphasis = preemphasis
+        mel_fb = torchaudio.functional.melscale_fbanks(
+            n_freqs=n_fft // 2 + 1,
+            f_min=0.0,
+            f_max=sample_rate / 2,
+            n_mels=n_mels,
+            sample_rate=sample_rate,
+        )
+        self.register_buffer("window", torch.hamming_window(win_length), persistent=False)
+        self.register_buffer("mel_fb", mel_fb, persistent=False)
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), torch.autocast(device_type=waveform.device.type, enabled=False):
+            wave = waveform.to(self.window.dtype)  # float32 unless the module was cast explicitly
+            wave = wrap_pad_to(wave, max(self.win_length, self.n_fft // 2 + 1))
+            if self.preemphasis:
+                first = wave[:, :1] - self.preemphasis * wave[:, 1:2]  # reflected x[-1] = x[1]
+                wave = torch.cat([first, wave[:, 1:] - self.preemphasis * wave[:, :-1]], dim=1)
+            spec = torch.stft(
+                wave,
+                n_fft=self.n_fft,
+                hop_length=self.hop_length,
+                win_length=self.win_length,
+                window=self.window,
+                center=True,
+                pad_mode="reflect",
+                return_complex=True,
+            )
+            power = spec.real.square() + spec.imag.square()  # [batch, freqs, frames]
+            mel = torch.matmul(power.transpose(1, 2), self.mel_fb).transpose(1, 2)
+            logmel = torch.log(mel + VT_LOG_FLOOR)
+            return logmel - logmel.mean(dim=-1, keepdim=True)
+
+
+def vt_filterbank(
+    n_mels: int, window: WindowName = "hamming", preemphasis: bool = False
+) -> nn.Module:
+    """voxceleb_trainer's ``torchfb``: torchaudio MelSpectrogram (512-point FFT, 25 ms / 10 ms).
+
+    ``preemphasis=True`` gives ResNetSE34V2's ``Sequential(PreEmphasis, MelSpectrogram)``;
+    ResNetSE34L uses a Hamming window without pre-emphasis, VGGVox torchaudio's default Hann
+    window. Module names are torchaudio's, so VT state-dict keys (``torchfb.mel_scale.fb``,
+    ``torchfb.1.spectrogram.window`` ...) load unchanged.
+    """
+    mel = torchaudio.transforms.MelSpectrogram(
+        sample_rate=16000,
+        n_fft=VT_N_FFT,
+        win_length=VT_WIN_LENGTH,
+        hop_length=VT_HOP_LENGTH,
+        f_min=0.0,
+        f_max=None,
+        window_fn=_WINDOWS[window],
+        n_mels=n_mels,
+    )
+    return nn.Sequential(PreEmphasis(), mel) if preemphasis else mel
+
+
+def vt_log_mel(
+    torchfb: nn.Module, instancenorm: nn.Module, waveform: torch.Tensor, log_input: bool
+) -> torch.Tensor:
+    """VT's model input ``[batch, n_mels, frames]``: ``instancenorm(log(torchfb(x) + 1e-6))``.
+
+    The log is skipped when ``log_input`` is false (VT's ``--log_input False``). The instance
+    norm standardises every mel band of every utterance over time.
+    """
+    with torch.no_grad(), torch.autocast(device_type=waveform.device.type, enabled=False):
+        dtype = next(torchfb.buffers()).dtype  # float32 unless the model was cast explicitly
+        features = torchfb(waveform.to(dtype)) + VT_LOG_FLOOR
+        if log_input:
+            features = features.log()
+        return instancenorm(features)
+
+
+class VTMelFrontEnd(nn.Module):
+    """voxceleb_trainer's normalised log-mel input, as one module ``[B, S] -> [B, n_mels, T]``.
+
+    The VT models (:mod:`xvec.models.resnet`, :mod:`xvec.models.vggvox`) hold the two parts,
+    ``torchfb`` and ``instancenorm``, directly as their own attributes so that VT state dicts
+    load with unchanged keys; they compute exactly :func:`vt_log_mel`, as this module does.
+    """
+
+    def __init__(
+        self,
+        n_mels: int = 40,
+        window: WindowName = "hamming",
+        preemphasis: bool = False,
+        log_input: bool = True,
+    ) -> None:
+        super().__init__()
+        self.log_input = log_input
+        self.torchfb = vt_filterbank(n_mels, window, preemphasis)
+        self.instancenorm = nn.InstanceNorm1d(n_mels)
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        return vt_log_mel(self.torchfb, self.instancenorm, waveform, self.log_input)

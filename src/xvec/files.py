@@ -1,0 +1,67 @@
+"""Atomic file writes (torch-free): a crash or a full disk leaves the old file or the new one.
+
+Every artefact xvec writes (checkpoints, training state, embeddings, scores, plots, JSON) goes
+through :func:`atomic_write`: a temporary file in the same folder, flushed and fsynced, renamed
+over the target, then the folder fsynced. On failure the previous file is untouched and the
+temporary file is removed.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from xvec.errors import XvecError
+
+
+@functools.cache
+def _umask() -> int:
+    """The process umask (read once: reading it means setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """Create ``path`` (and its folders) with ``write(handle)``, atomically."""
+    path = Path(path)
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise XvecError(
+            f"{path}: cannot write into {folder} ({exc.strerror or exc}); choose another output"
+        ) from exc
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes it private; use the usual mode
+        os.replace(tmp_name, path)
+    except OSError as exc:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise XvecError(
+            f"{path}: write failed, previous file kept ({exc.strerror or exc})"
+        ) from exc
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:  # pragma: no cover - some filesystems refuse directory fsync
+        pass
+
+
+def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` atomically (see :func:`atomic_write`)."""
+    atomic_write(path, lambda handle: handle.write(payload))

@@ -1,0 +1,235 @@
+"""Figures: score histograms, DET curves and training curves (PNG, PDF or SVG by extension).
+
+Figures are built on matplotlib's object API with the Agg canvas, never through pyplot, so no
+global figure state is created or left open, and no display is needed. Files are written
+atomically (temporary file, then rename) and parent folders are created.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from xvec.errors import XvecError
+
+__all__ = ["plot_det", "plot_histogram", "plot_training", "probit"]
+
+TARGET_COLOR = "tab:blue"
+NONTARGET_COLOR = "tab:red"
+DET_TICKS_PERCENT = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 40)
+DET_LIMITS_PERCENT = (0.05, 60.0)
+_DET_GRID = 2000  # curve points kept per axis length (about a pixel at 300 dpi)
+
+# Acklam's rational approximation of the inverse normal CDF (relative error < 1.2e-9).
+_A = (-39.69683028665376, 220.9460984245205, -275.9285104469687, 138.357751867269,
+      -30.66479806614716, 2.506628277459239)  # fmt: skip
+_B = (-54.47609879822406, 161.5858368580409, -155.6989798598866, 66.80131188771972,
+      -13.28068155288572, 1.0)  # fmt: skip
+_C = (-0.007784894002430293, -0.3223964580411365, -2.400758277161838, -2.549732539343734,
+      4.374664141464968, 2.938163982698783)  # fmt: skip
+_D = (0.007784695709041462, 0.3224671290700398, 2.445134137142996, 3.754408661907416, 1.0)
+_P_LOW = 0.02425
+
+
+def probit(probability: ArrayLike) -> np.ndarray:
+    """Inverse of the standard normal CDF (normal deviate), vectorised; 0 -> -inf, 1 -> +inf."""
+    p = np.asarray(probability, dtype=np.float64)
+    result = np.full(p.shape, np.nan)
+    central = (p >= _P_LOW) & (p <= 1 - _P_LOW)
+    q = p[central] - 0.5
+    r = q * q
+    result[central] = q * np.polyval(_A, r) / np.polyval(_B, r)
+    with np.errstate(divide="ignore"):
+        low = (p > 0) & (p < _P_LOW)
+        q = np.sqrt(-2 * np.log(p[low]))
+        result[low] = np.polyval(_C, q) / np.polyval(_D, q)
+        high = (p > 1 - _P_LOW) & (p < 1)
+        q = np.sqrt(-2 * np.log1p(-p[high]))
+        result[high] = -np.polyval(_C, q) / np.polyval(_D, q)
+    result[p == 0] = -np.inf
+    result[p == 1] = np.inf
+    return result
+
+
+def _new_figure(width: float, height: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure: Any, path: str | Path) -> None:
+    """Save by the file's extension (PNG when it has none), atomically."""
+    from xvec.files import atomic_write
+
+    path = Path(path)
+    file_format = path.suffix.lstrip(".").lower() or "png"
+    supported = figure.canvas.get_supported_filetypes()
+    if file_format not in supported:
+        raise XvecError(
+            f"{path}: cannot write a '.{file_format}' figure; use one of "
+            + ", ".join(f".{ext}" for ext in sorted(supported))
+        )
+    atomic_write(path, lambda handle: figure.savefig(handle, format=file_format, dpi=150))
+
+
+def _scores_and_labels(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    values = np.asarray(scores, dtype=np.float64).reshape(-1)
+    mask = np.asarray(labels).reshape(-1)
+    if values.size != mask.size:
+        raise XvecError(f"{values.size} scores but {mask.size} labels; they must pair up")
+    if values.size == 0:
+        raise XvecError("no scores to plot")
+    if not np.isfinite(values).all():
+        raise XvecError("scores contain NaN or infinite values; cannot plot them")
+    return values, mask.astype(bool)
+
+
+def plot_histogram(
+    scores: ArrayLike,
+    labels: ArrayLike,
+    path: str | Path,
+    threshold: float | None = None,
+    title: str | None = None,
+) -> None:
+    """Overlaid target / non-target score densities on shared bins, with the EER threshold."""
+    values, is_target = _scores_and_labels(scores, labels)
+    n_bins = int(np.clip(np.sqrt(values.size), 20, 100))
+    low, high = float(values.min()), float(values.max())
+    edges = np.linspace(low, high, n_bins + 1) if high > low else np.array([low - 0.5, low + 0.5])
+    figure = _new_figure(7, 4.5)
+    axes = figure.add_subplot()
+    for name, selected, color in (
+        ("non-target", values[~is_target], NONTARGET_COLOR),
+        ("target", values[is_target], TARGET_COLOR),
+    ):
+        if selected.size:
+            density, _ = np.histogram(selected, bins=edges, density=True)
+            axes.stairs(
+                density, edges, fill=True, alpha=0.45, color=color,
+                label=f"{name} ({selected.size:,})",
+            )  # fmt: skip
+            axes.stairs(density, edges, color=color, linewidth=1.0)
+    if threshold is not None and np.isfinite(threshold):
+        axes.axvline(
+            threshold, color="black", linestyle="--", linewidth=1.2,
+            label=f"EER threshold {threshold:.4f}",
+        )  # fmt: skip
+    axes.set_xlabel("score")
+    axes.set_ylabel("density")
+    axes.set_ylim(bottom=0)
+    axes.legend(loc="upper left", frameon=False)
+    if title:
+        axes.set_title(title)
+    _save(figure, path)
+
+
+def _thin_curve(x: np.ndarray, y: np.ndarray, span: float) -> tuple[np.ndarray, np.ndarray]:
+    """Drop consecutive points that fall on the same cell of a fine grid (keeps the shape)."""
+    cell_x = np.floor(x * _DET_GRID / span)
+    cell_y = np.floor(y * _DET_GRID / span)
+    keep = np.r_[True, (cell_x[1:] != cell_x[:-1]) | (cell_y[1:] != cell_y[:-1])]
+    keep[-1] = True
+    return x[keep], y[keep]
+
+
+def plot_det(curves: Mapping[str, tuple[ArrayLike, ArrayLike]], path: str | Path) -> None:
+    """DET curves on normal-deviate axes, one per system, with each EER point marked.
+
+    ``curves`` maps a system name to its ``(scores, labels)``; the legend shows each EER.
+    """
+    from xvec.metrics import det_curve, evaluate
+
+    if not curves:
+        raise XvecError("no score sets given for the DET plot")
+    low, high = (p / 100 for p in DET_LIMITS_PERCENT)
+    limits = probit([low, high])
+    span = float(limits[1] - limits[0])
+    figure = _new_figure(6, 6)
+    axes = figure.add_subplot()
+    axes.plot(limits, limits, color="0.6", linestyle=":", linewidth=1)
+    for name, (scores, labels) in curves.items():
+        values, is_target = _scores_and_labels(scores, labels)
+        fpr, fnr, _ = det_curve(values, is_target)
+        eer = evaluate(values, is_target).eer
+        # keep off-axis points just outside the frame, so lines leave it where they should
+        x, y = probit(np.clip(np.c_[fpr, fnr], low / 4, 0.999)).T
+        x, y = _thin_curve(x, y, span)
+        (line,) = axes.plot(x, y, linewidth=1.6, label=f"{name} (EER {eer:.2f} %)")
+        eer_point = probit(eer / 100) if eer > 0 else -np.inf
+        axes.plot(eer_point, eer_point, "o", color=line.get_color(), markersize=6)
+    ticks = probit(np.asarray(DET_TICKS_PERCENT) / 100)
+    labels_text = [f"{tick:g}" for tick in DET_TICKS_PERCENT]
+    axes.set_xticks(ticks, labels_text)
+    axes.set_yticks(ticks, labels_text)
+    axes.set_xlim(*limits)
+    axes.set_ylim(*limits)
+    axes.set_aspect("equal")
+    axes.grid(True, color="0.85", linewidth=0.8)
+    axes.set_xlabel("false acceptance rate (%)")
+    axes.set_ylabel("false rejection rate (%)")
+    axes.set_title("DET curve")
+    axes.legend(loc="upper right", frameon=True)
+    _save(figure, path)
+
+
+def _series(records: Sequence[Mapping[str, Any]], kind: str, *keys: str) -> np.ndarray:
+    """Rows ``[step, value]`` of the records of ``kind`` having the first present of ``keys``."""
+    rows = []
+    for record in records:
+        if record.get("kind") != kind or record.get("step") is None:
+            continue
+        value = next((record[key] for key in keys if record.get(key) is not None), None)
+        if value is not None:
+            rows.append((float(record["step"]), float(value)))
+    return np.array(rows, dtype=np.float64).reshape(-1, 2)
+
+
+def plot_training(records: Sequence[Mapping[str, Any]], path: str | Path) -> None:
+    """Loss, accuracy and EER versus step from a run's JSON-lines log records.
+
+    ``records`` are ``{"kind": "train", "step", "loss", "acc" (or "accuracy"), "lr", ...}`` and
+    ``{"kind": "eval", "step", "eer", "min_dcf", ...}``; a panel without data is left out. The
+    learning rate is drawn on the loss panel's right axis, minDCF on the EER panel's.
+    """
+    loss = _series(records, "train", "loss")
+    accuracy = _series(records, "train", "acc", "accuracy")
+    learning_rate = _series(records, "train", "lr")
+    eer = _series(records, "eval", "eer")
+    min_dcf = _series(records, "eval", "min_dcf")
+    panels = [
+        (name, data)
+        for name, data in (("loss", loss), ("accuracy (%)", accuracy), ("EER (%)", eer))
+        if len(data)
+    ]
+    figure = _new_figure(8, 1.0 + 2.6 * max(len(panels), 1))
+    if not panels:
+        axes = figure.add_subplot()
+        axes.set_axis_off()
+        axes.text(0.5, 0.5, "no training or evaluation records yet", ha="center", va="center")
+        _save(figure, path)
+        return
+    all_axes = figure.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    for axes, (name, data) in zip(all_axes, panels, strict=True):
+        marker = "o" if name.startswith("EER") else None
+        axes.plot(data[:, 0], data[:, 1], color="tab:blue", marker=marker, linewidth=1.2)
+        axes.set_ylabel(name, color="tab:blue")
+        axes.grid(True, color="0.9")
+        extra = {"loss": (learning_rate, "learning rate"), "EER (%)": (min_dcf, "minDCF")}
+        second, second_name = extra.get(name, (np.empty((0, 2)), ""))
+        if len(second):
+            twin = axes.twinx()
+            twin.plot(second[:, 0], second[:, 1], color="tab:orange", linestyle="--",
+                      marker=marker, linewidth=1.0)  # fmt: skip
+            twin.set_ylabel(second_name, color="tab:orange")
+            if second_name == "learning rate" and (second[:, 1] > 0).all():
+                twin.set_yscale("log")
+    all_axes[-1].set_xlabel("step")
+    all_axes[0].set_title("training curves")
+    _save(figure, path)

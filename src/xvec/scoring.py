@@ -1,0 +1,286 @@
+"""Trial scoring from embeddings, score normalisation, and score files.
+
+Trials are given as index arrays into an embedding matrix (one row per unique file), so each
+file's norm is computed once and every trial is a row-wise dot product, in chunks that bound
+memory (no float64 copy of the whole embedding matrix is made). Only numpy is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from xvec.errors import XvecError, where
+from xvec.files import atomic_write
+
+__all__ = [
+    "as_norm",
+    "cosine_scores",
+    "mean_norm",
+    "read_scores",
+    "vt_crop_scores",
+    "write_scores",
+]
+
+_NORM_EPS = 1e-12  # as torch.nn.functional.normalize: a zero vector stays zero
+_CHUNK_BYTES = 1 << 22  # 4 MiB per gathered float64 block: stays in cache, bounds memory
+
+
+def _unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """L2-normalise along the last axis, in float64."""
+    vectors = np.asarray(vectors, dtype=np.float64)
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return vectors / np.maximum(norms, _NORM_EPS)
+
+
+def _trial_indices(
+    enroll: ArrayLike, test: ArrayLike, n_files: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Enrolment and test indices as int64 arrays of equal length within ``[0, n_files)``."""
+    enroll_index = np.asarray(enroll, dtype=np.int64).reshape(-1)
+    test_index = np.asarray(test, dtype=np.int64).reshape(-1)
+    if enroll_index.size != test_index.size:
+        raise XvecError(f"{enroll_index.size} enrolment indices but {test_index.size} test indices")
+    for index in (enroll_index, test_index):
+        if index.size and (index.min() < 0 or index.max() >= n_files):
+            raise XvecError(f"trial index out of range for {n_files} embeddings")
+    return enroll_index, test_index
+
+
+def _chunk_rows(bytes_per_row: int, budget: int | None = None) -> int:
+    """Rows per chunk so that one chunk holds about ``budget`` bytes (default _CHUNK_BYTES)."""
+    return max(1, (budget or _CHUNK_BYTES) // max(bytes_per_row, 1))
+
+
+def cosine_scores(embeddings: ArrayLike, enroll: ArrayLike, test: ArrayLike) -> np.ndarray:
+    """Cosine similarity of each trial: ``embeddings [files, dim]``, indices ``[trials]``.
+
+    Returns float64 ``[trials]``.
+    """
+    matrix = np.asarray(embeddings)
+    if matrix.ndim != 2:
+        raise XvecError(
+            f"cosine scoring needs one embedding per file ([files, dim]), got shape {matrix.shape}"
+        )
+    enroll_index, test_index = _trial_indices(enroll, test, matrix.shape[0])
+    # inverse norms once per file; rows are gathered in their own dtype (half the memory traffic
+    # for float32) and multiplied in float64
+    inverse_norms = 1.0 / np.maximum(
+        np.sqrt(np.einsum("fd,fd->f", matrix, matrix, dtype=np.float64)), _NORM_EPS
+    )
+    scores = np.empty(enroll_index.size, dtype=np.float64)
+    step = _chunk_rows(matrix.shape[1] * 8)
+    for start in range(0, scores.size, step):
+        e, t = enroll_index[start : start + step], test_index[start : start + step]
+        dots = np.einsum("td,td->t", matrix[e], matrix[t], dtype=np.float64)
+        scores[start : start + step] = dots * inverse_norms[e] * inverse_norms[t]
+    return scores
+
+
+def vt_crop_scores(
+    embeddings: ArrayLike, enroll: ArrayLike, test: ArrayLike, *, normalize: bool = True
+) -> np.ndarray:
+    """voxceleb_trainer's score from crop embeddings ``[files, crops, dim]``.
+
+    The score is minus the mean Euclidean distance over all crop pairs of the two files, after
+    L2-normalising each crop (``normalize=False`` keeps raw crops, as VT does for the ``proto``
+    loss, whose ``test_normalize`` is off). Distances come from one batched Gram matrix per chunk
+    of trials: ``||a - b||^2 = ||a||^2 + ||b||^2 - 2 a.b``, clamped at zero (in float64; only
+    near-identical crops, whose distance is the square root of rounding, differ from direct
+    differences, by ~1e-8, below VT's own float32 noise).
+    """
+    crops = np.asarray(embeddings)
+    if crops.ndim != 3:
+        raise XvecError(
+            "voxceleb_trainer crop scoring needs [files, crops, dim] embeddings, "
+            f"got shape {crops.shape}; use cosine scoring for one embedding per file"
+        )
+    enroll_index, test_index = _trial_indices(enroll, test, crops.shape[0])
+    # per-crop scale factors once per file, applied to the small Gram matrices: no normalised
+    # float64 copy of the whole (large) crop array is made
+    squared_norms = np.einsum("fcd,fcd->fc", crops, crops, dtype=np.float64)
+    if normalize:
+        scale = 1.0 / np.maximum(np.sqrt(squared_norms), _NORM_EPS)
+        squared_norms = squared_norms * scale**2
+    else:
+        scale = np.ones_like(squared_norms)
+    scores = np.empty(enroll_index.size, dtype=np.float64)
+    n_crops, dim = crops.shape[1:]
+    step = _chunk_rows(n_crops * max(dim, n_crops) * 8)
+    for start in range(0, scores.size, step):
+        rows = slice(start, start + step)
+        e, t = enroll_index[rows], test_index[rows]
+        raw_gram = np.matmul(
+            crops[e].astype(np.float64), crops[t].astype(np.float64).transpose(0, 2, 1)
+        )
+        gram = raw_gram * scale[e][:, :, None] * scale[t][:, None, :]  # scale the small result
+        squared = squared_norms[e][:, :, None] + squared_norms[t][:, None, :] - 2.0 * gram
+        scores[rows] = -np.sqrt(np.maximum(squared, 0.0)).mean(axis=(1, 2))
+    return scores
+
+
+def _top_k_cohort_stats(
+    unit_files: np.ndarray, unit_cohort: np.ndarray, top_k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (population) std of each file's ``top_k`` highest cosine scores to the cohort."""
+    n_cohort = unit_cohort.shape[0]
+    means = np.empty(unit_files.shape[0])
+    stds = np.empty(unit_files.shape[0])
+    step = _chunk_rows(n_cohort * 8, budget=8 * _CHUNK_BYTES)  # BLAS and partition like big blocks
+    for start in range(0, unit_files.shape[0], step):
+        rows = slice(start, start + step)
+        scores = unit_files[rows] @ unit_cohort.T
+        if top_k < n_cohort:
+            scores = np.partition(scores, n_cohort - top_k, axis=1)[:, n_cohort - top_k :]
+        means[rows] = scores.mean(axis=1)
+        stds[rows] = scores.std(axis=1)
+    return means, stds
+
+
+def as_norm(
+    raw_scores: ArrayLike,
+    enroll: ArrayLike,
+    test: ArrayLike,
+    embeddings: ArrayLike,
+    cohort: ArrayLike,
+    top_k: int = 300,
+) -> np.ndarray:
+    """Adaptive symmetric score normalisation (AS-norm) of cosine trial scores.
+
+    For each file, the ``top_k`` cohort embeddings most similar to it give a mean and standard
+    deviation (computed once per file, not per trial); a trial's score becomes the average of its
+    z-normalisation by the enrolment file's statistics and by the test file's.
+    ``embeddings`` is ``[files, dim]`` aligned with the indices, ``cohort`` is ``[cohort, dim]``;
+    a ``top_k`` above the cohort size uses the whole cohort (symmetric S-norm).
+    """
+    matrix = np.asarray(embeddings)
+    cohort_matrix = np.asarray(cohort)
+    if matrix.ndim != 2 or cohort_matrix.ndim != 2 or matrix.shape[1] != cohort_matrix.shape[1]:
+        raise XvecError(
+            "AS-norm needs [files, dim] embeddings and a [cohort, dim] cohort of the same dim, "
+            f"got {matrix.shape} and {cohort_matrix.shape}"
+        )
+    k = min(int(top_k), cohort_matrix.shape[0])
+    if k < 2:
+        raise XvecError(
+            f"AS-norm needs at least 2 cohort scores per file (top_k {top_k}, cohort of "
+            f"{cohort_matrix.shape[0]}); use a larger cohort"
+        )
+    scores = np.asarray(raw_scores, dtype=np.float64).reshape(-1)
+    enroll_index, test_index = _trial_indices(enroll, test, matrix.shape[0])
+    if scores.size != enroll_index.size:
+        raise XvecError(f"{scores.size} scores for {enroll_index.size} trials")
+    used, inverse = np.unique(np.r_[enroll_index, test_index], return_inverse=True)
+    means, stds = _top_k_cohort_stats(_unit_rows(matrix[used]), _unit_rows(cohort_matrix), k)
+    stds = np.maximum(stds, _NORM_EPS)
+    enroll_slot, test_slot = inverse[: scores.size], inverse[scores.size :]
+    return 0.5 * (
+        (scores - means[enroll_slot]) / stds[enroll_slot]
+        + (scores - means[test_slot]) / stds[test_slot]
+    )
+
+
+def mean_norm(
+    embeddings: ArrayLike, enroll: ArrayLike, test: ArrayLike, cohort: ArrayLike
+) -> np.ndarray:
+    """Cosine scores after subtracting the cohort's mean embedding from every embedding.
+
+    Centring on a cohort (e.g. the training set) removes the direction all embeddings share,
+    which otherwise inflates every cosine score.
+    """
+    matrix = np.asarray(embeddings, dtype=np.float64)
+    cohort_matrix = np.asarray(cohort, dtype=np.float64)
+    if cohort_matrix.ndim != 2 or cohort_matrix.shape[1:] != matrix.shape[1:]:
+        raise XvecError(
+            f"cohort embeddings {cohort_matrix.shape} do not match embeddings {matrix.shape}"
+        )
+    return cosine_scores(matrix - cohort_matrix.mean(axis=0), enroll, test)
+
+
+# --------------------------------------------------------------------------- score files
+
+
+def write_scores(
+    path: str | Path,
+    scores: ArrayLike,
+    enroll_names: Sequence[str] | None,
+    test_names: Sequence[str] | None,
+) -> None:
+    """Write ``SCORE ENROLL TEST`` lines (one score per line when names are None), atomically.
+
+    Scores are written in Python's shortest round-trip form, so reading the file back gives
+    exactly the same float64 values and therefore the same metrics.
+    """
+    values = np.asarray(scores, dtype=np.float64).reshape(-1).tolist()
+    if (enroll_names is None) != (test_names is None):
+        raise XvecError("give both enrolment and test names, or neither")
+    if enroll_names is None or test_names is None:
+        lines = map(repr, values)
+    else:
+        if not len(values) == len(enroll_names) == len(test_names):
+            raise XvecError(
+                f"{path}: {len(values)} scores, {len(enroll_names)} enrolment and "
+                f"{len(test_names)} test names; they must pair up"
+            )
+        if any(len(" ".join(names).split()) != len(names) for names in (enroll_names, test_names)):
+            raise XvecError(f"{path}: file names must be non-empty and contain no whitespace")
+        lines = (
+            f"{value!r} {enroll} {test}"
+            for value, enroll, test in zip(values, enroll_names, test_names, strict=True)
+        )
+    payload = ("\n".join(lines) + "\n").encode() if values else b""
+    atomic_write(path, lambda handle: handle.write(payload))
+
+
+def read_scores(path: str | Path) -> tuple[np.ndarray, list[str] | None, list[str] | None]:
+    """Read a score file: ``SCORE ENROLL TEST`` lines, or one bare score per line.
+
+    Returns ``(scores float64, enroll names, test names)``; the names are None for a one-column
+    file. Blank lines and ``#`` comments are skipped. A malformed line is an
+    :class:`~xvec.errors.XvecError` naming ``file:line``.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError as exc:
+        raise XvecError(f"{path}: no such score file") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise XvecError(f"{path}: cannot read score file ({exc})") from exc
+    numbered = [
+        (number, fields)
+        for number, fields in enumerate((line.split() for line in text.splitlines()), start=1)
+        if fields and not fields[0].startswith("#")
+    ]
+    if not numbered:
+        raise XvecError(f"{path}: no scores (expected lines 'SCORE ENROLL TEST')")
+    first_line, first_fields = numbered[0]
+    width = len(first_fields)
+    if width not in (1, 3):
+        raise XvecError(
+            f"{where(path, first_line)}: expected 'SCORE ENROLL TEST' or one score per line, "
+            f"got {width} fields"
+        )
+    if len(set(map(len, (fields for _, fields in numbered)))) > 1:
+        number, fields = next(item for item in numbered if len(item[1]) != width)
+        raise XvecError(
+            f"{where(path, number)}: expected {width} field(s) like line {first_line}, "
+            f"got {len(fields)}"
+        )
+    columns = list(zip(*(fields for _, fields in numbered), strict=True))
+    try:
+        values = np.array(list(map(float, columns[0])), dtype=np.float64)
+    except ValueError:
+        for number, fields in numbered:
+            try:
+                float(fields[0])
+            except ValueError:
+                raise XvecError(
+                    f"{where(path, number)}: score '{fields[0]}' is not a number"
+                ) from None
+        raise  # pragma: no cover - every value parsed on the second pass
+    if width == 1:
+        return values, None, None
+    return values, list(columns[1]), list(columns[2])

@@ -1,0 +1,136 @@
+"""Figures: files of the right format and size, the requested content, no pyplot state."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xvec.errors import XvecError
+from xvec.plots import plot_det, plot_histogram, plot_training, probit
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk, after checking the signature."""
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def read_pixels(path: Path) -> np.ndarray:
+    from matplotlib.image import imread
+
+    return imread(path)
+
+
+@pytest.fixture(scope="module")
+def trial_scores() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(2)
+    labels = rng.random(3000) < 0.3
+    return rng.normal(size=3000) * 0.15 + np.where(labels, 0.6, 0.2), labels
+
+
+def assert_no_pyplot_figures() -> None:
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    assert pyplot is None or pyplot.get_fignums() == []
+
+
+def test_histogram_png_and_threshold_line(tmp_path, trial_scores) -> None:
+    scores, labels = trial_scores
+    plain, marked = tmp_path / "plain.png", tmp_path / "sub" / "marked.png"
+    plot_histogram(scores, labels, plain, title="demo")
+    plot_histogram(scores, labels, marked, threshold=0.4, title="demo")
+    assert png_size(plain) == png_size(marked) == (1050, 675)  # 7 x 4.5 in at 150 dpi
+    assert plain.stat().st_size > 10_000
+    without, with_line = read_pixels(plain), read_pixels(marked)
+    changed = np.abs(without - with_line).sum(axis=2) > 0.1
+    assert changed.any()
+    # the dashed line is vertical: the pixels it changes crowd into a few columns
+    columns = np.flatnonzero(changed.sum(axis=0) > 50)
+    assert columns.size and columns.max() - columns.min() < 12
+    assert sorted(os.listdir(tmp_path)) == ["plain.png", "sub"]  # no temporary files left
+    assert_no_pyplot_figures()
+
+
+@pytest.mark.parametrize(("suffix", "magic"), [(".pdf", b"%PDF"), (".svg", b"<?xml")])
+def test_format_follows_the_extension(tmp_path, trial_scores, suffix: str, magic: bytes) -> None:
+    path = tmp_path / f"hist{suffix}"
+    plot_histogram(*trial_scores, path, threshold=0.4)
+    assert path.read_bytes().startswith(magic)
+
+
+def test_unknown_extension_is_an_error(tmp_path, trial_scores) -> None:
+    with pytest.raises(XvecError, match=r"\.bmpx"):
+        plot_histogram(*trial_scores, tmp_path / "hist.bmpx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_histogram_rejects_mismatched_labels(tmp_path) -> None:
+    with pytest.raises(XvecError, match="pair up"):
+        plot_histogram([0.1, 0.2, 0.3], [0, 1], tmp_path / "h.png")
+
+
+def test_det_plot(tmp_path, trial_scores) -> None:
+    scores, labels = trial_scores
+    path = tmp_path / "det.png"
+    rounded = np.round(scores, 1)  # ties
+    plot_det({"system A": (scores, labels), "rounded": (rounded, labels)}, path)
+    assert png_size(path) == (900, 900)
+    pixels = read_pixels(path)
+    assert (pixels[..., :3].std(axis=2) > 0.2).sum() > 500  # coloured curves were drawn
+    assert_no_pyplot_figures()
+    with pytest.raises(XvecError, match="no score sets"):
+        plot_det({}, tmp_path / "empty.png")
+
+
+def test_probit_matches_the_normal_quantile() -> None:
+    p = np.r_[1e-9, 1e-4, 0.02425, np.linspace(0.01, 0.99, 99), 0.999]
+    expected = [statistics.NormalDist().inv_cdf(x) for x in p]
+    np.testing.assert_allclose(probit(p), expected, rtol=2e-9, atol=1e-12)
+    assert probit([0.0, 1.0]).tolist() == [-np.inf, np.inf]
+
+
+def training_records(with_eval: bool) -> list[dict]:
+    records = [
+        {"kind": "train", "epoch": 1 + step // 50, "step": step, "loss": 5.0 / step,
+         "acc": 100 - 100 / step, "lr": 0.001 * 0.97 ** (step // 10)}
+        for step in range(1, 101)
+    ]  # fmt: skip
+    records.insert(0, {"kind": "start", "time": 0.0})
+    if with_eval:
+        records += [
+            {"kind": "eval", "epoch": 1, "step": 50, "eer": 12.0, "min_dcf": 0.8},
+            {"kind": "eval", "epoch": 2, "step": 100, "eer": 8.5, "min_dcf": 0.6},
+        ]
+    return records
+
+
+def test_training_curves_have_a_panel_per_available_series(tmp_path) -> None:
+    full, train_only = tmp_path / "full.png", tmp_path / "train.png"
+    plot_training(training_records(with_eval=True), full)
+    plot_training(training_records(with_eval=False), train_only)
+    full_width, full_height = png_size(full)
+    width, height = png_size(train_only)
+    assert full_width == width == 1200
+    assert full_height - height == round(2.6 * 150)  # the EER panel is left out without evals
+    # the log writes "accuracy"; "acc" is accepted as well
+    renamed = [
+        {("accuracy" if key == "acc" else key): value for key, value in record.items()}
+        for record in training_records(with_eval=False)
+    ]
+    plot_training(renamed, tmp_path / "renamed.png")
+    assert png_size(tmp_path / "renamed.png") == (width, height)
+    assert_no_pyplot_figures()
+
+
+def test_training_curves_without_data_still_write_a_figure(tmp_path) -> None:
+    path = tmp_path / "curves.png"
+    plot_training([{"kind": "start"}], path)
+    assert png_size(path)[0] > 0
