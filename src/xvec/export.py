@@ -1,15 +1,21 @@
 """Export a trained model to ONNX or TorchScript, front end included, and verify the result.
 
-The exported graph takes 16 kHz waveforms ``[batch, samples]`` (both axes dynamic) and returns
-``[batch, embedding_dim]``, so a service needs no feature code. After writing, the export is run
-on random waveforms of several lengths and compared with the PyTorch model; a difference above
-``tolerance`` is an error, and the file is removed rather than left looking good.
+The exported graph takes 16 kHz waveforms ``[batch, samples]`` (both axes dynamic, at least one
+second) and returns ``[batch, embedding_dim]``, so a service needs no feature code. ONNX export
+uses torch's dynamo exporter (it handles the STFT of the log-mel front ends) and falls back to
+the TorchScript-based exporter for graphs ``torch.export`` cannot capture with a symbolic length
+(RawNet3's strided sinc front end). After writing, the
+export is run on random waveforms of several lengths and compared with the PyTorch model; a
+difference above ``tolerance`` is an error, and the file is removed rather than left looking good.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +29,9 @@ from xvec.files import atomic_write_bytes
 
 FORMATS = ("onnx", "torchscript")
 CHECK_SECONDS = (1.0, 2.37, 4.0)
-OPSET = 17  # first opset with STFT, which the log-mel front ends need
+OPSET = 18
+SAMPLE_RATE = 16000
+MIN_EXPORT_SAMPLES = SAMPLE_RATE  # exported graphs take >= 1 s; pad shorter audio before
 
 
 @dataclass
@@ -72,33 +80,72 @@ def model_metadata(model: torch.nn.Module) -> dict[str, str]:
 
 def _export_onnx(model: torch.nn.Module, path: Path) -> None:
     try:
-        import onnx
+        import onnx  # noqa: F401 - the exporter needs it
+        import onnxscript  # noqa: F401
     except ImportError as exc:
         raise XvecError(
-            "ONNX export needs the 'onnx' and 'onnxruntime' packages: pip install 'xvec[export]'"
+            "ONNX export needs the 'onnx', 'onnxscript' and 'onnxruntime' packages: "
+            "pip install 'xvec[export]'"
         ) from exc
-    example = torch.from_numpy(_check_inputs()[0])
-    with tempfile.TemporaryDirectory() as tmp:
-        raw = Path(tmp) / "model.onnx"
+    example = torch.from_numpy(_check_inputs()[1])  # not at the minimum length: no specialising
+    try:
+        proto = _dynamo_onnx(model, example)
+    except Exception as dynamo_error:  # any exporter failure: try the other exporter
         try:
-            torch.onnx.export(
-                model,
-                (example,),
-                str(raw),
-                input_names=["waveform"],
-                output_names=["embedding"],
-                dynamic_axes={"waveform": {0: "batch", 1: "samples"}, "embedding": {0: "batch"}},
-                opset_version=OPSET,
-                dynamo=False,
-            )
-        except Exception as exc:  # exporter errors name the unsupported operator
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else repr(exc)
-            raise XvecError(f"{type(model).__name__} cannot be exported to ONNX: {first}") from exc
-        proto = onnx.load(str(raw))
+            proto = _torchscript_onnx(model, example)
+        except Exception as exc:
+            reason = _first_line(dynamo_error)
+            raise XvecError(
+                f"{type(model).__name__} cannot be exported to ONNX: {reason}; the TorchScript "
+                f"exporter fails too: {_first_line(exc)}"
+            ) from exc
     for key, value in model_metadata(model).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     atomic_write_bytes(path, proto.SerializeToString())
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:240] if text else repr(exc)
+
+
+def _dynamo_onnx(model: torch.nn.Module, example: torch.Tensor) -> Any:
+    """ONNX through torch.export, with symbolic batch and time axes."""
+    samples = torch.export.Dim("samples", min=MIN_EXPORT_SAMPLES, max=SAMPLE_RATE * 3600)
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model,
+            (example,),
+            input_names=["waveform"],
+            output_names=["embedding"],
+            dynamic_shapes=({0: torch.export.Dim("batch"), 1: samples},),
+            opset_version=OPSET,
+            dynamo=True,
+            verbose=False,
+        )
+    return program.model_proto
+
+
+def _torchscript_onnx(model: torch.nn.Module, example: torch.Tensor) -> Any:
+    """ONNX through the TorchScript tracer (no complex STFT support, but robust shapes)."""
+    import onnx
+
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        raw = Path(tmp) / "model.onnx"
+        torch.onnx.export(
+            model,
+            (example,),
+            str(raw),
+            input_names=["waveform"],
+            output_names=["embedding"],
+            dynamic_axes={"waveform": {0: "batch", 1: "samples"}, "embedding": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+        return onnx.load(str(raw))
 
 
 def _run_onnx(path: Path, waves: list[np.ndarray]) -> list[np.ndarray]:
@@ -109,7 +156,18 @@ def _run_onnx(path: Path, waves: list[np.ndarray]) -> list[np.ndarray]:
             "verifying an ONNX export needs onnxruntime: pip install 'xvec[export]'"
         ) from exc
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return [session.run(None, {"waveform": w})[0] for w in waves]
+    outputs = []
+    for wave in waves:
+        try:
+            outputs.append(session.run(None, {"waveform": wave})[0])
+        except Exception as exc:  # e.g. a time axis the exporter made static
+            path.unlink(missing_ok=True)
+            first = str(exc).strip().splitlines()[0][:200]
+            raise XvecError(
+                f"{path}: the exported graph fails on a {wave.shape[1]}-sample input ({first}); "
+                "the file was removed"
+            ) from exc
+    return outputs
 
 
 def _export_torchscript(model: torch.nn.Module, path: Path) -> None:
