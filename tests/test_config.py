@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from xvec.config import apply_overrides, load_recipe
 from xvec.errors import XvecError
@@ -132,3 +133,20 @@ def test_missing_recipe_file(tmp_path):
 def test_empty_override_restores_the_default():
     data = apply_overrides({"data": {"test_list": "t.txt", "max_frames": 100}}, ["data.test_list="])
     assert data == {"data": {"max_frames": 100}}
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_validates_and_builds(path):
+    from xvec import registry
+
+    recipe = load_recipe(path)
+    model = registry.build("model", recipe.model.name, recipe.model.params)
+    assert model.embedding_dim > 0
+    loss = registry.build(
+        "loss",
+        recipe.loss.name,
+        recipe.loss.params,
+        embedding_dim=model.embedding_dim,
+        num_classes=10,
+    )
+    assert recipe.train.nPerSpeaker >= loss.min_per_speaker
