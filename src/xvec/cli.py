@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from xvec.errors import XvecError
+from xvec.report import make_console
 
 app = typer.Typer(
     name="xvec",
@@ -38,8 +38,8 @@ prepare_app = typer.Typer(
 app.add_typer(plot_app, name="plot")
 app.add_typer(prepare_app, name="prepare")
 
-out = Console()
-err = Console(stderr=True)
+out = make_console()
+err = make_console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 

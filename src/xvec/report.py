@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.console import Console
 from rich.table import Table
+
+PIPE_WIDTH = 160  # tables stay readable in logs and pipes, where rich would assume 80 columns
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A rich console; when output is not a terminal, wide enough for the metrics table."""
+    console = Console(stderr=stderr)
+    if not console.is_terminal:
+        console = Console(stderr=stderr, width=PIPE_WIDTH)
+    return console
 
 
 def metrics_table(results: list[dict[str, Any]], title: str) -> Table:

@@ -314,9 +314,9 @@ def train(
 
     ``stop_after_steps`` ends the run after that many optimiser steps in this call (tests).
     """
-    from rich.console import Console
+    from xvec.report import make_console
 
-    console = console or Console(stderr=True)
+    console = console or make_console(stderr=True)
     recipe = recipe.resolved()
     cfg_train, cfg_data = recipe.train, recipe.data
     rank, world, local_rank = _distributed()
