@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import field_validator, model_validator
@@ -29,11 +30,11 @@ LOG_FLOOR = 1e-6
 STAT_MIN, STAT_MAX = 1e-4, 1e4
 
 
-def _hz_to_mel(hz: torch.Tensor) -> torch.Tensor:
-    return 2595.0 * torch.log10(1.0 + hz / 700.0)
+def _hz_to_mel(hz: float) -> float:
+    return 2595.0 * math.log10(1.0 + hz / 700.0)
 
 
-def _mel_to_hz(mel: torch.Tensor) -> torch.Tensor:
+def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
     return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
 
 
@@ -66,12 +67,10 @@ class ParamSincFB(nn.Module):
         self.min_band_hz = float(min_band_hz)
         half = kernel_size // 2
         top = self.sample_rate / 2 - (self.min_low_hz + self.min_band_hz)
-        mel = torch.linspace(
-            float(_hz_to_mel(torch.tensor(30.0))),
-            float(_hz_to_mel(torch.tensor(top))),
-            n_filters // 2 + 1,
-        )
-        edges = _mel_to_hz(mel)
+        # float64 end points, float32 numpy spacing and conversion: asteroid's exact values,
+        # so a seeded build equals voxceleb_trainer's bit for bit
+        mel = np.linspace(_hz_to_mel(30.0), _hz_to_mel(top), n_filters // 2 + 1, dtype=np.float32)
+        edges = torch.from_numpy(_mel_to_hz(mel).astype(np.float32))
         self.low_hz_ = nn.Parameter(edges[:-1].view(-1, 1).clone())
         self.band_hz_ = nn.Parameter(edges.diff().view(-1, 1))
         window = torch.hamming_window(kernel_size, periodic=False, dtype=torch.float64)[:half]
