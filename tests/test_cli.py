@@ -100,3 +100,14 @@ def test_count_classes_errors_are_one_line(tmp_path, content, fragments):
     if content is not None:
         path.write_text(content)
     assert_one_line_error(run_xvec("count-classes", str(path)), *fragments)
+
+
+def test_several_models_get_separate_result_folders():
+    from pathlib import Path
+
+    from xvec.cli import _result_folders
+
+    assert _result_folders([Path("a/last.safetensors")]) == [""]
+    assert _result_folders([Path("a/m1.safetensors"), Path("b/m2.safetensors")]) == ["m1", "m2"]
+    same = _result_folders([Path("a/last.safetensors"), Path("b/last.safetensors")])
+    assert len(set(same)) == 2 and "a" in same[0] and "b" in same[1]

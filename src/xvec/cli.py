@@ -270,7 +270,8 @@ def eval_command(
             protocol.value, max_seconds=max_seconds, eval_frames=eval_frames, num_eval=num_eval
         )
         out_dir = out_dir or Path("eval_out")
-        for model_path in model:
+        folders = _result_folders(model)
+        for model_path, folder in zip(model, folders, strict=True):
             net = load_model(model_path)
             with FileProgress(f"embedding ({model_path.name})") as bar:
                 result = evaluate_model(
@@ -283,7 +284,7 @@ def eval_command(
                     device=device,
                     progress=bar,
                 )
-            target = out_dir / (model_path.stem if len(model) > 1 else "")
+            target = out_dir / folder
             write_scores(
                 target / "scores.txt",
                 result.scores,
@@ -301,6 +302,16 @@ def eval_command(
                 highlight=False,
             )
     out.print(metrics_table(summaries, f"{trials} ({len(trial_list)} trials)"))
+
+
+def _result_folders(models: list[Path]) -> list[str]:
+    """Sub-folder per model for several models ("" for one): file stems, made unique."""
+    if len(models) == 1:
+        return [""]
+    stems = [path.stem for path in models]
+    if len(set(stems)) == len(stems):
+        return stems
+    return [f"{index}_{path.parent.name}_{path.stem}" for index, path in enumerate(models, 1)]
 
 
 def _scores_in_trial_order(score_file: Path, trials: Any, read_scores: Callable) -> Any:
