@@ -378,26 +378,37 @@ def embed_command(
             done = previous.vectors
             err.print(f"resuming: {len(done)} embeddings already in {partial}", highlight=False)
 
+    kept = {"count": len(done)}
+
     def save_partial(results: dict) -> None:
         store = EmbeddingStore(meta)
         store.vectors = results
         store.save(partial)
+        kept["count"] = len(results)
 
     stats = EmbedStats()
     with FileProgress("embedding") as bar:
-        vectors = embed_files(
-            load_model(model),
-            audio_root,
-            files,
-            proto,
-            batch_size=batch_size,
-            device=device,
-            progress=bar,
-            done=done,
-            checkpoint_every=30.0,
-            on_checkpoint=save_partial,
-            stats=stats,
-        )
+        try:
+            vectors = embed_files(
+                load_model(model),
+                audio_root,
+                files,
+                proto,
+                batch_size=batch_size,
+                device=device,
+                progress=bar,
+                done=done,
+                checkpoint_every=30.0,
+                on_checkpoint=save_partial,
+                stats=stats,
+            )
+        except XvecError as exc:
+            if kept["count"]:
+                raise XvecError(
+                    f"{exc}; the {kept['count']} embeddings computed so far are kept in "
+                    f"{partial}: fix the file and run the same command again to resume"
+                ) from exc
+            raise
     store = EmbeddingStore(meta)
     store.vectors = {f: vectors[f] for f in files}
     store.save(output)

@@ -1,0 +1,79 @@
+"""Embedding extraction: batched results equal one-by-one results; an interrupted run resumes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import soundfile
+import torch
+
+from xvec import registry
+from xvec.checkpoint import save_checkpoint
+from xvec.embed import EmbedStats, Protocol, embed_files
+
+
+def _voices(folder, lengths):
+    rng = np.random.default_rng(3)
+    names = []
+    for index, seconds in enumerate(lengths):
+        t = np.arange(int(seconds * 16000)) / 16000
+        wave = 0.3 * np.sin(2 * np.pi * (110 + 30 * index) * t) + 0.02 * rng.standard_normal(t.size)
+        name = f"v{index}.wav"
+        soundfile.write(str(folder / name), wave.astype(np.float32), 16000)
+        names.append(name)
+    return names
+
+
+def _model():
+    torch.manual_seed(0)
+    return registry.build("model", "TDNN", {"hidden": 32, "stats_dim": 64, "embedding_size": 16})
+
+
+def test_batches_equal_single_files_and_done_files_are_not_recomputed(tmp_path):
+    names = _voices(tmp_path, [1.0, 1.0, 1.0, 2.0, 0.3])
+    model = _model().eval()
+    exact = Protocol(length_tolerance=0.0)
+    batched = embed_files(model, tmp_path, names, exact, batch_size=8, device="cpu")
+    for name in names:
+        alone = embed_files(model, tmp_path, [name], exact, batch_size=1, device="cpu")
+        np.testing.assert_allclose(batched[name], alone[name], rtol=1e-5, atol=1e-6)
+    stats = EmbedStats()
+    again = embed_files(
+        model,
+        tmp_path,
+        names,
+        exact,
+        device="cpu",
+        done={n: batched[n] for n in names[:3]},
+        stats=stats,
+    )
+    assert stats.computed == 2 and set(again) == set(names)
+    assert stats.short_files == 1 and "0.5 s" in " ".join(stats.notes)
+
+
+def test_interrupted_embed_keeps_its_work_and_resumes(tmp_path):
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    names = _voices(audio, [3.0, 2.5, 2.0, 1.5])
+    bad = audio / "bad.wav"  # valid header, NaN samples: fails when read, after the others
+    soundfile.write(str(bad), np.full(9000, np.nan, dtype=np.float32), 16000, subtype="FLOAT")
+    listing = tmp_path / "files.txt"
+    listing.write_text("\n".join([*names, "bad.wav"]) + "\n")
+    model = save_checkpoint(tmp_path / "m.safetensors", _model(), "TDNN")
+    output = tmp_path / "emb.safetensors"
+    command = [sys.executable, "-m", "xvec", "embed", "--model", str(model), "--list", str(listing)]
+    command += ["--audio-root", str(audio), "-o", str(output), "--batch-size", "1"]
+    failed = subprocess.run(command, capture_output=True, text=True)
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    assert "bad.wav" in failed.stderr and "4 embeddings computed so far are kept" in failed.stderr
+    assert not output.exists() and output.with_name("emb.safetensors.partial").is_file()
+    soundfile.write(str(bad), 0.1 * np.ones(9000, dtype=np.float32), 16000)
+    resumed = subprocess.run(command, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming: 4 embeddings" in resumed.stderr and "(1 computed" in resumed.stdout
+    assert not output.with_name("emb.safetensors.partial").exists()
+    from xvec.embed import EmbeddingStore
+
+    assert set(EmbeddingStore.load(output).vectors) == {*names, "bad.wav"}
