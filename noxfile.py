@@ -13,7 +13,7 @@ nox.options.reuse_existing_virtualenvs = True
 @nox.session
 def tests(session: nox.Session) -> None:
     """The test suite (the same command README.md and .ci/run use)."""
-    session.install("-e", ".[dev]")
+    session.install("-e", ".[dev,export]")
     session.run("python", "-m", "pytest", "-q", *session.posargs)
 
 
