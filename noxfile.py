@@ -27,7 +27,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Run every benchmark script in bench/ (each prints its numbers)."""
-    session.install("-e", ".[dev]")
+    session.install("-e", ".[dev,export]")
     for script in sorted(Path("bench").glob("*.py")):
         session.log(f"== {script}")
         session.run("python", str(script), *session.posargs)
