@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from _proctree import run_measured
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,11 +32,10 @@ def main() -> None:
     args = parser.parse_args()
     if not DATA.is_dir():
         raise SystemExit(f"needs {DATA}")
-    from xvec.scoring import cosine_scores
-
     from xvec import registry
     from xvec.checkpoint import save_checkpoint
     from xvec.data import read_trials
+    from xvec.scoring import cosine_scores
 
     trials_path = DATA / "lists" / "dev_trials.txt"
     with tempfile.TemporaryDirectory() as tmp:

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from _proctree import run_measured, tree_rss_mib
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soundfile
-from conftest import SPEECHOCEAN, requires_speechocean
 
 from xvec.audio import (
     audio_info,
@@ -17,6 +16,8 @@ from xvec.audio import (
     wrap_pad,
 )
 from xvec.errors import XvecError
+
+from conftest import SPEECHOCEAN, requires_speechocean
 
 
 def tone(seconds: float, rate: int = 16000, freq: float = 440.0) -> np.ndarray:

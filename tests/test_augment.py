@@ -7,11 +7,12 @@ import pickle
 import numpy as np
 import pytest
 import soundfile
-from conftest import SHARED
 
 import xvec.augment as augment_module
 from xvec.augment import NOISE_SNR_DB, Augmenter, change_speed, mix_at_snr, reverberate
 from xvec.errors import XvecError
+
+from conftest import SHARED
 
 NOISE_DIR = SHARED / "data" / "noise" / "speech_commands"
 RIR_DIR = SHARED / "data" / "rir" / "simulated"

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+
 from conftest import write_tone_corpus
 
 RECIPE = """\

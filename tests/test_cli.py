@@ -6,10 +6,11 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, SPEECHOCEAN, requires_speechocean
 from typer.testing import CliRunner
 
 from xvec.cli import app
+
+from conftest import ROOT, SPEECHOCEAN, requires_speechocean
 
 runner = CliRunner()
 

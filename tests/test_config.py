@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
 
 from xvec.config import apply_overrides, load_recipe
 from xvec.errors import XvecError
+
+from conftest import ROOT
 
 GOOD = """
 [data]

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from conftest import ROOT
 
 import xvec
 from xvec import registry
 from xvec.checkpoint import save_checkpoint
 from xvec.errors import XvecError
 from xvec.export import export_model
+
+from conftest import ROOT
 
 # Small members of each family: export speed does not depend on width, correctness does not either.
 FAMILIES = {

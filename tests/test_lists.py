@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import SPEECHOCEAN, requires_speechocean
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,6 +17,8 @@ from xvec.data import (
     read_trials,
 )
 from xvec.errors import XvecError
+
+from conftest import SPEECHOCEAN, requires_speechocean
 
 
 def test_train_list_whitespace_comments_and_sorted_speakers(tmp_path):

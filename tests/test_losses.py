@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import VT_FIXTURES, requires_fixtures
 
 from xvec import registry
 from xvec.checkpoint import load_state_strict
 from xvec.errors import XvecError
 from xvec.losses.metric import Triplet
+
+from conftest import VT_FIXTURES, requires_fixtures
 
 LOSS_FIXTURES = VT_FIXTURES / "losses"
 EMBEDDING_DIM, NUM_CLASSES = 64, 10

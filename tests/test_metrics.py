@@ -6,12 +6,13 @@ import json
 
 import numpy as np
 import pytest
-from conftest import VT_FIXTURES, requires_fixtures
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from xvec.errors import XvecError
 from xvec.metrics import det_curve, evaluate
+
+from conftest import VT_FIXTURES, requires_fixtures
 
 METRICS_DIR = VT_FIXTURES / "metrics"
 

@@ -10,13 +10,14 @@ import soundfile
 import torch
 import torch.nn.functional as F
 import torchaudio
-from conftest import VT_FIXTURES, requires_fixtures
 
 from xvec import checkpoint, registry
 from xvec.audio import eval_crops
 from xvec.errors import XvecError
 from xvec.features import LogFbank, PreEmphasis, VTMelFrontEnd, wrap_pad_to
 from xvec.models.pooling import attentive_pool, self_attention_weights, temporal_pool
+
+from conftest import VT_FIXTURES, requires_fixtures
 
 VT_DEFAULTS = {"nOut": 512, "n_mels": 40, "log_input": True}
 FIXTURE_MODELS = {

@@ -21,11 +21,12 @@ from urllib.request import url2pathname
 
 import pytest
 import torch
-from conftest import ROOT, TINY_MODEL_SOURCE
 
 from xvec import checkpoint, registry
 from xvec.config import load_recipe
 from xvec.errors import XvecError
+
+from conftest import ROOT, TINY_MODEL_SOURCE
 
 PLUGIN_SOURCE = ROOT / "plugins" / "xvec-subcenter-aam"
 DIST = "xvec-subcenter-aam"

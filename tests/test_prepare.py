@@ -7,7 +7,6 @@ import csv
 import numpy as np
 import pytest
 import soundfile
-from conftest import SPEECHOCEAN, requires_speechocean
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +19,8 @@ from xvec.prepare import (
     prepare_speechocean762,
     prepare_voxceleb,
 )
+
+from conftest import SPEECHOCEAN, requires_speechocean
 
 
 def write_tone(path, freq: float = 220.0, seconds: float = 0.1, fmt: str | None = None) -> None:

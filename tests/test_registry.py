@@ -7,10 +7,11 @@ import sys
 import warnings
 
 import pytest
-from conftest import make_distribution
 
 from xvec import registry
 from xvec.errors import XvecError
+
+from conftest import make_distribution
 
 BUILTIN_MODELS = {"ResNetSE34L", "ResNetSE34V2", "VGGVox40", "RawNet3", "ECAPA-TDNN", "TDNN"}
 BUILTIN_LOSSES = {

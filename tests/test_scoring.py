@@ -6,7 +6,6 @@ import os
 
 import numpy as np
 import pytest
-from conftest import VT_FIXTURES, requires_fixtures
 
 from xvec import scoring
 from xvec.errors import XvecError
@@ -19,6 +18,8 @@ from xvec.scoring import (
     vt_crop_scores,
     write_scores,
 )
+
+from conftest import VT_FIXTURES, requires_fixtures
 
 VT_MODELS = [
     "a_ResNetSE34L_SAP_angleproto",

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_distribution
 from safetensors.torch import load_file
 
 from xvec.config import load_recipe
 from xvec.errors import XvecError
 from xvec.train import read_log, train
+
+from conftest import make_distribution
 
 RECIPE = """
 [data]

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
+
 from xvec_subcenter_aam import SubCenterAAM, SubCenterAAMParams
 
 if sys.version_info >= (3, 11):
