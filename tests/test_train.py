@@ -45,6 +45,7 @@ seed = 3
 num_workers = 0
 output_dir = "{out}"
 log_every = 1
+deterministic = true
 """
 
 

@@ -90,7 +90,9 @@ class TrainConfig(Section):
     device: str = "auto"
     log_every: int = Field(10, gt=0, description="steps between JSON-lines log records")
     save_every_steps: int = Field(0, ge=0, description="also save the training state every N steps")
-    deterministic: bool = False
+    deterministic: bool = Field(
+        False, description="bit-identical reruns and resumes (slower: 1 CPU thread)"
+    )
 
 
 class EvalConfig(Section):

@@ -340,7 +340,11 @@ def train(
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     if cfg_train.deterministic:
+        # Bit-identical runs: deterministic kernels, and on CPU one intra-op thread (oneDNN's
+        # multi-threaded reductions are not reproducible from run to run).
         torch.use_deterministic_algorithms(True)
+        if device.type == "cpu":
+            torch.set_num_threads(1)
 
     # ---- data, checked before anything long starts
     train_list = read_train_list(cfg_data.train_list)
