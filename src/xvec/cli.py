@@ -438,8 +438,7 @@ def score_command(
 
     from xvec.data import read_trials
     from xvec.embed import EmbeddingStore
-    from xvec.evaluate import score_embeddings
-    from xvec.scoring import as_norm, mean_norm, write_scores
+    from xvec.scoring import as_norm, mean_norm, score_embeddings, write_scores
 
     trial_list = read_trials(trials)
     store = EmbeddingStore.load(embeddings)

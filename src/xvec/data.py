@@ -9,6 +9,7 @@ error naming the file, the line and what was expected.
 from __future__ import annotations
 
 import re
+from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,14 +26,16 @@ def _lines(path: Path, what: str) -> Iterator[tuple[int, list[str]]]:
     path = Path(path)
     if not path.is_file():
         raise XvecError(f"{path}: {what} not found")
-    try:
-        text = path.read_text(encoding="utf-8")
+    number = 0
+    try:  # streamed: a multi-million-line trial list is never held as text
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                content = _COMMENT.split(line, maxsplit=1)[0].strip() if "#" in line else line
+                fields = content.split()
+                if fields:
+                    yield number, fields
     except UnicodeDecodeError as exc:
-        raise XvecError(f"{path}: {what} is not UTF-8 text ({exc.reason})") from exc
-    for number, line in enumerate(text.splitlines(), start=1):
-        content = _COMMENT.split(line, maxsplit=1)[0].strip()
-        if content:
-            yield number, content.split()
+        raise XvecError(f"{path}:{number + 1}: {what} is not UTF-8 text ({exc.reason})") from exc
 
 
 @dataclass
@@ -120,8 +123,8 @@ def require_both_labels(trials: Trials) -> None:
 def read_trials(path: str | Path) -> Trials:
     """Parse a ``LABEL enroll test`` trial list (label 1 = target, 0 = non-target)."""
     path = Path(path)
-    labels: list[int] = []
-    pairs: list[tuple[int, int]] = []
+    labels = array("b")  # compact column stores: memory is per trial, keep it small
+    enrolls, tests = array("q"), array("q")
     index: dict[str, int] = {}
     for number, fields in _lines(path, "trial list"):
         if len(fields) != 3:
@@ -133,16 +136,16 @@ def read_trials(path: str | Path) -> Trials:
             raise XvecError(
                 f"{path}:{number}: label must be 1 (target) or 0 (non-target), got '{label}'"
             )
-        labels.append(int(label))
-        pairs.append((index.setdefault(enroll, len(index)), index.setdefault(test, len(index))))
+        labels.append(label == "1")
+        enrolls.append(index.setdefault(enroll, len(index)))
+        tests.append(index.setdefault(test, len(index)))
     if not labels:
         raise XvecError(f"{path}: trial list is empty (expected lines 'LABEL enroll test')")
-    pair_array = np.asarray(pairs, dtype=np.int64)
     return Trials(
         path=path,
-        labels=np.asarray(labels, dtype=np.int8),
-        enroll=pair_array[:, 0],
-        test=pair_array[:, 1],
+        labels=np.frombuffer(labels, dtype=np.int8).copy(),
+        enroll=np.frombuffer(enrolls, dtype=np.int64).copy(),
+        test=np.frombuffer(tests, dtype=np.int64).copy(),
         files=list(index),
     )
 

@@ -23,13 +23,15 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from xvec.audio import SAMPLE_RATE, AudioInfo, audio_info, eval_crops, read_audio, wrap_pad
 from xvec.errors import XvecError
+
+if TYPE_CHECKING:
+    import torch
 
 MIN_SAMPLES = SAMPLE_RATE // 2  # shorter files are wrap-padded to 0.5 s
 PROTOCOLS = ("full", "vt-crops")
@@ -78,7 +80,11 @@ class EmbedStats:
 def pick_device(device: str = "auto") -> torch.device:
     """``auto`` means CUDA when available, else CPU."""
     if device == "auto":
+        import torch
+
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    import torch
+
     return torch.device(device)
 
 
@@ -235,6 +241,8 @@ def embed_files(
     batches = _plan_batches(
         np.maximum(lengths, MIN_SAMPLES), protocol, batch_size, int(max_batch_seconds * SAMPLE_RATE)
     )
+    import torch  # here, not at import time: embedding files and scoring need no torch
+
     device = pick_device(str(device)) if not isinstance(device, torch.device) else device
     model = model.to(device).eval()
 

@@ -16,7 +16,7 @@ import torch
 from xvec.data import Trials, check_files_exist, require_both_labels
 from xvec.embed import EmbedStats, Protocol, embed_files
 from xvec.metrics import Metrics, evaluate
-from xvec.scoring import cosine_scores, vt_crop_scores
+from xvec.scoring import score_embeddings
 
 
 @dataclass
@@ -39,13 +39,6 @@ class EvalResult:
             else None,
             "notes": self.stats.notes,
         }
-
-
-def score_embeddings(embeddings: np.ndarray, trials: Trials, protocol: str) -> np.ndarray:
-    """Trial scores from embeddings aligned with ``trials.files``."""
-    if protocol == "vt-crops":
-        return vt_crop_scores(embeddings, trials.enroll, trials.test)
-    return cosine_scores(embeddings, trials.enroll, trials.test)
 
 
 def evaluate_model(

@@ -7,8 +7,10 @@ memory (no float64 copy of the whole embedding matrix is made). Only numpy is ne
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -21,6 +23,7 @@ __all__ = [
     "cosine_scores",
     "mean_norm",
     "read_scores",
+    "score_embeddings",
     "vt_crop_scores",
     "write_scores",
 ]
@@ -231,8 +234,18 @@ def write_scores(
             f"{value!r} {enroll} {test}"
             for value, enroll, test in zip(values, enroll_names, test_names, strict=True)
         )
-    payload = ("\n".join(lines) + "\n").encode() if values else b""
-    atomic_write(path, lambda handle: handle.write(payload))
+
+    def write(handle: BinaryIO) -> None:  # in chunks: no giant string for millions of trials
+        chunk: list[str] = []
+        for line in lines:
+            chunk.append(line)
+            if len(chunk) == 65536:
+                handle.write(("\n".join(chunk) + "\n").encode())
+                chunk.clear()
+        if chunk:
+            handle.write(("\n".join(chunk) + "\n").encode())
+
+    atomic_write(path, write)
 
 
 def read_scores(path: str | Path) -> tuple[np.ndarray, list[str] | None, list[str] | None]:
@@ -243,44 +256,52 @@ def read_scores(path: str | Path) -> tuple[np.ndarray, list[str] | None, list[st
     :class:`~xvec.errors.XvecError` naming ``file:line``.
     """
     path = Path(path)
+    values = array("d")
+    enroll: list[str] = []
+    test: list[str] = []
+    names: dict[str, str] = {}  # one string object per distinct file name
+    width = first_line = 0
     try:
-        text = path.read_text()
+        with path.open(encoding="utf-8") as handle:  # streamed: millions of lines stay small
+            for number, line in enumerate(handle, start=1):
+                fields = line.split()
+                if not fields or fields[0].startswith("#"):
+                    continue
+                if not width:
+                    width, first_line = len(fields), number
+                    if width not in (1, 3):
+                        raise XvecError(
+                            f"{where(path, number)}: expected 'SCORE ENROLL TEST' or one score "
+                            f"per line, got {width} fields"
+                        )
+                if len(fields) != width:
+                    raise XvecError(
+                        f"{where(path, number)}: expected {width} field(s) like line "
+                        f"{first_line}, got {len(fields)}"
+                    )
+                try:
+                    values.append(float(fields[0]))
+                except ValueError:
+                    raise XvecError(
+                        f"{where(path, number)}: score '{fields[0]}' is not a number"
+                    ) from None
+                if width == 3:
+                    enroll.append(names.setdefault(fields[1], fields[1]))
+                    test.append(names.setdefault(fields[2], fields[2]))
     except FileNotFoundError as exc:
         raise XvecError(f"{path}: no such score file") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise XvecError(f"{path}: cannot read score file ({exc})") from exc
-    numbered = [
-        (number, fields)
-        for number, fields in enumerate((line.split() for line in text.splitlines()), start=1)
-        if fields and not fields[0].startswith("#")
-    ]
-    if not numbered:
+    if not width:
         raise XvecError(f"{path}: no scores (expected lines 'SCORE ENROLL TEST')")
-    first_line, first_fields = numbered[0]
-    width = len(first_fields)
-    if width not in (1, 3):
-        raise XvecError(
-            f"{where(path, first_line)}: expected 'SCORE ENROLL TEST' or one score per line, "
-            f"got {width} fields"
-        )
-    if len(set(map(len, (fields for _, fields in numbered)))) > 1:
-        number, fields = next(item for item in numbered if len(item[1]) != width)
-        raise XvecError(
-            f"{where(path, number)}: expected {width} field(s) like line {first_line}, "
-            f"got {len(fields)}"
-        )
-    columns = list(zip(*(fields for _, fields in numbered), strict=True))
-    try:
-        values = np.array(list(map(float, columns[0])), dtype=np.float64)
-    except ValueError:
-        for number, fields in numbered:
-            try:
-                float(fields[0])
-            except ValueError:
-                raise XvecError(
-                    f"{where(path, number)}: score '{fields[0]}' is not a number"
-                ) from None
-        raise  # pragma: no cover - every value parsed on the second pass
+    values = np.frombuffer(values, dtype=np.float64).copy()
     if width == 1:
         return values, None, None
-    return values, list(columns[1]), list(columns[2])
+    return values, enroll, test
+
+
+def score_embeddings(embeddings: np.ndarray, trials: Any, protocol: str) -> np.ndarray:
+    """Trial scores from embeddings aligned with ``trials.files``."""
+    if protocol == "vt-crops":
+        return vt_crop_scores(embeddings, trials.enroll, trials.test)
+    return cosine_scores(embeddings, trials.enroll, trials.test)
