@@ -10,6 +10,7 @@ extrapolated linearly (its sort is O(n log n) but the Python walk dominates).
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 
 import numpy as np
@@ -48,12 +49,15 @@ def loop_metrics(scores: np.ndarray, labels: np.ndarray, p_targets=(0.05, 0.01))
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 3_700_000, 10_000_000])
     parser.add_argument("--loop-size", type=int, default=200_000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    print(f"{'trials':>12} {'xvec s':>9} {'trials/s':>12} {'EER %':>9} {'minDCF .05':>11}")
+    print(
+        f"{'trials':>12} {'xvec s':>9} {'trials/s':>12} {'EER %':>9} {'minDCF .05':>11} "
+        f"{'peak MiB':>9}"
+    )
     xvec_rate = {}
     for n in args.sizes:
         scores, labels = gaussian_trials(n)
@@ -64,9 +68,11 @@ def main() -> None:
             times.append(time.perf_counter() - start)
         best = min(times)
         xvec_rate[n] = n / best
+        # Peak resident memory of this process so far (data included), Linux units: KiB.
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(
             f"{n:>12,} {best:>9.3f} {n / best:>12,.0f} {metrics.eer:>9.4f} "
-            f"{metrics.min_dcf[0.05]:>11.5f}"
+            f"{metrics.min_dcf[0.05]:>11.5f} {peak:>9.0f}"
         )
 
     scores, labels = gaussian_trials(args.loop_size, seed=1)
