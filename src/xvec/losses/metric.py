@@ -44,14 +44,8 @@ class ScaledCosineParams(Params):
     init_b: float = Field(-5.0, description="initial bias b of the cosine similarities")
 
 
-class AngleProto(SpeakerLoss):
-    """Angular prototypical loss: cosine of each query to every speaker's support centroid.
-
-    The first utterance of a row is its query, the mean of the others its centroid; the logits
-    ``w * cos + b`` (learnable ``w``, ``b``, voxceleb_trainer's names) go through a softmax over
-    the rows. As in voxceleb_trainer ``w`` is not clamped (its clamp there has no effect).
-    Accuracy: % of queries closest to their own centroid.
-    """
+class _ScaledCosineLoss(SpeakerLoss):
+    """Shared part of AngleProto and GE2E: the learnable ``w``, ``b`` (voxceleb_trainer's names)."""
 
     Params = ScaledCosineParams
     needs_classes = False
@@ -63,6 +57,16 @@ class AngleProto(SpeakerLoss):
         super().__init__(params, embedding_dim, num_classes)
         self.w = nn.Parameter(torch.tensor(self.params.init_w))
         self.b = nn.Parameter(torch.tensor(self.params.init_b))
+
+
+class AngleProto(_ScaledCosineLoss):
+    """Angular prototypical loss: cosine of each query to every speaker's support centroid.
+
+    The first utterance of a row is its query, the mean of the others its centroid; the logits
+    ``w * cos + b`` (learnable ``w``, ``b``, voxceleb_trainer's names) go through a softmax over
+    the rows. As in voxceleb_trainer ``w`` is not clamped (its clamp there has no effect).
+    Accuracy: % of queries closest to their own centroid.
+    """
 
     def forward(
         self, x: torch.Tensor, labels: torch.Tensor | None = None
@@ -75,7 +79,7 @@ class AngleProto(SpeakerLoss):
         return F.cross_entropy(logits, target), top1_accuracy(logits, target)
 
 
-class GE2E(SpeakerLoss):
+class GE2E(_ScaledCosineLoss):
     """Generalised end-to-end loss (softmax variant): every utterance against every centroid.
 
     An utterance is compared with its own speaker's centroid computed without it and with the
@@ -83,17 +87,6 @@ class GE2E(SpeakerLoss):
     ``w * cos + b`` (learnable, voxceleb_trainer's names, ``w`` unclamped as there) and scored
     with a softmax over the rows. Accuracy: % of utterances closest to their own speaker.
     """
-
-    Params = ScaledCosineParams
-    needs_classes = False
-    min_per_speaker = 2
-
-    def __init__(
-        self, params: ScaledCosineParams | None, embedding_dim: int, num_classes: int | None = None
-    ) -> None:
-        super().__init__(params, embedding_dim, num_classes)
-        self.w = nn.Parameter(torch.tensor(self.params.init_w))
-        self.b = nn.Parameter(torch.tensor(self.params.init_b))
 
     def forward(
         self, x: torch.Tensor, labels: torch.Tensor | None = None
