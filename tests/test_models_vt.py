@@ -128,6 +128,17 @@ def test_any_length_gives_one_finite_embedding_per_waveform(name: str, params: d
             assert not torch.equal(out[0], out[1])  # two different inputs, two embeddings
 
 
+@pytest.mark.parametrize(("name", "params"), SHAPE_CASES)
+def test_every_pooling_trains(name: str, params: dict) -> None:
+    """Forward and backward in train mode: every trainable parameter gets a finite gradient."""
+    torch.manual_seed(0)
+    model = registry.build("model", name, params).train()
+    model(0.1 * torch.randn(2, 16000)).square().sum().backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
+    assert model.fc.weight.grad.abs().sum() > 0
+
+
 def test_shorter_than_a_window_is_padded_cyclically() -> None:
     """A tiny input is repeated, so it embeds as its own repetition does."""
     torch.manual_seed(0)
