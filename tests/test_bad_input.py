@@ -89,6 +89,14 @@ def xvec(*args: str, site: Path | None = None, cwd: Path | None = None):
     )
 
 
+def eval_model(model, trials, root, out=None, site=None):
+    """``xvec eval --model M --trials T --audio-root R [-o OUT]`` in a subprocess."""
+    extra = ["-o", out] if out is not None else []
+    return xvec(
+        "eval", "--model", model, "--trials", trials, "--audio-root", root, *extra, site=site
+    )
+
+
 def one_line_error(result, *fragments: str) -> str:
     """Assert exit != 0, exactly one non-empty stderr line, no traceback, all fragments in it."""
     assert result.returncode != 0, result.stdout
@@ -225,16 +233,7 @@ def test_missing_audio_root_and_files_reported_together(
 ):
     trials = corpus / "trials.txt"
     one_line_error(
-        xvec(
-            "eval",
-            "--model",
-            tiny_checkpoint,
-            "--trials",
-            trials,
-            "--audio-root",
-            tmp_path / "nowhere",
-            site=tiny_site,
-        ),
+        eval_model(tiny_checkpoint, trials, tmp_path / "nowhere", site=tiny_site),
         "nowhere",
     )
     partial_root = tmp_path / "partial"
@@ -242,18 +241,7 @@ def test_missing_audio_root_and_files_reported_together(
     first = sorted((corpus / "audio" / "spk2").iterdir())[0]
     (partial_root / "spk2" / first.name).write_bytes(first.read_bytes())
     message = one_line_error(
-        xvec(
-            "eval",
-            "--model",
-            tiny_checkpoint,
-            "--trials",
-            trials,
-            "--audio-root",
-            partial_root,
-            "-o",
-            tmp_path / "out",
-            site=tiny_site,
-        ),
+        eval_model(tiny_checkpoint, trials, partial_root, out=tmp_path / "out", site=tiny_site),
         "missing",
     )
     expected_missing = (
@@ -300,18 +288,7 @@ def _corpus_with(tmp_path: Path, corpus: Path, name: str, writer) -> tuple[Path,
 def test_bad_audio_is_named(tmp_path, corpus, tiny_checkpoint, tiny_site, writer, fragment):
     root, trials = _corpus_with(tmp_path, corpus, "bad.wav", writer)
     one_line_error(
-        xvec(
-            "eval",
-            "--model",
-            tiny_checkpoint,
-            "--trials",
-            trials,
-            "--audio-root",
-            root,
-            "-o",
-            tmp_path / "out",
-            site=tiny_site,
-        ),
+        eval_model(tiny_checkpoint, trials, root, out=tmp_path / "out", site=tiny_site),
         "bad.wav",
         fragment,
     )
@@ -328,18 +305,7 @@ def test_odd_but_valid_audio_is_accepted_with_notes(tmp_path, corpus, tiny_check
     soundfile.write(str(short), 0.1 * np.random.default_rng(0).standard_normal(3200), 16000)
     with trials.open("a") as handle:
         handle.write(f"0 short.wav {trials.read_text().split()[2]}\n")
-    result = xvec(
-        "eval",
-        "--model",
-        tiny_checkpoint,
-        "--trials",
-        trials,
-        "--audio-root",
-        root,
-        "-o",
-        tmp_path / "out",
-        site=tiny_site,
-    )
+    result = eval_model(tiny_checkpoint, trials, root, out=tmp_path / "out", site=tiny_site)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     notes = result.stdout + result.stderr
@@ -351,16 +317,7 @@ def test_odd_but_valid_audio_is_accepted_with_notes(tmp_path, corpus, tiny_check
 
 
 def _eval_with(model: Path, corpus: Path, site: Path | None = None):
-    return xvec(
-        "eval",
-        "--model",
-        model,
-        "--trials",
-        corpus / "trials.txt",
-        "--audio-root",
-        corpus / "audio",
-        site=site,
-    )
+    return eval_model(model, corpus / "trials.txt", corpus / "audio", site=site)
 
 
 def test_bad_checkpoints(tmp_path, corpus, tiny_checkpoint, tiny_site):
