@@ -22,7 +22,7 @@ from safetensors.torch import save as st_save
 
 from xvec import __version__, registry
 from xvec.errors import XvecError
-from xvec.files import atomic_write_bytes
+from xvec.files import atomic_write_bytes, safetensors_metadata
 
 FORMAT = "xvec-checkpoint"
 FORMAT_VERSION = 1
@@ -111,14 +111,13 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     data = path.read_bytes()
     try:
         tensors = st_load(data)
-        header_len = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8 : 8 + header_len])
+        metadata = safetensors_metadata(data)
     except (SafetensorError, ValueError, UnicodeDecodeError, OverflowError) as exc:
         raise XvecError(
             f"{path}: not a readable safetensors file ({str(exc).splitlines()[0][:120]}); "
             "is it truncated, or a voxceleb_trainer .model (use 'xvec import-vt')?"
         ) from exc
-    raw = (header.get("__metadata__") or {}).get("xvec")
+    raw = metadata.get("xvec")
     if raw is None:
         raise XvecError(
             f"{path}: safetensors file without xvec metadata; it was not written by xvec "

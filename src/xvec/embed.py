@@ -29,6 +29,7 @@ import numpy as np
 
 from xvec.audio import SAMPLE_RATE, AudioInfo, audio_info, eval_crops, read_audio, wrap_pad
 from xvec.errors import XvecError
+from xvec.files import atomic_write_bytes, safetensors_metadata
 
 if TYPE_CHECKING:
     import torch
@@ -147,8 +148,6 @@ class EmbeddingStore:
     def save(self, path: str | Path) -> Path:
         from safetensors.numpy import save
 
-        from xvec.files import atomic_write_bytes
-
         payload = save(
             {k: np.ascontiguousarray(v) for k, v in self.vectors.items()},
             metadata={"xvec_embeddings": json.dumps(self.meta)},
@@ -167,10 +166,10 @@ class EmbeddingStore:
         data = path.read_bytes()
         try:
             vectors = load(data)
-            header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+            metadata = safetensors_metadata(data)
         except (SafetensorError, ValueError, OverflowError) as exc:
             raise XvecError(f"{path}: not a readable safetensors embeddings file") from exc
-        raw = (header.get("__metadata__") or {}).get("xvec_embeddings")
+        raw = metadata.get("xvec_embeddings")
         store = cls(json.loads(raw) if raw else {})
         store.vectors = vectors
         store.path = path

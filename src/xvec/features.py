@@ -17,6 +17,7 @@ from torch import nn
 __all__ = [
     "LogFbank",
     "PreEmphasis",
+    "VTLogMelInput",
     "VTMelFrontEnd",
     "vt_filterbank",
     "vt_log_mel",
@@ -165,6 +166,23 @@ def vt_log_mel(
         if log_input:
             features = features.log()
         return instancenorm(features)
+
+
+class VTLogMelInput:
+    """Mixin giving VT models ``log_mel``: their ``torchfb`` and ``instancenorm`` on the waveform.
+
+    The models keep the two parts as their own attributes (VT's state-dict keys); inputs shorter
+    than the model's ``min_samples`` are cyclically padded first, as VT pads short files.
+    """
+
+    torchfb: nn.Module
+    instancenorm: nn.Module
+    min_samples: int
+
+    def log_mel(self, waveform: torch.Tensor) -> torch.Tensor:
+        """The normalised log-mel input ``[batch, n_mels, frames]`` VT feeds its network."""
+        waveform = wrap_pad_to(waveform, self.min_samples)
+        return vt_log_mel(self.torchfb, self.instancenorm, waveform, self.params.log_input)  # type: ignore[attr-defined]
 
 
 class VTMelFrontEnd(nn.Module):

@@ -40,7 +40,7 @@ from xvec.data import (
     require_both_labels,
 )
 from xvec.errors import XvecError
-from xvec.files import atomic_write_bytes
+from xvec.files import atomic_write_bytes, safetensors_metadata
 
 STATE_FILE = "state.safetensors"
 LOG_FILE = "log.jsonl"
@@ -140,8 +140,7 @@ def load_state(
     data = path.read_bytes()
     try:
         tensors = load(data)
-        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
-        meta = json.loads(header["__metadata__"]["xvec_state"])
+        meta = json.loads(safetensors_metadata(data)["xvec_state"])
     except (SafetensorError, ValueError, KeyError, OverflowError) as exc:
         raise XvecError(f"{path}: unreadable training state; remove it to start over") from exc
     net_state = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}

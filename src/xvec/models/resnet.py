@@ -14,7 +14,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from xvec.features import vt_filterbank, vt_log_mel, wrap_pad_to
+from xvec.features import VTLogMelInput, vt_filterbank
 from xvec.models.pooling import (
     attention_vector,
     attentive_pool,
@@ -104,7 +104,7 @@ class ResNetSEParams(Params):
     layers: StageDepths = Field(default_factory=lambda: [3, 4, 6, 3])
 
 
-class _ResNetSE(SpeakerModel):
+class _ResNetSE(VTLogMelInput, SpeakerModel):
     """Shared trunk: VT log-mel input, a stem, four SE-ResNet stages, pooling, linear output."""
 
     Params: ClassVar[type[ResNetSEParams]] = ResNetSEParams
@@ -144,11 +144,6 @@ class _ResNetSE(SpeakerModel):
     @property
     def embedding_dim(self) -> int:
         return self.params.nOut
-
-    def log_mel(self, waveform: torch.Tensor) -> torch.Tensor:
-        """The normalised log-mel input ``[batch, n_mels, frames]`` VT feeds its network."""
-        waveform = wrap_pad_to(waveform, self.min_samples)
-        return vt_log_mel(self.torchfb, self.instancenorm, waveform, self.params.log_input)
 
     def build_stem(self) -> None:  # pragma: no cover - abstract
         """Create ``conv1`` and ``bn1``."""

@@ -12,7 +12,7 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
-from xvec.features import vt_filterbank, vt_log_mel, wrap_pad_to
+from xvec.features import VTLogMelInput, vt_filterbank
 from xvec.models.pooling import (
     attention_vector,
     attentive_pool,
@@ -57,7 +57,7 @@ def _conv_bn_relu(
     ]
 
 
-class VGGVox40(SpeakerModel):
+class VGGVox40(VTLogMelInput, SpeakerModel):
     """VGGVox40 (voxceleb_trainer's VGGVox): VGG-M style CNN on 40 log-mels, SAP/TAP/MAX pooling.
 
     Five convolutions with three max-pools reduce the 40 mel bands to 4, a (4 x 1) convolution
@@ -95,11 +95,6 @@ class VGGVox40(SpeakerModel):
     @property
     def embedding_dim(self) -> int:
         return self.params.nOut
-
-    def log_mel(self, waveform: torch.Tensor) -> torch.Tensor:
-        """The normalised log-mel input ``[batch, 40, frames]`` VT feeds its network."""
-        waveform = wrap_pad_to(waveform, self.min_samples)
-        return vt_log_mel(self.torchfb, self.instancenorm, waveform, self.params.log_input)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         x = self.netcnn(self.log_mel(waveform).unsqueeze(1))  # [batch, 512, 1, time]
