@@ -295,6 +295,14 @@ def test_bad_audio_is_named(tmp_path, corpus, tiny_checkpoint, tiny_site, writer
     assert not (tmp_path / "out" / "scores.txt").exists()
 
 
+def test_length_tolerance_out_of_range_is_refused(tmp_path, corpus, tiny_checkpoint, tiny_site):
+    result = xvec(
+        "eval", "--model", tiny_checkpoint, "--trials", corpus / "trials.txt",
+        "--audio-root", corpus / "audio", "--length-tolerance", "1.5", site=tiny_site,
+    )  # fmt: skip
+    one_line_error(result, "length tolerance", "1.5")
+
+
 def test_odd_but_valid_audio_is_accepted_with_notes(tmp_path, corpus, tiny_checkpoint, tiny_site):
     t = np.arange(int(1.2 * 44100)) / 44100
     stereo = np.stack([np.sin(2 * np.pi * 220 * t), np.sin(2 * np.pi * 330 * t)], 1) * 0.3

@@ -6,12 +6,14 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import soundfile
 import torch
 
 from xvec import registry
 from xvec.checkpoint import save_checkpoint
 from xvec.embed import EmbedStats, Protocol, embed_files
+from xvec.errors import XvecError
 
 
 def _voices(folder, lengths):
@@ -51,6 +53,18 @@ def test_batches_equal_single_files_and_done_files_are_not_recomputed(tmp_path):
     )
     assert stats.computed == 2 and set(again) == set(names)
     assert stats.short_files == 1 and "0.5 s" in " ".join(stats.notes)
+
+
+def test_length_tolerance_trims_within_a_batch_and_zero_keeps_files_whole(tmp_path):
+    names = _voices(tmp_path, [1.0, 0.98])  # 2 % apart: batched together at the default 5 %
+    model = _model().eval()
+    whole = embed_files(model, tmp_path, names[:1], Protocol(length_tolerance=0.0), device="cpu")
+    exact = embed_files(model, tmp_path, names, Protocol(length_tolerance=0.0), device="cpu")
+    trimmed = embed_files(model, tmp_path, names, Protocol(length_tolerance=0.05), device="cpu")
+    np.testing.assert_allclose(exact[names[0]], whole[names[0]], rtol=1e-5, atol=1e-6)
+    assert np.abs(trimmed[names[0]] - whole[names[0]]).max() > 1e-4  # last 0.02 s dropped
+    with pytest.raises(XvecError, match="length tolerance"):
+        Protocol(length_tolerance=1.0)
 
 
 def test_interrupted_embed_keeps_its_work_and_resumes(tmp_path):

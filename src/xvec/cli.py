@@ -78,6 +78,12 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
 
 
+LENGTH_TOLERANCE_OPTION = typer.Option(
+    help="full: batch files whose lengths differ by up to this fraction, trimming each to the "
+    "batch's shortest (faster); 0 embeds every file whole, as voxceleb_trainer's eval_frames 0."
+)
+
+
 class ProtocolName(str, Enum):
     full = "full"
     vt_crops = "vt-crops"
@@ -236,6 +242,7 @@ def eval_command(
     ] = None,
     eval_frames: Annotated[int, typer.Option(help="Crop length in frames (vt-crops).")] = 400,
     num_eval: Annotated[int, typer.Option(help="Crops per file (vt-crops).")] = 10,
+    length_tolerance: Annotated[float, LENGTH_TOLERANCE_OPTION] = 0.05,
     out_dir: Annotated[
         Path | None, typer.Option("--out-dir", "-o", help="Where scores and results go.")
     ] = None,
@@ -267,7 +274,11 @@ def eval_command(
                 "--audio-root is required with --model (the folder trial paths are under)"
             )
         proto = Protocol(
-            protocol.value, max_seconds=max_seconds, eval_frames=eval_frames, num_eval=num_eval
+            protocol.value,
+            max_seconds=max_seconds,
+            eval_frames=eval_frames,
+            num_eval=num_eval,
+            length_tolerance=length_tolerance,
         )
         out_dir = out_dir or Path("eval_out")
         folders = _result_folders(model)
@@ -353,6 +364,7 @@ def embed_command(
     max_seconds: Annotated[float | None, typer.Option()] = None,
     eval_frames: Annotated[int, typer.Option()] = 400,
     num_eval: Annotated[int, typer.Option()] = 10,
+    length_tolerance: Annotated[float, LENGTH_TOLERANCE_OPTION] = 0.05,
     batch_size: Annotated[int, typer.Option()] = 32,
     device: Annotated[str, typer.Option()] = "auto",
 ) -> None:
@@ -367,7 +379,11 @@ def embed_command(
     files = read_file_list(file_list) if file_list else read_trials(trials).files  # type: ignore[arg-type]
     check_files_exist(audio_root, files, source)
     proto = Protocol(
-        protocol.value, max_seconds=max_seconds, eval_frames=eval_frames, num_eval=num_eval
+        protocol.value,
+        max_seconds=max_seconds,
+        eval_frames=eval_frames,
+        num_eval=num_eval,
+        length_tolerance=length_tolerance,
     )
     meta = {"model": str(model), "model_sha256": model_fingerprint(model), **proto.describe()}
     partial = output.with_name(output.name + ".partial")

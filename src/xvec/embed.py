@@ -51,6 +51,11 @@ class Protocol:
     def __post_init__(self) -> None:
         if self.name not in PROTOCOLS:
             raise XvecError(f"unknown protocol '{self.name}'; choose one of {', '.join(PROTOCOLS)}")
+        if not 0 <= self.length_tolerance < 1:
+            raise XvecError(
+                f"length tolerance must be in [0, 1) (0 = every file whole), "
+                f"got {self.length_tolerance}"
+            )
 
     def describe(self) -> dict[str, Any]:
         return {
