@@ -3,7 +3,8 @@
 Every artefact xvec writes (checkpoints, training state, embeddings, scores, plots, JSON) goes
 through :func:`atomic_write`: a temporary file in the same folder, flushed and fsynced, renamed
 over the target, then the folder fsynced. On failure the previous file is untouched and the
-temporary file is removed.
+temporary file is removed. :func:`safetensors_metadata` reads back the JSON records xvec keeps
+in its safetensors files.
 """
 
 from __future__ import annotations
