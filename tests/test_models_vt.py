@@ -9,7 +9,6 @@ import pytest
 import soundfile
 import torch
 import torch.nn.functional as F
-import torchaudio
 
 from xvec import checkpoint, registry
 from xvec.audio import eval_crops
@@ -252,6 +251,8 @@ def test_wrap_pad_matches_numpy_wrap() -> None:
 
 
 def test_log_fbank_matches_torchaudio_mel_on_pre_emphasised_input() -> None:
+    """Cross-check with the optional torchaudio extra (tests/test_frontend.py: stored outputs)."""
+    torchaudio = pytest.importorskip("torchaudio", reason="xvec[torchaudio] not installed")
     torch.manual_seed(0)
     wave = 0.1 * torch.randn(2, 16000)
     out = LogFbank(n_mels=80)(wave)

@@ -7,6 +7,8 @@ sample more than the crop). Every unreadable input becomes a one-line :class:`Xv
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,15 +63,47 @@ def audio_info(path: str | Path) -> AudioInfo:
     )
 
 
+@functools.lru_cache(maxsize=16)
+def _sinc_kernel(orig: int, new: int, zero_crossings: int = 6, rolloff: float = 0.99):
+    """Hann-windowed sinc filters ``[new, 1, taps]`` for rates already divided by their gcd.
+
+    One filter per output phase: output ``j`` of every block of ``new`` samples reads the input
+    around ``j * orig / new``, low-passed at ``rolloff`` of the lower Nyquist frequency and cut
+    after ``zero_crossings`` zero crossings (torchaudio's ``sinc_interp_hann`` defaults).
+    """
+    import torch
+
+    cutoff = min(orig, new) * rolloff
+    half_width = math.ceil(zero_crossings * orig / cutoff)
+    taps = torch.arange(-half_width, half_width + orig, dtype=torch.float32)[None, None] / orig
+    phases = torch.arange(0, -new, -1, dtype=torch.float32)[:, None, None] / new
+    t = ((phases + taps) * cutoff).clamp_(-zero_crossings, zero_crossings)
+    window = torch.cos(t * math.pi / zero_crossings / 2) ** 2
+    t *= math.pi
+    sinc = torch.where(t == 0, torch.tensor(1.0), t.sin() / t)
+    return sinc * (window * (cutoff / orig)), half_width
+
+
 def resample(audio: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
-    """Band-limited resampling (torchaudio's sinc interpolation) of a 1-D float32 signal."""
+    """Band-limited (windowed-sinc) resampling of a 1-D float32 signal.
+
+    The same computation as torchaudio's default ``functional.resample``, in plain torch; the
+    output has ``ceil(len * new_rate / orig_rate)`` samples.
+    """
     if orig_rate == new_rate:
         return audio
     import torch
-    import torchaudio.functional as AF
 
-    tensor = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
-    return AF.resample(tensor, orig_rate, new_rate).numpy()
+    gcd = math.gcd(int(orig_rate), int(new_rate))
+    orig, new = int(orig_rate) // gcd, int(new_rate) // gcd
+    kernel, half_width = _sinc_kernel(orig, new)
+    signal = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
+    length = signal.shape[-1]
+    padded = torch.nn.functional.pad(signal.view(1, 1, -1), (half_width, half_width + orig))
+    out = torch.nn.functional.conv1d(padded, kernel, stride=orig)  # [1, new, blocks]
+    out = out.transpose(1, 2).reshape(-1)
+    target = int(torch.ceil(torch.as_tensor(new * length / orig)))  # float32 ceil, as torchaudio
+    return out[:target].numpy()
 
 
 def read_audio(

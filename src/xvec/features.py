@@ -1,24 +1,30 @@
 """Log-mel front ends: xvec's own :class:`LogFbank` and voxceleb_trainer's exact model inputs.
 
-This module and ``audio.py`` are the only places that use torchaudio. Front ends always run in
-float32 without gradient tracking, even inside an autocast region: log-mel features of 16-bit
-audio lose too much in half precision, and they have nothing to learn.
+Plain torch, no torchaudio: torchaudio's binaries match one torch release each, so depending on
+it pins torch. :class:`MelSpectrogram` and :func:`mel_filterbank` compute what torchaudio 2.11's
+``MelSpectrogram`` and ``melscale_fbanks`` compute (HTK mel scale, no filter normalisation), with
+the same state-dict names, so voxceleb_trainer checkpoints load unchanged; tests compare them
+with stored torchaudio outputs. Front ends always run in float32 without gradient tracking, even
+inside an autocast region: log-mel features of 16-bit audio lose too much in half precision, and
+they have nothing to learn.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
-import torchaudio
 from torch import nn
 
 __all__ = [
     "LogFbank",
+    "MelSpectrogram",
     "PreEmphasis",
     "VTLogMelInput",
     "VTMelFrontEnd",
+    "mel_filterbank",
     "vt_filterbank",
     "vt_log_mel",
     "wrap_pad_to",
@@ -46,6 +52,102 @@ def wrap_pad_to(waveform: torch.Tensor, min_samples: int) -> torch.Tensor:
         raise ValueError("cannot pad an empty waveform")
     repeats = -(-min_samples // samples)
     return waveform.repeat(1, repeats)[:, :min_samples]
+
+
+def _hz_to_mel(hz: float) -> float:
+    return 2595.0 * math.log10(1.0 + hz / 700.0)
+
+
+def mel_filterbank(
+    n_freqs: int, n_mels: int, sample_rate: int, f_min: float = 0.0, f_max: float | None = None
+) -> torch.Tensor:
+    """Triangular HTK-mel filters ``[n_freqs, n_mels]`` (torchaudio's ``melscale_fbanks``).
+
+    ``n_mels + 2`` points equally spaced on the mel scale between ``f_min`` and ``f_max``
+    (default: Nyquist) define the triangles; each column weights the ``n_freqs`` STFT bins
+    (spanning 0 .. ``sample_rate // 2``) of one band, peaking at 1 without area normalisation.
+    """
+    f_max = sample_rate / 2 if f_max is None else f_max
+    bin_hz = torch.linspace(0, sample_rate // 2, n_freqs)
+    mel_points = torch.linspace(_hz_to_mel(f_min), _hz_to_mel(f_max), n_mels + 2)
+    edges_hz = 700.0 * (10.0 ** (mel_points / 2595.0) - 1.0)
+    widths = edges_hz[1:] - edges_hz[:-1]
+    offsets = edges_hz.unsqueeze(0) - bin_hz.unsqueeze(1)  # [n_freqs, n_mels + 2]
+    rising = (-1.0 * offsets[:, :-2]) / widths[:-1]
+    falling = offsets[:, 2:] / widths[1:]
+    return torch.clamp(torch.minimum(rising, falling), min=0.0)
+
+
+class _PowerSpectrogram(nn.Module):
+    """``|STFT|^2`` of ``[..., samples]``: centred frames, reflect padding, one-sided.
+
+    The window is the persistent buffer ``window``, as in torchaudio's ``Spectrogram``.
+    """
+
+    def __init__(self, n_fft: int, win_length: int, hop_length: int, window: torch.Tensor) -> None:
+        super().__init__()
+        self.n_fft = n_fft
+        self.win_length = win_length
+        self.hop_length = hop_length
+        self.register_buffer("window", window)
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        shape = waveform.shape
+        spec = torch.stft(
+            waveform.reshape(-1, shape[-1]),
+            n_fft=self.n_fft,
+            hop_length=self.hop_length,
+            win_length=self.win_length,
+            window=self.window,
+            center=True,
+            pad_mode="reflect",
+            normalized=False,
+            onesided=True,
+            return_complex=True,
+        )
+        power = spec.abs().pow(2.0)
+        return power.reshape(shape[:-1] + power.shape[-2:])
+
+
+class _MelScale(nn.Module):
+    """Apply the persistent filter matrix ``fb`` ``[freqs, n_mels]`` to ``[..., freqs, frames]``."""
+
+    def __init__(self, fb: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("fb", fb)
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(spec.transpose(-1, -2), self.fb).transpose(-1, -2)
+
+
+class MelSpectrogram(nn.Module):
+    """Mel power spectrogram ``[..., samples] -> [..., n_mels, frames]`` (torchaudio's transform).
+
+    Submodules ``spectrogram`` (buffer ``window``) and ``mel_scale`` (buffer ``fb``) carry
+    torchaudio's state-dict names, under which voxceleb_trainer checkpoints store them.
+    """
+
+    def __init__(
+        self,
+        sample_rate: int = 16000,
+        n_fft: int = 400,
+        win_length: int | None = None,
+        hop_length: int | None = None,
+        f_min: float = 0.0,
+        f_max: float | None = None,
+        n_mels: int = 128,
+        window_fn=torch.hann_window,
+    ) -> None:
+        super().__init__()
+        win_length = win_length or n_fft
+        hop_length = hop_length or win_length // 2
+        self.spectrogram = _PowerSpectrogram(n_fft, win_length, hop_length, window_fn(win_length))
+        self.mel_scale = _MelScale(
+            mel_filterbank(n_fft // 2 + 1, n_mels, sample_rate, f_min, f_max)
+        )
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        return self.mel_scale(self.spectrogram(waveform))
 
 
 class PreEmphasis(nn.Module):
@@ -96,13 +198,7 @@ class LogFbank(nn.Module):
         self.win_length = win_length
         self.hop_length = hop_length
         self.preemphasis = preemphasis
-        mel_fb = torchaudio.functional.melscale_fbanks(
-            n_freqs=n_fft // 2 + 1,
-            f_min=0.0,
-            f_max=sample_rate / 2,
-            n_mels=n_mels,
-            sample_rate=sample_rate,
-        )
+        mel_fb = mel_filterbank(n_fft // 2 + 1, n_mels, sample_rate)
         self.register_buffer("window", torch.hamming_window(win_length), persistent=False)
         self.register_buffer("mel_fb", mel_fb, persistent=False)
 
@@ -132,14 +228,14 @@ class LogFbank(nn.Module):
 def vt_filterbank(
     n_mels: int, window: WindowName = "hamming", preemphasis: bool = False
 ) -> nn.Module:
-    """voxceleb_trainer's ``torchfb``: torchaudio MelSpectrogram (512-point FFT, 25 ms / 10 ms).
+    """voxceleb_trainer's ``torchfb``: a mel spectrogram (512-point FFT, 25 ms / 10 ms).
 
     ``preemphasis=True`` gives ResNetSE34V2's ``Sequential(PreEmphasis, MelSpectrogram)``;
-    ResNetSE34L uses a Hamming window without pre-emphasis, VGGVox torchaudio's default Hann
-    window. Module names are torchaudio's, so VT state-dict keys (``torchfb.mel_scale.fb``,
+    ResNetSE34L uses a Hamming window without pre-emphasis, VGGVox the default Hann window.
+    Module names are torchaudio's, so VT state-dict keys (``torchfb.mel_scale.fb``,
     ``torchfb.1.spectrogram.window`` ...) load unchanged.
     """
-    mel = torchaudio.transforms.MelSpectrogram(
+    mel = MelSpectrogram(
         sample_rate=16000,
         n_fft=VT_N_FFT,
         win_length=VT_WIN_LENGTH,
