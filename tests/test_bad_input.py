@@ -426,3 +426,360 @@ def test_embeddings_lacking_trial_files(tmp_path, corpus, tiny_checkpoint, tiny_
         "trials.txt",
     )
     assert not (tmp_path / "scores.txt").exists()
+
+
+# issue 15: red-team cases against eval, embed, score, export, models ----------------------
+
+
+def _trial_files(corpus: Path) -> list[str]:
+    return list(dict.fromkeys(w for ln in (corpus / "trials.txt").read_text().split("\n")
+                              for w in ln.split()[1:]))  # fmt: skip
+
+
+def _store(path: Path, vectors: dict[str, np.ndarray], meta: dict | None = None) -> Path:
+    from xvec.embed import EmbeddingStore
+
+    store = EmbeddingStore(meta or {"protocol": "full"})
+    store.vectors = vectors
+    return store.save(path)
+
+
+def _good_vectors(corpus: Path, dim: int = 8) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {f: rng.standard_normal(dim).astype(np.float32) for f in _trial_files(corpus)}
+
+
+def _score(store: Path, corpus: Path, tmp_path: Path, *extra: str):
+    return xvec("score", "-e", store, "-t", corpus / "trials.txt", "-o", tmp_path / "s.txt", *extra)
+
+
+def test_bom_is_stripped_from_every_list(tmp_path, corpus):
+    bom = "\ufeff"
+    train = tmp_path / "train.txt"
+    train.write_text(bom + "id1 a.wav\nid2 b.wav\nid1 c.wav\n", encoding="utf-8")
+    result = xvec("count-classes", train, "--plain")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "2"
+
+    trials = tmp_path / "trials.txt"
+    trials.write_text(bom + (corpus / "trials.txt").read_text(), encoding="utf-8")
+    scores = _scores_for(corpus / "trials.txt", tmp_path)
+    plain = xvec("eval", "--scores", scores, "--trials", corpus / "trials.txt")
+    scores.write_text(bom + scores.read_text(), encoding="utf-8")
+    result = xvec("eval", "--scores", scores, "--trials", trials)
+    assert result.returncode == 0, result.stderr
+    assert plain.returncode == 0 and plain.stdout.split("\n")[-3:] == result.stdout.split("\n")[-3:]
+
+    from xvec.data import read_file_list
+
+    listing = tmp_path / "files.txt"
+    listing.write_text(bom + "spk0/utt0.wav\nspk0/utt1.wav\n", encoding="utf-8")
+    assert read_file_list(listing) == ["spk0/utt0.wav", "spk0/utt1.wav"]
+
+
+def test_speechocean_csv_with_bom(tmp_path):
+    from xvec.prepare import _speechocean_from_csv
+
+    (tmp_path / "speakers.csv").write_text(
+        "\ufeffspeaker,part,gender\nSPEAKER0001,train,m\nSPEAKER0002,test,f\n", encoding="utf-8"
+    )
+    table = _speechocean_from_csv(tmp_path)
+    assert table.part == {"SPEAKER0001": "train", "SPEAKER0002": "dev"}
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_embedding_is_refused_by_score(tmp_path, corpus, bad):
+    vectors = _good_vectors(corpus)
+    key = next(iter(vectors))
+    vectors[key][3] = bad
+    store = _store(tmp_path / "emb.safetensors", vectors)
+    one_line_error(_score(store, corpus, tmp_path), "emb.safetensors", key, "NaN or infinite")
+    assert not (tmp_path / "s.txt").exists()
+
+
+def test_model_producing_nan_is_refused_naming_the_file(corpus):
+    import torch
+
+    from xvec.embed import embed_files
+    from xvec.errors import XvecError
+
+    class NanModel(torch.nn.Module):
+        def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+            out = waveform[:, :4].clone()
+            out[0, 0] = float("nan")
+            return out
+
+    files = _trial_files(corpus)[:1]
+    with pytest.raises(XvecError, match="NaN or infinite") as info:
+        embed_files(NanModel(), corpus / "audio", files, device="cpu")
+    assert files[0] in str(info.value)
+
+
+def test_nan_score_file_is_refused(tmp_path, corpus):
+    scores = _scores_for(corpus / "trials.txt", tmp_path)
+    lines = scores.read_text().splitlines()
+    lines[1] = "nan " + " ".join(lines[1].split()[1:])
+    scores.write_text("\n".join(lines) + "\n")
+    one_line_error(
+        xvec("eval", "--scores", scores, "--trials", corpus / "trials.txt"), "scores.txt:2", "nan"
+    )
+
+
+def test_missing_or_folder_model_path(tmp_path, corpus):
+    listing = tmp_path / "files.txt"
+    listing.write_text("\n".join(_trial_files(corpus)) + "\n")
+    for model in (tmp_path / "nonexistent.safetensors", tmp_path):
+        common = ("--model", model, "--audio-root", corpus / "audio")
+        one_line_error(
+            xvec("embed", *common, "--list", listing, "-o", tmp_path / "e.safetensors"), str(model)
+        )
+        one_line_error(xvec("eval", *common, "--trials", corpus / "trials.txt"), str(model))
+        one_line_error(xvec("export", model, "-o", tmp_path / "m.onnx"), str(model))
+    assert not (tmp_path / "e.safetensors").exists()
+
+
+@pytest.mark.parametrize("command", ["embed", "eval"])
+def test_bad_device(tmp_path, corpus, tiny_checkpoint, tiny_site, command):
+    import torch
+
+    listing = tmp_path / "files.txt"
+    listing.write_text("\n".join(_trial_files(corpus)) + "\n")
+    args = ["--list", listing, "-o", tmp_path / "e.safetensors"] if command == "embed" else []
+    common = [command, "--model", tiny_checkpoint, "--audio-root", corpus / "audio"]
+    if command == "eval":
+        common += ["--trials", corpus / "trials.txt", "-o", tmp_path / "out"]
+    result = xvec(*common, *args, "--device", "banana", site=tiny_site)
+    one_line_error(result, "--device", "banana", "cpu")
+    if not torch.cuda.is_available():
+        result = xvec(*common, *args, "--device", "cuda", site=tiny_site)
+        one_line_error(result, "cuda", "not available")
+    assert not (tmp_path / "e.safetensors").exists() and not (tmp_path / "out").exists()
+
+
+def test_parse_device():
+    import torch
+
+    from xvec.devices import parse_device
+    from xvec.errors import XvecError
+
+    assert parse_device("CPU") == torch.device("cpu")
+    assert parse_device("auto").type in ("cpu", "cuda")
+    for bad in ("banana", "cuda:", "cuda:-1", "cpu cuda", ""):
+        with pytest.raises(XvecError, match="unknown device"):
+            parse_device(bad)
+
+
+def test_recipe_bad_device_names_the_field(tmp_path, corpus, tiny_site):
+    path = recipe(tmp_path, corpus, extra='device = "banana"\n')
+    one_line_error(xvec("train", path, site=tiny_site), "recipe.toml", "train.device", "banana")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "value", "fragment"),
+    [
+        ("eval", "--num-eval", "0", "--num-eval"),
+        ("eval", "--eval-frames", "-5", "--eval-frames"),
+        ("eval", "--max-seconds", "0.001", "--max-seconds"),
+        ("eval", "--batch-size", "0", "--batch-size"),
+        ("embed", "--num-eval", "0", "--num-eval"),
+        ("embed", "--max-seconds", "0", "--max-seconds"),
+        ("embed", "--batch-size", "-1", "--batch-size"),
+    ],
+)
+def test_numeric_options_are_checked(
+    tmp_path, corpus, tiny_checkpoint, tiny_site, command, option, value, fragment
+):
+    common = [command, "--model", tiny_checkpoint, "--audio-root", corpus / "audio"]
+    if command == "eval":
+        common += ["--trials", corpus / "trials.txt", "-o", tmp_path / "out"]
+    else:
+        common += ["--trials", corpus / "trials.txt", "-o", tmp_path / "e.safetensors"]
+    if option in ("--num-eval", "--eval-frames"):
+        common += ["--protocol", "vt-crops"]
+    one_line_error(xvec(*common, option, value, site=tiny_site), fragment, value)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "e.safetensors").exists()
+
+
+def test_score_top_k_and_export_tolerance_are_checked(tmp_path, corpus):
+    store = _store(tmp_path / "emb.safetensors", _good_vectors(corpus))
+    result = _score(store, corpus, tmp_path, "--norm", "asnorm", "--cohort", store, "--top-k", "0")
+    one_line_error(result, "--top-k", "0")
+    one_line_error(xvec("export", store, "-o", tmp_path / "m.onnx", "--tolerance", "-1"),
+                   "--tolerance")  # fmt: skip
+
+
+def _resaved(source: Path, target: Path, raw: str) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    save_file(load_file(str(source)), str(target), metadata={"xvec": raw})
+    return target
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "list"),
+        ('{"format": "xvec-checkpoint", "format_version": 1}', "'model'"),
+        ('{"format": "xvec-checkpoint", "model": {"name": 3}}', "'model'"),
+    ],
+    ids=["invalid-json", "list", "no-model", "bad-model"],
+)
+def test_bad_checkpoint_metadata(tmp_path, corpus, tiny_checkpoint, raw, fragment):
+    bad = _resaved(tiny_checkpoint, tmp_path / "meta.safetensors", raw)
+    one_line_error(_eval_with(bad, corpus), "meta.safetensors", fragment)
+    one_line_error(xvec("export", bad, "-o", tmp_path / "m.onnx"), "meta.safetensors", fragment)
+
+
+def test_bad_embeddings_metadata(tmp_path, corpus):
+    from safetensors.numpy import save_file
+
+    for raw, fragment in [("{oops", "not valid JSON"), ('"text"', "str")]:
+        path = tmp_path / "emb.safetensors"
+        save_file(_good_vectors(corpus), str(path), metadata={"xvec_embeddings": raw})
+        one_line_error(_score(path, corpus, tmp_path), "emb.safetensors", fragment)
+
+
+def test_score_with_mixed_dimensions_or_empty_cohort(tmp_path, corpus):
+    vectors = _good_vectors(corpus)
+    odd = list(vectors)[2]
+    vectors[odd] = np.ones(5, np.float32)
+    mixed = _store(tmp_path / "mixed.safetensors", vectors)
+    one_line_error(_score(mixed, corpus, tmp_path), "mixed.safetensors", odd, "shape")
+
+    good = _store(tmp_path / "good.safetensors", _good_vectors(corpus))
+    empty = _store(tmp_path / "empty.safetensors", {})
+    for norm in ("asnorm", "mean"):
+        result = _score(good, corpus, tmp_path, "--norm", norm, "--cohort", empty)
+        one_line_error(result, "empty.safetensors", "no embeddings")
+    other = _store(tmp_path / "other.safetensors", _good_vectors(corpus, dim=4))
+    result = _score(good, corpus, tmp_path, "--norm", "mean", "--cohort", other)
+    one_line_error(result, "other.safetensors", "dimension 4")
+    assert not (tmp_path / "s.txt").exists()
+
+
+def test_plugin_exiting_on_import_is_a_warning(tmp_path):
+    site = make_distribution_for(tmp_path, "import sys\nsys.exit(3)\n")
+    result = xvec("models", site=site)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "ExitModel" in result.stderr and "xvec-exit" in result.stderr
+    assert "SystemExit" in result.stderr
+    assert "ResNetSE34L" in result.stdout
+
+
+def make_distribution_for(tmp_path: Path, source: str) -> Path:
+    from conftest import make_distribution
+
+    return make_distribution(
+        tmp_path / "site",
+        "xvec-exit",
+        {"xvec.models": {"ExitModel": "xvec_exit:ExitModel"}},
+        {"xvec_exit": source},
+    )
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_unreadable_audio_says_permission_denied(tmp_path, corpus, tiny_checkpoint, tiny_site):
+    root, trials = _corpus_with(
+        tmp_path, corpus, "locked.wav",
+        lambda p: (soundfile.write(str(p), np.zeros(16000, np.float32), 16000), p.chmod(0)),
+    )  # fmt: skip
+    one_line_error(
+        eval_model(tiny_checkpoint, trials, root, out=tmp_path / "out", site=tiny_site),
+        "locked.wav",
+        "permission denied",
+    )
+
+
+def test_permission_message_from_audio_reader(tmp_path, monkeypatch):
+    from xvec import audio
+    from xvec.errors import XvecError
+
+    path = tmp_path / "locked.wav"
+    soundfile.write(str(path), np.zeros(16000, np.float32), 16000)
+    monkeypatch.setattr(audio.os, "access", lambda p, mode: False, raising=False)
+    monkeypatch.setattr(audio.soundfile, "info", lambda p: (_ for _ in ()).throw(
+        soundfile.LibsndfileError(2, "Error opening: ")))  # fmt: skip
+    with pytest.raises(XvecError, match="permission denied") as info:
+        audio.audio_info(path)
+    assert "locked.wav" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("package", "version", "hint"),
+    [
+        ("xvec-tiny'; touch /tmp/pwned; '", "0.1", None),
+        ("xvec-tiny", "0.1'; touch /tmp/pwned; '", "pip install 'xvec-tiny'"),
+        ("xvec-tiny", "0.1", "pip install 'xvec-tiny==0.1'"),
+    ],
+)
+def test_install_hint_only_with_valid_names(tmp_path, corpus, tiny_checkpoint, package, version,
+                                            hint):  # fmt: skip
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(tiny_checkpoint), "pt") as handle:
+        meta = json.loads(handle.metadata()["xvec"])
+    meta["model"].update(package=package, package_version=version)
+    bad = _resaved(tiny_checkpoint, tmp_path / "hint.safetensors", json.dumps(meta))
+    message = one_line_error(_eval_with(bad, corpus), "hint.safetensors", "TinyModel")
+    assert "touch" not in message
+    if hint is None:
+        assert "pip install" not in message
+    else:
+        assert hint in message
+
+
+def test_eval_scores_writes_results_to_out_dir(tmp_path, corpus):
+    import json
+
+    scores = _scores_for(corpus / "trials.txt", tmp_path)
+    result = xvec(
+        "eval", "--scores", scores, "--trials", corpus / "trials.txt", "--out-dir", tmp_path / "D"
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "D" / "result.json").read_text())
+    assert summary["name"] == str(scores)
+    assert f"{summary['eer']:.4f}" in result.stdout
+    table = (tmp_path / "D" / "table.txt").read_text()
+    assert f"{summary['eer']:.4f}" in table and "EER %" in table
+
+
+def test_duplicate_and_self_trials_warn_once(tmp_path, corpus):
+    lines = (corpus / "trials.txt").read_text().splitlines()
+    first = lines[0].split()
+    lines += [lines[0], lines[0], f"1 {first[1]} {first[1]}"]
+    trials = tmp_path / "trials.txt"
+    trials.write_text("\n".join(lines) + "\n")
+    result = xvec("eval", "--scores", _scores_for(trials, tmp_path), "--trials", trials)
+    assert result.returncode == 0, result.stderr
+    warnings = [ln for ln in result.stderr.splitlines() if "warning" in ln]
+    assert len(warnings) == 2, result.stderr
+    assert any("2 trial(s) repeat" in w for w in warnings)
+    assert any("1 trial(s) compare a file with itself" in w for w in warnings)
+    clean = xvec("eval", "--scores", _scores_for(corpus / "trials.txt", tmp_path),
+                 "--trials", corpus / "trials.txt")  # fmt: skip
+    assert "warning" not in clean.stderr
+
+
+def test_vt_crops_with_whole_files_embeds_files_of_different_lengths(corpus):
+    import torch
+
+    from xvec.embed import Protocol, embed_files
+
+    class FirstSamples(torch.nn.Module):
+        def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+            return torch.stack([waveform[:, :4].sum(1), waveform.abs().mean(1)], 1)
+
+    files = _trial_files(corpus)
+    lengths = {soundfile.info(str(corpus / "audio" / f)).frames for f in files}
+    assert len(lengths) > 1
+    proto = Protocol("vt-crops", eval_frames=0, num_eval=10)
+    vectors = embed_files(FirstSamples(), corpus / "audio", files, proto, device="cpu")
+    for name in files:
+        audio = soundfile.read(str(corpus / "audio" / name), dtype="float32")[0]
+        assert vectors[name].shape == (1, 2)
+        assert np.isclose(vectors[name][0, 1], np.abs(audio).mean(), rtol=1e-4)

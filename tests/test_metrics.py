@@ -200,6 +200,8 @@ def test_to_dict_is_json() -> None:
         "eer": metrics.eer,
         "eer_threshold": metrics.eer_threshold,
         "min_dcf": {"0.05": metrics.min_dcf[0.05], "0.01": metrics.min_dcf[0.01]},
+        "c_miss": 1.0,
+        "c_fa": 1.0,
         "n_trials": 4,
         "n_target": 2,
         "n_nontarget": 2,

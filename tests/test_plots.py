@@ -82,7 +82,7 @@ def test_det_plot(tmp_path, trial_scores) -> None:
     path = tmp_path / "det.png"
     rounded = np.round(scores, 1)  # ties
     plot_det({"system A": (scores, labels), "rounded": (rounded, labels)}, path)
-    assert png_size(path) == (900, 900)
+    assert png_size(path) == (900, 990)
     pixels = read_pixels(path)
     assert (pixels[..., :3].std(axis=2) > 0.2).sum() > 500  # coloured curves were drawn
     assert_no_pyplot_figures()
@@ -134,3 +134,60 @@ def test_training_curves_without_data_still_write_a_figure(tmp_path) -> None:
     path = tmp_path / "curves.png"
     plot_training([{"kind": "start"}], path)
     assert png_size(path)[0] > 0
+
+
+def test_det_axes_cover_high_error_rates_and_the_legend_sits_below(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.random(3000) < 0.5
+    poor = rng.normal(size=3000) + labels * 0.3  # EER about 44 %
+    good = rng.normal(size=3000) + labels * 3.0
+    figure = plot_det({"poor": (poor, labels), "good": (good, labels)}, tmp_path / "det.png")
+    (axes,) = figure.axes
+    low, high = axes.get_xlim()
+    assert high == pytest.approx(probit(0.995)) and axes.get_ylim()[1] == high
+    assert low == pytest.approx(probit(0.0005))
+    assert [t.get_text() for t in axes.get_xticklabels()][-3:] == ["90", "95", "99"]
+    legend = axes.get_legend()
+    assert [t.get_text()[:4] for t in legend.get_texts()] == ["poor", "good"]
+    renderer = figure.canvas.get_renderer()
+    assert legend.get_window_extent(renderer).y1 < axes.get_window_extent(renderer).y0
+    figure = plot_det({"good": (good, labels)}, tmp_path / "det_good.png")
+    assert figure.axes[0].get_xlim()[1] == pytest.approx(probit(0.6))  # a good system: 60 %
+
+
+def test_training_curves_are_in_epochs_with_both_eval_metrics_visible(tmp_path) -> None:
+    records = training_records(with_eval=True)[:-1]  # a single evaluation, after epoch 1
+    figure = plot_training(records, tmp_path / "curves.png")
+    loss_axes, accuracy_axes, eer_axes = figure.axes[:3]
+    assert eer_axes.get_xlabel() == "epoch"
+    assert loss_axes.get_xlim()[1] == pytest.approx(2.1, abs=0.1)  # 2 epochs, not 100 steps
+    assert [t.get_text() for t in eer_axes.get_legend().get_texts()] == ["EER", "minDCF"]
+    (eer_line,) = eer_axes.get_lines()
+    (dcf_axes,) = [a for a in figure.axes if a.get_ylabel() == "minDCF"]
+    (dcf_line,) = dcf_axes.get_lines()
+    assert dcf_line.get_xdata().tolist() == eer_line.get_xdata().tolist()
+    (eer_x,) = eer_line.get_xdata()
+    assert eer_x == pytest.approx(1.0)  # the evaluation at the end of epoch 1
+    # same position, but a filled circle inside a larger hollow square: both show
+    assert eer_line.get_marker() == "o" and dcf_line.get_marker() == "s"
+    assert dcf_line.get_markersize() > eer_line.get_markersize()
+    assert dcf_line.get_markerfacecolor() == "none"
+    assert loss_axes.get_legend() is not None
+    assert len(accuracy_axes.get_lines()) == 1 and not accuracy_axes.texts
+
+
+def test_training_curves_say_na_for_a_loss_without_accuracy(tmp_path) -> None:
+    records = [
+        {**r, "acc": 0.0} if r.get("kind") == "train" else r
+        for r in training_records(with_eval=True)
+    ]
+    figure = plot_training(records, tmp_path / "curves.png")
+    accuracy_axes = figure.axes[1]
+    assert accuracy_axes.get_ylabel() == "accuracy (%)"
+    assert not accuracy_axes.get_lines()  # no flat line at 0
+    assert [t.get_text() for t in accuracy_axes.texts] == ["n/a: this loss reports no accuracy"]
+    no_accuracy = [{k: v for k, v in r.items() if k != "acc"} for r in records]
+    figure = plot_training(no_accuracy, tmp_path / "absent.png")
+    assert figure.axes[1].texts and not figure.axes[1].get_lines()
+    steps_only = [{k: v for k, v in r.items() if k != "epoch"} for r in records]
+    assert plot_training(steps_only, tmp_path / "steps.png").axes[2].get_xlabel() == "step"

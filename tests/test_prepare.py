@@ -57,7 +57,7 @@ def test_prepare_folder_lists_speaker_trees_sorted(tmp_path):
     listing = read_train_list(output)
     assert listing.speakers == ["alice", "bob"] and listing.labels.tolist() == [0, 0, 1, 1]
     first = output.read_bytes()
-    prepare_folder(root, output)
+    prepare_folder(root, output, force=True)
     assert output.read_bytes() == first
     assert not [p for p in output.parent.iterdir() if p.name != "train_list.txt"]  # no temp files
 
@@ -159,7 +159,7 @@ def test_speechocean762_matches_the_shipped_lists(tmp_path):
     test_gender = np.array([gender[s] for s in speaker[trials.test[non]]])
     assert 0.7 < (enroll_gender == test_gender).mean() < 0.9
     first = (tmp_path / "dev_trials.txt").read_bytes()
-    prepare_speechocean762(SPEECHOCEAN, tmp_path)
+    prepare_speechocean762(SPEECHOCEAN, tmp_path, force=True)
     assert (tmp_path / "dev_trials.txt").read_bytes() == first
 
 
@@ -229,7 +229,7 @@ def test_voxceleb1_only_trains_on_dev_and_checks_trials(tmp_path):
     fake_vox1(tmp_path / "vox1")
     write_veri(tmp_path / "lists" / "veri_test2.txt", GOOD_TRIALS)
     summary = prepare_voxceleb(tmp_path / "vox1", None, tmp_path / "lists")
-    listing = read_train_list(tmp_path / "lists" / "train_list.txt")
+    listing = read_train_list(tmp_path / "lists" / "voxceleb1_train_list.txt")
     assert listing.speakers == ["id10001", "id10002"]  # the test speakers never train
     assert listing.files[0] == "id10001/vidA/00001.wav" and len(listing.files) == 8
     assert "VoxCeleb1 dev" in summary
@@ -252,7 +252,7 @@ def test_voxceleb_reports_every_missing_trial_file_at_once(tmp_path):
     assert "list_test_hard2.txt: 1 of 2 files not found" in message
     assert "id10272/v/00001.wav" in message
     assert "\n" not in message
-    assert not (tmp_path / "lists" / "train_list.txt").exists()
+    assert not (tmp_path / "lists" / "voxceleb1_train_list.txt").exists()
 
 
 def test_voxceleb2_dev_is_the_train_set_when_given(tmp_path):
@@ -264,7 +264,7 @@ def test_voxceleb2_dev_is_the_train_set_when_given(tmp_path):
         aac.write_bytes(b"\0" * 32)  # the original AAC, beside its converted wav
         write_tone(tmp_path / "vox2" / "dev" / "wav" / speaker / "v1" / "00001.wav", 300)
     summary = prepare_voxceleb(tmp_path / "vox1", tmp_path / "vox2", tmp_path / "lists")
-    assert (tmp_path / "lists" / "train_list.txt").read_text() == (
+    assert (tmp_path / "lists" / "voxceleb2_train_list.txt").read_text() == (
         "id00012 id00012/v1/00001.wav\nid00015 id00015/v1/00001.wav\n"
     )
     assert "VoxCeleb2 dev" in summary and str(tmp_path / "vox2" / "dev" / "wav") in summary
@@ -291,3 +291,49 @@ def test_voxceleb_without_trial_lists_says_where_to_put_them(tmp_path):
     fake_vox1(tmp_path / "vox1")
     summary = prepare_voxceleb(tmp_path / "vox1", None, tmp_path / "lists")
     assert "put veri_test2.txt" in summary
+
+
+def test_voxceleb2_list_has_the_name_every_recipe_uses(tmp_path):
+    import tomllib
+
+    from conftest import ROOT
+
+    write_tone(tmp_path / "vox2" / "dev" / "wav" / "id00012" / "v1" / "00001.wav", 300)
+    prepare_voxceleb(None, tmp_path / "vox2", tmp_path / "lists")
+    written = {f"lists/{p.name}" for p in (tmp_path / "lists").iterdir()}
+    recipes = [tomllib.loads(r.read_text()) for r in (ROOT / "recipes").glob("*.toml")]
+    wanted = {r["data"]["train_list"] for r in recipes} - {"lists/train_list.txt"}  # demo's
+    assert written == wanted == {"lists/voxceleb2_train_list.txt"}
+    assert "`lists/voxceleb2_train_list.txt`" in (ROOT / "docs" / "lab.md").read_text()
+
+
+def test_every_prepare_refuses_to_overwrite_without_force(tmp_path):
+    from typer.testing import CliRunner
+
+    from xvec.cli import app
+
+    root = tmp_path / "corpus"
+    write_tone(root / "alice" / "a.wav")
+    write_tone(root / "bob" / "b.wav")
+    existing = tmp_path / "train_list.txt"
+    existing.write_text("hand-made\n")
+    runner = CliRunner()
+    refused = runner.invoke(app, ["prepare", "folder", str(root), "-o", str(existing)])
+    assert refused.exit_code == 1
+    assert f"{existing} exists; give --force" in " ".join(refused.output.split())
+    assert existing.read_text() == "hand-made\n"
+    forced = runner.invoke(app, ["prepare", "folder", str(root), "-o", str(existing), "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert existing.read_text() == "alice alice/a.wav\nbob bob/b.wav\n"
+
+    lists = tmp_path / "lists"
+    write_tone(tmp_path / "vox2" / "dev" / "wav" / "id00012" / "v1" / "00001.wav", 300)
+    prepare_voxceleb(None, tmp_path / "vox2", lists)
+    with pytest.raises(XvecError, match=r"voxceleb2_train_list\.txt exists; give --force"):
+        prepare_voxceleb(None, tmp_path / "vox2", lists)
+    prepare_voxceleb(None, tmp_path / "vox2", lists, force=True)
+    (lists / "dev_trials.txt").write_text("1 a b\n")
+    with pytest.raises(XvecError, match=r"dev_trials\.txt exists; give --force"):
+        prepare_speechocean762(tmp_path / "anything", lists)
+    with pytest.raises(XvecError, match="exists; give --force"):
+        prepare_folder(root, lists / "voxceleb2_train_list.txt")

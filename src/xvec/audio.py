@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,8 @@ class AudioInfo:
 
 
 def _fail(path: str | Path, exc: Exception) -> XvecError:
+    if Path(path).is_file() and not os.access(path, os.R_OK):
+        return XvecError(f"{path}: cannot read audio: permission denied; check the file's mode")
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     reason = reason.replace(f"Error opening {str(path)!r}: ", "")
     return XvecError(f"{path}: cannot read audio ({reason}); is it a valid wav/flac/ogg file?")

@@ -22,7 +22,7 @@ from safetensors.torch import save as st_save
 
 from xvec import __version__, registry
 from xvec.errors import XvecError
-from xvec.files import atomic_write_bytes, safetensors_metadata
+from xvec.files import atomic_write_bytes, metadata_record, safetensors_metadata
 
 FORMAT = "xvec-checkpoint"
 FORMAT_VERSION = 1
@@ -107,8 +107,13 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     """Read and check a checkpoint file; anything that is not one gives a one-line error."""
     path = Path(path)
     if not path.is_file():
-        raise XvecError(f"{path}: checkpoint file not found")
-    data = path.read_bytes()
+        what = "checkpoint file not found"
+        what = "is a folder, not a checkpoint file" if path.is_dir() else what
+        raise XvecError(f"{path}: {what}")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise XvecError(f"{path}: cannot read checkpoint ({exc.strerror or exc})") from exc
     try:
         tensors = st_load(data)
         metadata = safetensors_metadata(data)
@@ -123,9 +128,11 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
             f"{path}: safetensors file without xvec metadata; it was not written by xvec "
             "(import voxceleb_trainer models with 'xvec import-vt')"
         )
-    meta = json.loads(raw)
+    meta = metadata_record(path, raw, "xvec", "checkpoint")
     if meta.get("format") != FORMAT:
         raise XvecError(f"{path}: unknown checkpoint format {meta.get('format')!r}")
+    _check_component(path, meta, "model", required=True)
+    _check_component(path, meta, "loss", required=False)
     model_state = {
         k[len(MODEL_PREFIX) :]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)
     }
@@ -133,13 +140,48 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(meta=meta, model_state=model_state, loss_state=loss_state)
 
 
+def _check_component(path: Path, meta: dict[str, Any], key: str, *, required: bool) -> None:
+    """The ``model`` (or ``loss``) record must be an object with a string name and a dict."""
+    record = meta.get(key)
+    if record is None and not required:
+        return
+    if (
+        not isinstance(record, dict)
+        or not isinstance(record.get("name"), str)
+        or not isinstance(record.get("params", {}), dict)
+    ):
+        raise XvecError(
+            f"{path}: checkpoint metadata field '{key}' is missing or malformed (expected an "
+            "object with 'name' and 'params'); the file is damaged or not an xvec checkpoint"
+        )
+    record.setdefault("params", {})
+    if key == "loss" and not isinstance(meta.get("embedding_dim"), int):
+        raise XvecError(f"{path}: checkpoint metadata field 'embedding_dim' is missing or invalid")
+
+
+# PEP 508 distribution names and PEP 440 versions: only such text goes into a pip command.
+_PACKAGE_NAME = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.IGNORECASE)
+_PACKAGE_VERSION = re.compile(
+    r"^([1-9][0-9]*!)?(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*((a|b|rc)(0|[1-9][0-9]*))?"
+    r"(\.post(0|[1-9][0-9]*))?(\.dev(0|[1-9][0-9]*))?(\+[a-z0-9]+(\.[a-z0-9]+)*)?$",
+    re.IGNORECASE,
+)
+
+
 def _missing_component(path: Path, kind: str, record: dict[str, Any], exc: XvecError) -> XvecError:
     package = record.get("package")
+    name = record.get("name")
     if package and package != "xvec":
+        if not isinstance(package, str) or not _PACKAGE_NAME.fullmatch(package):
+            return XvecError(
+                f"{path}: this checkpoint needs {kind} '{name}' from a package that is not "
+                "installed (its recorded package name is not a valid one; ask who made it)"
+            )
         version = record.get("package_version")
-        spec = f"{package}=={version}" if version else package
+        valid_version = isinstance(version, str) and _PACKAGE_VERSION.fullmatch(version)
+        spec = f"{package}=={version}" if valid_version else package
         return XvecError(
-            f"{path}: this checkpoint needs {kind} '{record['name']}' from package '{package}', "
+            f"{path}: this checkpoint needs {kind} '{name}' from package '{package}', "
             f"which is not installed; install it (pip install '{spec}')"
         )
     return XvecError(f"{path}: {exc}")

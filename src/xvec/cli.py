@@ -18,6 +18,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.table import Table
 
+from xvec.compat import check_torch_version, prefer_sleeping_threads
 from xvec.errors import XvecError
 from xvec.report import make_console
 
@@ -49,6 +50,7 @@ def friendly(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            check_torch_version()
             with warnings.catch_warnings():
                 from xvec.registry import PluginWarning
 
@@ -145,6 +147,14 @@ class FileProgress:
         self.progress.update(self.task, advance=advance, rate=f"{rate:.1f} files/s")
 
 
+def _check_min(option: str, value: float | None, low: float) -> None:
+    """One-line error for a numeric option below ``low`` (or not finite)."""
+    import math
+
+    if value is not None and not (math.isfinite(value) and value >= low):
+        raise XvecError(f"{option} {value}: must be a number >= {low}")
+
+
 # --------------------------------------------------------------------------- registry listings
 
 
@@ -157,10 +167,17 @@ def _registry_table(kind: str) -> Table:
     table.add_column("package")
     table.add_column("description")
     table.add_column("parameters (default)")
+    if kind == "loss":
+        table.add_column("nPerSpeaker", justify="right")
+        table.caption = "nPerSpeaker: utterances per speaker a batch needs (train.nPerSpeaker)"
     for name, (entry, cls) in registry.loadable(kind).items():
         summary, params = registry.describe(cls)
         param_text = "\n".join(f"{p}: {t} = {d!r}" for p, t, d in params) or "-"
-        table.add_row(name, f"{entry.distribution} {entry.version}", summary, param_text)
+        row = [name, f"{entry.distribution} {entry.version}", summary, param_text]
+        if kind == "loss":
+            needed = int(getattr(cls, "min_per_speaker", 1))
+            row.append(f"[bold yellow]>= {needed}[/]" if needed > 1 else "any")
+        table.add_row(*row)
     return table
 
 
@@ -248,8 +265,19 @@ def eval_command(
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Files per batch.")] = 32,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
+    max_trials: Annotated[
+        int | None,
+        typer.Option(help="Quick check: a stratified random subset of this many trials (seed 0)."),
+    ] = None,
+    p_target: Annotated[
+        list[float] | None,
+        typer.Option("--p-target", help="minDCF prior; repeat for several [default: 0.05, 0.01]."),
+    ] = None,
+    c_miss: Annotated[float, typer.Option(help="minDCF cost of a miss.")] = 1.0,
+    c_fa: Annotated[float, typer.Option(help="minDCF cost of a false acceptance.")] = 1.0,
 ) -> None:
     """Evaluate model(s) or score file(s) on a trial list: EER and minDCF in a table."""
+    prefer_sleeping_threads()
     from xvec.checkpoint import load_model
     from xvec.data import read_trials, require_both_labels
     from xvec.embed import Protocol
@@ -260,14 +288,38 @@ def eval_command(
 
     if not model and not scores:
         raise XvecError("give --model (one or more checkpoints) or --scores (score files)")
-    trial_list = read_trials(trials)
-    require_both_labels(trial_list)
+    _check_min("--batch-size", batch_size, 1)
+    if model:
+        from xvec.devices import parse_device
+        from xvec.embed import model_fingerprint
+
+        parse_device(device)
+        for model_path in model:
+            model_fingerprint(model_path)  # a missing or unreadable checkpoint fails up front
+    dcf = _dcf_options(p_target, c_miss, c_fa)
+    full_trials = read_trials(trials)
+    require_both_labels(full_trials)
+    trial_list, kept = full_trials, None
+    if max_trials is not None:
+        from xvec.evaluate import subsample_trials
+
+        trial_list, kept = subsample_trials(full_trials, max_trials)
+    subset = {"trials": len(trial_list), "of": len(full_trials), "seed": 0} if max_trials else None
     summaries = []
+    # one result folder per system, score files first; unique even when both kinds are given
+    all_folders = _result_folders([*(scores or []), *(model or [])])
     if scores:
-        for score_file in scores:
-            values = _scores_in_trial_order(score_file, trial_list, read_scores)
-            metrics = evaluate(values, trial_list.labels)
-            summaries.append({"name": str(score_file), **metrics.to_dict(), "seconds": None})
+        for score_file, folder in zip(scores, all_folders, strict=False):
+            values = _scores_in_trial_order(score_file, full_trials, read_scores)
+            values = values if kept is None else values[kept]
+            metrics = evaluate(values, trial_list.labels, **dcf)
+            summary = {"name": str(score_file), **metrics.to_dict(), "seconds": None}
+            if subset:
+                summary["subset"] = subset
+            summaries.append(summary)
+            if out_dir is not None:
+                _write_json(out_dir / folder / "result.json", summary)
+                err.print(f"result: {out_dir / folder / 'result.json'}", highlight=False)
     if model:
         if audio_root is None:
             raise XvecError(
@@ -281,7 +333,7 @@ def eval_command(
             length_tolerance=length_tolerance,
         )
         out_dir = out_dir or Path("eval_out")
-        folders = _result_folders(model)
+        folders = all_folders[len(scores or []) :]
         for model_path, folder in zip(model, folders, strict=True):
             net = load_model(model_path)
             with FileProgress(f"embedding ({model_path.name})") as bar:
@@ -294,6 +346,7 @@ def eval_command(
                     batch_size=batch_size,
                     device=device,
                     progress=bar,
+                    **dcf,
                 )
             target = out_dir / folder
             write_scores(
@@ -304,6 +357,8 @@ def eval_command(
             )
             summary = result.summary()
             summary["protocol"] = proto.describe()
+            if subset:
+                summary["subset"] = subset
             _write_json(target / "result.json", summary)
             for note in result.stats.notes:
                 err.print(f"note: {note}", highlight=False)
@@ -312,7 +367,41 @@ def eval_command(
                 f"scores: {target / 'scores.txt'}  result: {target / 'result.json'}",
                 highlight=False,
             )
-    out.print(metrics_table(summaries, f"{trials} ({len(trial_list)} trials)"))
+    counted = f"{len(trial_list)} trials"
+    if subset:
+        counted = f"{len(trial_list)} of {len(full_trials)} trials, stratified"
+    table = metrics_table(summaries, f"{trials} ({counted})")
+    out.print(table)
+    if out_dir is not None:
+        _write_table(out_dir / "table.txt", table)
+
+
+def _write_table(path: Path, table: Table) -> None:
+    """A plain-text copy of a rich table (no colours), written atomically."""
+    import io
+
+    from rich.console import Console
+
+    from xvec.files import atomic_write_bytes
+    from xvec.report import PIPE_WIDTH
+
+    buffer = io.StringIO()
+    Console(file=buffer, width=PIPE_WIDTH, color_system=None).print(table)
+    atomic_write_bytes(path, buffer.getvalue().encode())
+
+
+def _dcf_options(p_target: list[float] | None, c_miss: float, c_fa: float) -> dict[str, Any]:
+    """Check --p-target/--c-miss/--c-fa up front; the keyword arguments of the metrics."""
+    from xvec.metrics import DEFAULT_P_TARGETS
+
+    priors = tuple(dict.fromkeys(p_target)) if p_target else DEFAULT_P_TARGETS
+    for prior in priors:
+        if not 0.0 < prior < 1.0:
+            raise XvecError(f"--p-target must lie strictly between 0 and 1, got {prior:g}")
+    for name, cost in (("--c-miss", c_miss), ("--c-fa", c_fa)):
+        if not cost > 0:
+            raise XvecError(f"{name} must be positive, got {cost:g}")
+    return {"p_targets": priors, "c_miss": c_miss, "c_fa": c_fa}
 
 
 def _result_folders(models: list[Path]) -> list[str]:
@@ -369,12 +458,18 @@ def embed_command(
     device: Annotated[str, typer.Option()] = "auto",
 ) -> None:
     """Embed audio files to vectors (resumable: an interrupted run keeps what it computed)."""
+    prefer_sleeping_threads()
     from xvec.checkpoint import load_model
     from xvec.data import check_files_exist, read_file_list, read_trials
     from xvec.embed import EmbeddingStore, EmbedStats, Protocol, embed_files, model_fingerprint
 
     if (file_list is None) == (trials is None):
         raise XvecError("give exactly one of --list or --trials")
+    from xvec.devices import parse_device
+
+    _check_min("--batch-size", batch_size, 1)
+    parse_device(device)
+    model_fingerprint(model)  # a missing checkpoint fails before the audio is checked
     source = file_list or trials
     files = read_file_list(file_list) if file_list else read_trials(trials).files  # type: ignore[arg-type]
     check_files_exist(audio_root, files, source)
@@ -450,12 +545,11 @@ def score_command(
     top_k: Annotated[int, typer.Option(help="Cohort size per side for AS-norm.")] = 300,
 ) -> None:
     """Score trials from stored embeddings (cosine, or voxceleb_trainer crops)."""
-    import numpy as np
-
     from xvec.data import read_trials
     from xvec.embed import EmbeddingStore
     from xvec.scoring import as_norm, mean_norm, score_embeddings, write_scores
 
+    _check_min("--top-k", top_k, 1)
     trial_list = read_trials(trials)
     store = EmbeddingStore.load(embeddings)
     matrix = store.matrix(trial_list.files, trials)
@@ -468,7 +562,12 @@ def score_command(
                 f"--norm {norm.value} needs --cohort (an embeddings file of cohort speakers)"
             )
         cohort_store = EmbeddingStore.load(cohort)
-        cohort_matrix = np.stack(list(cohort_store.vectors.values()))
+        cohort_matrix = cohort_store.cohort_matrix()
+        if cohort_matrix.shape[-1] != matrix.shape[-1]:
+            raise XvecError(
+                f"{cohort}: cohort embeddings have dimension {cohort_matrix.shape[-1]} but "
+                f"{embeddings} has {matrix.shape[-1]}; embed the cohort with the same model"
+            )
         if matrix.ndim == 3:  # crops: normalise on the mean crop embedding
             matrix, cohort_matrix = (
                 matrix.mean(1),
@@ -568,7 +667,9 @@ def plot_training_command(
 @app.command("train")
 @friendly
 def train_command(
-    recipe: Annotated[Path, typer.Argument(help="TOML recipe.")],
+    recipe: Annotated[
+        Path, typer.Argument(help="TOML recipe, or a run folder (its recipe.json) to --resume.")
+    ],
     set_: Annotated[
         list[str] | None,
         typer.Option(
@@ -592,7 +693,7 @@ def train_command(
         raise typer.Exit(launch_distributed(recipe, set_ or [], resume, nproc))
     from xvec.train import train
 
-    summary = train(loaded, recipe_path=recipe, resume=resume, console=err)
+    summary = train(loaded, recipe_path=recipe, resume=resume, console=err, overrides=set_ or [])
     if summary is not None:
         out.print(summary)
 
@@ -667,6 +768,7 @@ def export_command(
     """Export a model (front end included: input is the 16 kHz waveform) and verify it."""
     from xvec.export import export_checkpoint
 
+    _check_min("--tolerance", tolerance, 0)
     out.print(str(export_checkpoint(model, output, fmt.value, tolerance)))
 
 
@@ -685,17 +787,21 @@ def synth_command(
     out.print(f"synthetic corpus -> {out_dir}: {info}")
 
 
+FORCE_OPTION = typer.Option("--force", help="Overwrite lists that already exist.")
+
+
 @prepare_app.command("voxceleb")
 @friendly
 def prepare_voxceleb_command(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the lists.")] = Path("lists"),
     vox1: Annotated[Path | None, typer.Option("--vox1")] = None,
     vox2: Annotated[Path | None, typer.Option("--vox2")] = None,
+    force: Annotated[bool, FORCE_OPTION] = False,
 ) -> None:
-    """VoxCeleb1/2 already on disk: train list, and trial lists checked against the files."""
+    """VoxCeleb1/2 on disk: voxceleb2_train_list.txt (or voxceleb1_), trial lists checked."""
     from xvec.prepare import prepare_voxceleb
 
-    out.print(prepare_voxceleb(vox1, vox2, out_dir))
+    out.print(prepare_voxceleb(vox1, vox2, out_dir, force=force))
 
 
 @prepare_app.command("speechocean762")
@@ -705,11 +811,12 @@ def prepare_speechocean_command(
         Path, typer.Option("--root", help="speechocean762 corpus folder (OpenSLR 101).")
     ],
     out_dir: Annotated[Path, typer.Option("--out")] = Path("lists"),
+    force: Annotated[bool, FORCE_OPTION] = False,
 ) -> None:
     """speechocean762: train list from its train part, trials from its test part."""
     from xvec.prepare import prepare_speechocean762
 
-    out.print(prepare_speechocean762(root, out_dir))
+    out.print(prepare_speechocean762(root, out_dir, force=force))
 
 
 @prepare_app.command("folder")
@@ -717,11 +824,12 @@ def prepare_speechocean_command(
 def prepare_folder_command(
     root: Annotated[Path, typer.Argument(help="SPEAKER/.../*.wav tree.")],
     output: Annotated[Path, typer.Option("--output", "-o")] = Path("lists/train_list.txt"),
+    force: Annotated[bool, FORCE_OPTION] = False,
 ) -> None:
     """Any SPEAKER/.../*.wav tree: a train list."""
     from xvec.prepare import prepare_folder
 
-    out.print(prepare_folder(root, output))
+    out.print(prepare_folder(root, output, force=force))
 
 
 def main() -> None:

@@ -8,11 +8,19 @@ Defaults follow voxceleb_trainer's where it has one.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from xvec.errors import XvecError
 
@@ -64,7 +72,7 @@ class OptimConfig(Section):
     """Optimiser, learning-rate schedule and gradient clipping."""
 
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = Field(0.001, gt=0)
+    lr: float = Field(0.001, gt=0, allow_inf_nan=False)
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     scheduler: Literal["steplr", "cosine", "none"] = "steplr"
@@ -89,6 +97,20 @@ class TrainConfig(Section):
     mixed_precision: bool = True
     device: str = "auto"
     log_every: int = Field(10, gt=0, description="steps between JSON-lines log records")
+    max_steps: int | None = Field(
+        None, ge=1, description="stop after this many optimiser steps overall (quick tries)"
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _device_syntax(cls, value: str) -> str:
+        """A device name torch understands (availability is checked when training starts)."""
+        from xvec.devices import DEVICE_CHOICES, DEVICE_PATTERN
+
+        name = value.strip().lower()
+        if not DEVICE_PATTERN.fullmatch(name):
+            raise ValueError(f"unknown device '{value}'; use {DEVICE_CHOICES}")
+        return name
     save_every_steps: int = Field(0, ge=0, description="also save the training state every N steps")
     deterministic: bool = Field(
         False, description="bit-identical reruns and resumes (slower: 1 CPU thread)"
@@ -99,7 +121,7 @@ class EvalConfig(Section):
     """Evaluation during and after training."""
 
     protocol: Literal["full", "vt-crops"] = "full"
-    max_seconds: float | None = Field(None, gt=0)
+    max_seconds: float | None = Field(None, ge=0.025, description="at least one 25 ms window")
     batch_size: int = Field(32, gt=0)
     dcf_p_target: float = Field(0.05, gt=0, lt=1)
     dcf_c_miss: float = Field(1.0, gt=0)
@@ -227,7 +249,17 @@ def read_toml(path: Path) -> dict[str, Any]:
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Load, override and validate a recipe, including the model's and loss's parameters."""
     path = Path(path)
-    data = apply_overrides(read_toml(path), overrides or [])
+    if path.is_dir():  # a run folder: its own resolved recipe
+        recorded = path / "recipe.json"
+        if not recorded.is_file():
+            raise XvecError(f"{path}: no recipe.json here; is this a training run folder?")
+        try:
+            raw = json.loads(recorded.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise XvecError(f"{recorded}: not a JSON recipe ({exc})") from exc
+        data = apply_overrides(raw, overrides or [])
+    else:
+        data = apply_overrides(read_toml(path), overrides or [])
     source = str(path) + (" (with --set overrides)" if overrides else "")
     recipe = parse_recipe(data, source)
     check_components(recipe, source)

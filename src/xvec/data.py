@@ -28,7 +28,7 @@ def _lines(path: Path, what: str) -> Iterator[tuple[int, list[str]]]:
         raise XvecError(f"{path}: {what} not found")
     number = 0
     try:  # streamed: a multi-million-line trial list is never held as text
-        with path.open(encoding="utf-8") as handle:
+        with path.open(encoding="utf-8-sig") as handle:  # utf-8-sig: a leading BOM is dropped
             for number, line in enumerate(handle, start=1):
                 content = _COMMENT.split(line, maxsplit=1)[0].strip() if "#" in line else line
                 fields = content.split()
@@ -36,6 +36,8 @@ def _lines(path: Path, what: str) -> Iterator[tuple[int, list[str]]]:
                     yield number, fields
     except UnicodeDecodeError as exc:
         raise XvecError(f"{path}:{number + 1}: {what} is not UTF-8 text ({exc.reason})") from exc
+    except OSError as exc:
+        raise XvecError(f"{path}: cannot read {what} ({exc.strerror or exc})") from exc
 
 
 @dataclass
@@ -141,6 +143,7 @@ def read_trials(path: str | Path) -> Trials:
         tests.append(index.setdefault(test, len(index)))
     if not labels:
         raise XvecError(f"{path}: trial list is empty (expected lines 'LABEL enroll test')")
+    _warn_odd_trials(path, enrolls, tests)
     return Trials(
         path=path,
         labels=np.frombuffer(labels, dtype=np.int8).copy(),
@@ -148,6 +151,30 @@ def read_trials(path: str | Path) -> Trials:
         test=np.frombuffer(tests, dtype=np.int64).copy(),
         files=list(index),
     )
+
+
+def _warn_odd_trials(path: Path, enrolls: array, tests: array) -> None:
+    """Warn once each about trials listed twice and trials whose enroll and test are the same."""
+    import warnings
+
+    enroll = np.frombuffer(enrolls, dtype=np.int64)
+    test = np.frombuffer(tests, dtype=np.int64)
+    same = int((enroll == test).sum())
+    if same:
+        warnings.warn(
+            f"{path}: {same} trial(s) compare a file with itself (enroll == test); "
+            "they are counted as they are",
+            UserWarning,
+            stacklevel=3,
+        )
+    pairs = np.unique(np.stack([enroll, test], axis=1), axis=0).shape[0]
+    if pairs < enroll.size:
+        warnings.warn(
+            f"{path}: {enroll.size - pairs} trial(s) repeat an earlier enroll/test pair; "
+            "they are counted as they are",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def read_file_list(path: str | Path) -> list[str]:

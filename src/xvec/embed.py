@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,12 +30,13 @@ import numpy as np
 
 from xvec.audio import SAMPLE_RATE, AudioInfo, audio_info, eval_crops, read_audio, wrap_pad
 from xvec.errors import XvecError
-from xvec.files import atomic_write_bytes, safetensors_metadata
+from xvec.files import atomic_write_bytes, metadata_record, safetensors_metadata
 
 if TYPE_CHECKING:
     import torch
 
 MIN_SAMPLES = SAMPLE_RATE // 2  # shorter files are wrap-padded to 0.5 s
+MIN_MAX_SECONDS = 0.025  # a capped file must hold one 25 ms window
 PROTOCOLS = ("full", "vt-crops")
 
 
@@ -51,11 +53,29 @@ class Protocol:
     def __post_init__(self) -> None:
         if self.name not in PROTOCOLS:
             raise XvecError(f"unknown protocol '{self.name}'; choose one of {', '.join(PROTOCOLS)}")
+        if self.max_seconds is not None and not (
+            math.isfinite(self.max_seconds) and self.max_seconds >= MIN_MAX_SECONDS
+        ):
+            raise XvecError(
+                f"--max-seconds {self.max_seconds}: too small; give at least {MIN_MAX_SECONDS} "
+                "(one 25 ms analysis window)"
+            )
+        if self.eval_frames < 0:
+            raise XvecError(
+                f"--eval-frames {self.eval_frames}: must be >= 0 (0 = each file whole)"
+            )
+        if self.num_eval < 1:
+            raise XvecError(f"--num-eval {self.num_eval}: must be at least 1 crop per file")
         if not 0 <= self.length_tolerance < 1:
             raise XvecError(
                 f"length tolerance must be in [0, 1) (0 = every file whole), "
                 f"got {self.length_tolerance}"
             )
+
+    @property
+    def crops_per_file(self) -> int:
+        """Crops each file gives under vt-crops (``eval_frames`` 0: the whole file, once)."""
+        return 1 if self.eval_frames == 0 else self.num_eval
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -84,14 +104,10 @@ class EmbedStats:
 
 
 def pick_device(device: str = "auto") -> torch.device:
-    """``auto`` means CUDA when available, else CPU."""
-    if device == "auto":
-        import torch
+    """``auto`` means CUDA when available, else CPU; bad or absent devices are an XvecError."""
+    from xvec.devices import parse_device
 
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    import torch
-
-    return torch.device(device)
+    return parse_device(device)
 
 
 def _plan_batches(
@@ -100,7 +116,8 @@ def _plan_batches(
     """Group file indices into batches (by sorted length for ``full``)."""
     order = np.argsort(-lengths, kind="stable")
     if protocol.name == "vt-crops":
-        per_batch = max(1, batch_size // max(protocol.num_eval, 1))
+        # whole files (eval_frames 0) differ in length: one file per batch
+        per_batch = 1 if protocol.eval_frames == 0 else max(1, batch_size // protocol.num_eval)
         return [order[i : i + per_batch] for i in range(0, len(order), per_batch)]
     batches: list[np.ndarray] = []
     start = 0
@@ -175,10 +192,39 @@ class EmbeddingStore:
         except (SafetensorError, ValueError, OverflowError) as exc:
             raise XvecError(f"{path}: not a readable safetensors embeddings file") from exc
         raw = metadata.get("xvec_embeddings")
-        store = cls(json.loads(raw) if raw else {})
+        store = cls(metadata_record(path, raw, "xvec_embeddings", "embeddings") if raw else {})
         store.vectors = vectors
         store.path = path
+        store.check(path)
         return store
+
+    def check(self, source: str | Path) -> None:
+        """Every vector finite and of one shape; otherwise an XvecError naming the key."""
+        shape = None
+        first = ""
+        for key, vector in self.vectors.items():
+            if not np.isfinite(vector).all():
+                raise XvecError(
+                    f"{source}: embedding of '{key}' contains NaN or infinite values; "
+                    "re-embed that file (is its audio or the model broken?)"
+                )
+            if shape is None:
+                shape, first = vector.shape, key
+            elif vector.shape != shape:
+                raise XvecError(
+                    f"{source}: embedding of '{key}' has shape {tuple(vector.shape)} but "
+                    f"'{first}' has {tuple(shape)}; all embeddings must come from one model "
+                    "and protocol"
+                )
+
+    def cohort_matrix(self) -> np.ndarray:
+        """All vectors stacked, for score normalisation; an empty store is an XvecError."""
+        if not self.vectors:
+            raise XvecError(
+                f"{self.path or 'cohort embeddings'}: no embeddings in the cohort file; "
+                "embed cohort speakers with 'xvec embed'"
+            )
+        return np.stack(list(self.vectors.values()))
 
     def matrix(self, files: Sequence[str], source: str | Path) -> np.ndarray:
         """Stack the embeddings of ``files``; names absent from the store are one error."""
@@ -194,11 +240,28 @@ class EmbeddingStore:
 
 def model_fingerprint(path: str | Path) -> str:
     """A short content hash of a checkpoint, so partial results are reused only for it."""
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder, not a" if path.is_dir() else "not found:"
+        raise XvecError(f"{path}: {what} checkpoint file")
     digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    try:
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise XvecError(f"{path}: cannot read checkpoint ({exc.strerror or exc})") from exc
     return digest.hexdigest()[:16]
+
+
+def _check_finite(output: np.ndarray, names: Sequence[str], root: Path) -> None:
+    """Refuse NaN or infinite embeddings, naming the first file that produced one."""
+    bad = ~np.isfinite(output.reshape(len(names), -1)).all(axis=1)
+    if bad.any():
+        raise XvecError(
+            f"{root / names[int(np.argmax(bad))]}: the model produced NaN or infinite embedding "
+            f"values ({int(bad.sum())} file(s) in this batch); check the checkpoint and the audio"
+        )
 
 
 def embed_files(
@@ -269,7 +332,8 @@ def embed_files(
                 with torch.inference_mode():
                     output = model(torch.from_numpy(waves).to(device)).float().cpu().numpy()
                 if protocol.name == "vt-crops":
-                    output = output.reshape(len(batch), protocol.num_eval, -1)
+                    output = output.reshape(len(batch), protocol.crops_per_file, -1)
+                _check_finite(output, [todo[i] for i in batch], root)
                 for row, index in enumerate(batch):
                     results[todo[index]] = output[row]
                 stats.computed += len(batch)

@@ -15,7 +15,8 @@ import torch
 
 from xvec.data import Trials, check_files_exist, require_both_labels
 from xvec.embed import EmbedStats, Protocol, embed_files
-from xvec.metrics import Metrics, evaluate
+from xvec.errors import XvecError
+from xvec.metrics import DEFAULT_P_TARGETS, Metrics, evaluate
 from xvec.scoring import score_embeddings
 
 
@@ -50,7 +51,7 @@ def evaluate_model(
     name: str = "model",
     batch_size: int = 32,
     device: str | torch.device = "auto",
-    p_targets: tuple[float, ...] = (0.05, 0.01),
+    p_targets: tuple[float, ...] = DEFAULT_P_TARGETS,
     c_miss: float = 1.0,
     c_fa: float = 1.0,
     progress: Callable[[int, int], None] | None = None,
@@ -81,3 +82,40 @@ def evaluate_model(
         seconds=time.perf_counter() - start,
         stats=stats,
     )
+
+
+def subsample_trials(trials: Trials, max_trials: int, seed: int = 0) -> tuple[Trials, np.ndarray]:
+    """A stratified random subset of at most ``max_trials`` trials, and their indices.
+
+    Targets and non-targets keep their proportion (at least one of each); the subset keeps the
+    list's order, is the same for the same ``seed``, and lists only the files it uses, so only
+    those are embedded. A list no longer than ``max_trials`` comes back whole.
+    """
+    if max_trials < 2:
+        raise XvecError(
+            f"--max-trials must be at least 2 (a target and a non-target), got {max_trials}"
+        )
+    total = len(trials)
+    if total <= max_trials:
+        return trials, np.arange(total)
+    is_target = trials.labels == 1
+    n_target = int(is_target.sum())
+    want_target = min(max(round(max_trials * n_target / total), 1), max_trials - 1, n_target)
+    rng = np.random.default_rng([seed, 0x5EB5])
+    keep = np.sort(
+        np.concatenate(
+            [
+                rng.choice(np.flatnonzero(is_target), want_target, replace=False),
+                rng.choice(np.flatnonzero(~is_target), max_trials - want_target, replace=False),
+            ]
+        )
+    )
+    used = np.union1d(trials.enroll[keep], trials.test[keep])
+    subset = Trials(
+        path=trials.path,
+        labels=trials.labels[keep],
+        enroll=np.searchsorted(used, trials.enroll[keep]),
+        test=np.searchsorted(used, trials.test[keep]),
+        files=[trials.files[i] for i in used],
+    )
+    return subset, keep

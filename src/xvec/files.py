@@ -77,4 +77,23 @@ def safetensors_metadata(data: bytes) -> dict[str, str]:
     """
     header_len = int.from_bytes(data[:8], "little")
     header = json.loads(data[8 : 8 + header_len])
-    return header.get("__metadata__") or {}
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(header, dict) or not isinstance(metadata, dict | None):
+        raise ValueError("safetensors header is not a JSON object of string metadata")
+    return metadata or {}
+
+
+def metadata_record(path: str | Path, raw: str, key: str, what: str) -> dict:
+    """Decode the JSON object xvec stored under ``key``; anything else is one XvecError."""
+    try:
+        record = json.loads(raw)
+    except ValueError as exc:
+        raise XvecError(
+            f"{path}: {what} metadata '{key}' is not valid JSON ({exc}); the file is damaged"
+        ) from exc
+    if not isinstance(record, dict):
+        raise XvecError(
+            f"{path}: {what} metadata '{key}' is a JSON {type(record).__name__}, expected an "
+            "object; the file is damaged"
+        )
+    return record

@@ -15,12 +15,14 @@ from numpy.typing import ArrayLike
 
 from xvec.errors import XvecError
 
-__all__ = ["Metrics", "det_curve", "evaluate"]
+__all__ = ["DEFAULT_P_TARGETS", "Metrics", "det_curve", "evaluate"]
+
+DEFAULT_P_TARGETS = (0.05, 0.01)  # minDCF priors reported unless asked otherwise
 
 
 @dataclass(frozen=True)
 class Metrics:
-    """EER (percent) and normalised minDCF of one set of trial scores."""
+    """EER (percent) and normalised minDCF (at each p_target, costs c_miss and c_fa)."""
 
     eer: float
     eer_threshold: float
@@ -28,6 +30,8 @@ class Metrics:
     n_trials: int = 0
     n_target: int = 0
     n_nontarget: int = 0
+    c_miss: float = 1.0
+    c_fa: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able summary; minDCF keys are the p_target values written as strings."""
@@ -35,6 +39,8 @@ class Metrics:
             "eer": self.eer,
             "eer_threshold": self.eer_threshold,
             "min_dcf": {str(p_target): value for p_target, value in self.min_dcf.items()},
+            "c_miss": self.c_miss,
+            "c_fa": self.c_fa,
             "n_trials": self.n_trials,
             "n_target": self.n_target,
             "n_nontarget": self.n_nontarget,
@@ -162,7 +168,7 @@ def _min_dcf(
 def evaluate(
     scores: ArrayLike,
     labels: ArrayLike,
-    p_targets: tuple[float, ...] = (0.05, 0.01),
+    p_targets: tuple[float, ...] = DEFAULT_P_TARGETS,
     c_miss: float = 1.0,
     c_fa: float = 1.0,
 ) -> Metrics:
@@ -170,7 +176,9 @@ def evaluate(
 
     ``labels`` are 1/0 (or True/False) for target / non-target trials. Raises
     :class:`~xvec.errors.XvecError` for unusable input: mismatched lengths, NaN scores, or a trial
-    list with only one kind of trial (EER is then undefined).
+    list with only one kind of trial (EER is then undefined). Scores that do not separate the
+    classes at all (a constant score) give EER 100 %: VT's max(fpr, fnr) at the first point of
+    smallest gap, here accept-nothing or accept-all, where one of the rates is 1.
     """
     if c_miss <= 0 or c_fa <= 0:
         raise XvecError(f"DCF costs must be positive, got c_miss={c_miss}, c_fa={c_fa}")
@@ -184,4 +192,6 @@ def evaluate(
         n_trials=int(values.size),
         n_target=counts.n_target,
         n_nontarget=counts.n_nontarget,
+        c_miss=float(c_miss),
+        c_fa=float(c_fa),
     )

@@ -20,8 +20,10 @@ __all__ = ["plot_det", "plot_histogram", "plot_training", "probit"]
 
 TARGET_COLOR = "tab:blue"
 NONTARGET_COLOR = "tab:red"
-DET_TICKS_PERCENT = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 40)
+DET_TICKS_PERCENT = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 40, 60, 80, 90, 95, 99)
 DET_LIMITS_PERCENT = (0.05, 60.0)
+DET_WIDE_LIMIT_PERCENT = 99.5  # the upper limit once an EER passes DET_WIDE_ABOVE_EER
+DET_WIDE_ABOVE_EER = 20.0
 _DET_GRID = 2000  # curve points kept per axis length (about a pixel at 300 dpi)
 
 # Acklam's rational approximation of the inverse normal CDF (relative error < 1.2e-9).
@@ -139,33 +141,40 @@ def _thin_curve(x: np.ndarray, y: np.ndarray, span: float) -> tuple[np.ndarray, 
     return x[keep], y[keep]
 
 
-def plot_det(curves: Mapping[str, tuple[ArrayLike, ArrayLike]], path: str | Path) -> None:
+def plot_det(curves: Mapping[str, tuple[ArrayLike, ArrayLike]], path: str | Path) -> Any:
     """DET curves on normal-deviate axes, one per system, with each EER point marked.
 
-    ``curves`` maps a system name to its ``(scores, labels)``; the legend shows each EER.
+    ``curves`` maps a system name to its ``(scores, labels)``; the legend, below the axes so it
+    never covers a curve, shows each EER. The axes reach 60 %, or 99.5 % once an EER passes 20 %.
+    Returns the matplotlib figure.
     """
     from xvec.metrics import det_curve, evaluate
 
     if not curves:
         raise XvecError("no score sets given for the DET plot")
-    low, high = (p / 100 for p in DET_LIMITS_PERCENT)
-    limits = probit([low, high])
-    span = float(limits[1] - limits[0])
-    figure = _new_figure(6, 6)
-    axes = figure.add_subplot()
-    axes.plot(limits, limits, color="0.6", linestyle=":", linewidth=1)
+    systems = []
     for name, (scores, labels) in curves.items():
         values, is_target = _scores_and_labels(scores, labels)
-        fpr, fnr, _ = det_curve(values, is_target)
-        eer = evaluate(values, is_target).eer
+        systems.append((name, det_curve(values, is_target), evaluate(values, is_target).eer))
+    low, high = (p / 100 for p in DET_LIMITS_PERCENT)
+    if max(eer for _, _, eer in systems) > DET_WIDE_ABOVE_EER:
+        high = DET_WIDE_LIMIT_PERCENT / 100
+    limits = probit([low, high])
+    span = float(limits[1] - limits[0])
+    figure = _new_figure(6, 6.6)
+    axes = figure.add_subplot()
+    axes.plot(limits, limits, color="0.6", linestyle=":", linewidth=1)
+    for name, (fpr, fnr, _), eer in systems:
         # keep off-axis points just outside the frame, so lines leave it where they should
-        x, y = probit(np.clip(np.c_[fpr, fnr], low / 4, 0.999)).T
+        x, y = probit(np.clip(np.c_[fpr, fnr], low / 4, 1 - (1 - high) / 4)).T
         x, y = _thin_curve(x, y, span)
         (line,) = axes.plot(x, y, linewidth=1.6, label=f"{name} (EER {eer:.2f} %)")
         eer_point = probit(eer / 100) if eer > 0 else -np.inf
         axes.plot(eer_point, eer_point, "o", color=line.get_color(), markersize=6)
-    ticks = probit(np.asarray(DET_TICKS_PERCENT) / 100)
-    labels_text = [f"{tick:g}" for tick in DET_TICKS_PERCENT]
+    wide = high * 100 > DET_LIMITS_PERCENT[1]
+    shown = [t for t in DET_TICKS_PERCENT if t <= high * 100 and not (wide and t in (0.2, 80))]
+    ticks = probit(np.asarray(shown) / 100)
+    labels_text = [f"{tick:g}" for tick in shown]
     axes.set_xticks(ticks, labels_text)
     axes.set_yticks(ticks, labels_text)
     axes.set_xlim(*limits)
@@ -175,8 +184,9 @@ def plot_det(curves: Mapping[str, tuple[ArrayLike, ArrayLike]], path: str | Path
     axes.set_xlabel("false acceptance rate (%)")
     axes.set_ylabel("false rejection rate (%)")
     axes.set_title("DET curve")
-    axes.legend(loc="upper right", frameon=True)
+    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), frameon=False)
     _save(figure, path)
+    return figure
 
 
 def _series(records: Sequence[Mapping[str, Any]], kind: str, *keys: str) -> np.ndarray:
@@ -191,45 +201,103 @@ def _series(records: Sequence[Mapping[str, Any]], kind: str, *keys: str) -> np.n
     return np.array(rows, dtype=np.float64).reshape(-1, 2)
 
 
-def plot_training(records: Sequence[Mapping[str, Any]], path: str | Path) -> None:
-    """Loss, accuracy and EER versus step from a run's JSON-lines log records.
+def _step_to_epoch(records: Sequence[Mapping[str, Any]]) -> Any:
+    """A function mapping steps to fractional epochs (epoch ``e`` spans ``(e - 1, e]``), or None.
 
-    ``records`` are ``{"kind": "train", "step", "loss", "acc" (or "accuracy"), "lr", ...}`` and
-    ``{"kind": "eval", "step", "eer", "min_dcf", ...}``; a panel without data is left out. The
-    learning rate is drawn on the loss panel's right axis, minDCF on the EER panel's.
+    Epoch ends are the last step logged in each epoch; the last, unfinished epoch is assumed as
+    long as the one before it. None when the records carry no epoch numbers.
+    """
+    last_step: dict[int, float] = {}
+    for record in records:
+        if record.get("kind") in ("train", "eval") and record.get("step") is not None:
+            if record.get("epoch") is None:
+                return None
+            epoch = int(record["epoch"])
+            last_step[epoch] = max(last_step.get(epoch, 0.0), float(record["step"]))
+    if not last_step:
+        return None
+    epochs = sorted(last_step)
+    ends = np.array([last_step[e] for e in epochs])
+    starts = np.r_[0.0, ends[:-1]]
+    lengths = ends - starts
+    if len(epochs) > 1 and not any(
+        r.get("kind") == "eval" and r.get("epoch") == epochs[-1] for r in records
+    ):
+        lengths[-1] = max(lengths[-1], lengths[-2])  # the running epoch is not over yet
+    first = np.array(epochs, dtype=np.float64) - 1
+
+    def convert(steps: np.ndarray) -> np.ndarray:
+        index = np.clip(np.searchsorted(ends, steps, side="left"), 0, len(epochs) - 1)
+        return first[index] + (steps - starts[index]) / np.maximum(lengths[index], 1.0)
+
+    return convert
+
+
+def plot_training(records: Sequence[Mapping[str, Any]], path: str | Path) -> Any:
+    """Loss, accuracy and EER versus epoch from a run's JSON-lines log records.
+
+    ``records`` are ``{"kind": "train", "epoch", "step", "loss", "acc" (or "accuracy"), "lr"}``
+    and ``{"kind": "eval", "epoch", "step", "eer", "min_dcf", ...}``; the x axis is in epochs
+    (steps when the records have no epoch). The learning rate is drawn on the loss panel's right
+    axis, minDCF on the EER panel's, each with a legend. Without evaluations the EER panel is
+    left out; a loss that reports no accuracy (absent or all zero, as metric losses may) gets
+    "n/a" in its accuracy panel instead of a flat line. Returns the matplotlib figure.
     """
     loss = _series(records, "train", "loss")
     accuracy = _series(records, "train", "acc", "accuracy")
     learning_rate = _series(records, "train", "lr")
     eer = _series(records, "eval", "eer")
     min_dcf = _series(records, "eval", "min_dcf")
-    panels = [
-        (name, data)
-        for name, data in (("loss", loss), ("accuracy (%)", accuracy), ("EER (%)", eer))
-        if len(data)
-    ]
+    if len(loss) and not (accuracy[:, 1] != 0).any():
+        accuracy = np.empty((0, 2))  # no accuracy to show: the panel says n/a
+        panels = [("loss", loss), ("accuracy (%)", accuracy)]
+    else:
+        panels = [(n, d) for n, d in (("loss", loss), ("accuracy (%)", accuracy)) if len(d)]
+    if len(eer):
+        panels.append(("EER (%)", eer))
     figure = _new_figure(8, 1.0 + 2.6 * max(len(panels), 1))
     if not panels:
         axes = figure.add_subplot()
         axes.set_axis_off()
         axes.text(0.5, 0.5, "no training or evaluation records yet", ha="center", va="center")
         _save(figure, path)
-        return
+        return figure
+    to_epoch = _step_to_epoch(records)
+
+    def x_of(data: np.ndarray) -> np.ndarray:
+        return to_epoch(data[:, 0]) if to_epoch is not None else data[:, 0]
+
     all_axes = figure.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    extra = {"loss": (learning_rate, "learning rate"), "EER (%)": (min_dcf, "minDCF")}
     for axes, (name, data) in zip(all_axes, panels, strict=True):
-        marker = "o" if name.startswith("EER") else None
-        axes.plot(data[:, 0], data[:, 1], color="tab:blue", marker=marker, linewidth=1.2)
-        axes.set_ylabel(name, color="tab:blue")
         axes.grid(True, color="0.9")
-        extra = {"loss": (learning_rate, "learning rate"), "EER (%)": (min_dcf, "minDCF")}
+        axes.set_ylabel(name, color="tab:blue")
+        if not len(data):
+            axes.text(
+                0.5, 0.5, "n/a: this loss reports no accuracy", transform=axes.transAxes,
+                ha="center", va="center", color="0.4",
+            )  # fmt: skip
+            axes.set_yticks([])
+            continue
+        evaluation = name.startswith("EER")
+        handles = axes.plot(
+            x_of(data), data[:, 1], color="tab:blue", linewidth=1.2, label=name.split(" (")[0],
+            marker="o" if evaluation else None, markersize=5,
+        )  # fmt: skip
         second, second_name = extra.get(name, (np.empty((0, 2)), ""))
         if len(second):
             twin = axes.twinx()
-            twin.plot(second[:, 0], second[:, 1], color="tab:orange", linestyle="--",
-                      marker=marker, linewidth=1.0)  # fmt: skip
+            handles += twin.plot(
+                x_of(second), second[:, 1], color="tab:orange", linestyle="--", linewidth=1.0,
+                marker="s" if evaluation else None, markersize=10, markerfacecolor="none",
+                markeredgewidth=1.5, label=second_name,
+            )  # fmt: skip
             twin.set_ylabel(second_name, color="tab:orange")
             if second_name == "learning rate" and (second[:, 1] > 0).all():
                 twin.set_yscale("log")
-    all_axes[-1].set_xlabel("step")
+        if evaluation or len(second):
+            axes.legend(handles=handles, loc="upper right", frameon=True)
+    all_axes[-1].set_xlabel("epoch" if to_epoch is not None else "step")
     all_axes[0].set_title("training curves")
     _save(figure, path)
+    return figure

@@ -22,8 +22,11 @@ from xvec.files import atomic_write_bytes
 
 __all__ = [
     "AUDIO_EXTENSIONS",
+    "VOX1_TRAIN_LIST",
+    "VOX2_TRAIN_LIST",
     "TrialPairs",
     "build_trials",
+    "check_overwrite",
     "find_audio",
     "prepare_folder",
     "prepare_speechocean762",
@@ -49,7 +52,22 @@ VOX1_TRIAL_LISTS = (
 )
 
 
+# Train list names the recipes (recipes/*.toml) and docs/lab.md expect in lists/.
+VOX2_TRAIN_LIST = "voxceleb2_train_list.txt"
+VOX1_TRAIN_LIST = "voxceleb1_train_list.txt"
+
+
 # --------------------------------------------------------------------------- writing lists
+
+
+def check_overwrite(paths: Iterable[str | Path], force: bool) -> None:
+    """Refuse to replace an existing list unless ``force``: one error naming the first one."""
+    if force:
+        return
+    existing = [Path(p) for p in paths if Path(p).exists()]
+    if existing:
+        others = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise XvecError(f"{existing[0]} exists{others}; give --force to overwrite it")
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -260,9 +278,13 @@ def build_trials(
 # --------------------------------------------------------------------------- generic folder
 
 
-def prepare_folder(root: str | Path, output: str | Path) -> str:
-    """Train list of any ``SPEAKER/.../file.wav`` tree: the speaker is the first folder name."""
+def prepare_folder(root: str | Path, output: str | Path, force: bool = False) -> str:
+    """Train list of any ``SPEAKER/.../file.wav`` tree: the speaker is the first folder name.
+
+    An existing ``output`` is replaced only with ``force``.
+    """
     root, output = Path(root), Path(output)
+    check_overwrite([output], force)
     if not root.is_dir():
         raise XvecError(f"{root}: folder not found (expected SPEAKER/.../file.wav under it)")
     files = find_audio(root)
@@ -300,7 +322,7 @@ class _SpeakerTable:
 def _speechocean_from_csv(root: Path) -> _SpeakerTable:
     """The layout of xvec's shared copy: speakers.csv (speaker, part, gender) and audio/."""
     table = root / "speakers.csv"
-    with table.open(newline="", encoding="utf-8") as handle:
+    with table.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         needed = {"speaker", "part"}
         if not reader.fieldnames or not needed <= set(reader.fieldnames):
@@ -322,7 +344,7 @@ def _speechocean_from_kaldi(root: Path) -> _SpeakerTable:
     audio_dirs: set[Path] = set()
     for folder, role in (("train", "train"), ("test", "dev")):
         scp = root / folder / "wav.scp"
-        for line, text in enumerate(scp.read_text(encoding="utf-8").splitlines(), start=1):
+        for line, text in enumerate(scp.read_text(encoding="utf-8-sig").splitlines(), start=1):
             fields = text.split()
             if not fields:
                 continue
@@ -333,7 +355,7 @@ def _speechocean_from_kaldi(root: Path) -> _SpeakerTable:
             audio_dirs.add(path.parent.parent)
         spk2gender = root / folder / "spk2gender"
         if spk2gender.is_file():
-            for text in spk2gender.read_text(encoding="utf-8").splitlines():
+            for text in spk2gender.read_text(encoding="utf-8-sig").splitlines():
                 fields = text.split()
                 if len(fields) == 2:
                     name = fields[0] if not fields[0].isdigit() else f"SPEAKER{fields[0]:0>4}"
@@ -346,15 +368,17 @@ def _speechocean_from_kaldi(root: Path) -> _SpeakerTable:
     )
 
 
-def prepare_speechocean762(root: str | Path, out_dir: str | Path) -> str:
+def prepare_speechocean762(root: str | Path, out_dir: str | Path, force: bool = False) -> str:
     """speechocean762: ``train_list.txt`` from its train part, ``dev_trials.txt`` from the rest.
 
     ``root`` holds ``audio/SPEAKERxxxx/*`` and ``speakers.csv`` (xvec's shared copy), or the
     original OpenSLR 101 ``train/`` and ``test/`` folders with ``wav.scp``. Paths in both lists
     are relative to the audio folder. Trials: each dev file enrols about 5 target and 5
-    non-target trials, two thirds of the non-targets of the same gender (seed 0).
+    non-target trials, two thirds of the non-targets of the same gender (seed 0). Existing
+    lists are replaced only with ``force``.
     """
     root, out_dir = Path(root), Path(out_dir)
+    check_overwrite([out_dir / "train_list.txt", out_dir / "dev_trials.txt"], force)
     if not root.is_dir():
         raise XvecError(f"{root}: speechocean762 folder not found")
     if (root / "speakers.csv").is_file():
@@ -467,19 +491,24 @@ def _check_vox1_trials(vox1: Path, out_dir: Path) -> tuple[list[str], list[str]]
     return notes, problems
 
 
-def prepare_voxceleb(vox1: Path | None, vox2: Path | None, out_dir: Path) -> str:
-    """VoxCeleb on disk: ``train_list.txt`` and a check of the VoxCeleb1 trial lists in out_dir.
+def prepare_voxceleb(
+    vox1: Path | None, vox2: Path | None, out_dir: Path, force: bool = False
+) -> str:
+    """VoxCeleb on disk: a train list and a check of the VoxCeleb1 trial lists in ``out_dir``.
 
-    The train list comes from VoxCeleb2 dev (``dev/wav`` or ``dev/aac`` with converted wavs), or
-    from VoxCeleb1 dev when only VoxCeleb1 is given. Trial lists voxceleb_trainer uses
-    (``veri_test2.txt`` ...) that the user put in ``out_dir`` are checked against the VoxCeleb1
-    files; every missing file of every list is reported in one error.
+    The train list is ``voxceleb2_train_list.txt`` from VoxCeleb2 dev (``dev/wav`` or ``dev/aac``
+    with converted wavs), the name the recipes use, or ``voxceleb1_train_list.txt`` from VoxCeleb1
+    dev when only VoxCeleb1 is given; an existing one is replaced only with ``force``. Trial
+    lists voxceleb_trainer uses (``veri_test2.txt`` ...) that the user put in ``out_dir`` are
+    checked against the VoxCeleb1 files; every missing file of every list is one error.
     """
     vox1 = Path(vox1) if vox1 is not None else None
     vox2 = Path(vox2) if vox2 is not None else None
     out_dir = Path(out_dir)
     if vox1 is None and vox2 is None:
         raise XvecError("give --vox1 and/or --vox2: the VoxCeleb folders on disk")
+    train_list = out_dir / (VOX2_TRAIN_LIST if vox2 is not None else VOX1_TRAIN_LIST)
+    check_overwrite([train_list], force)
     folder, entries, source = _vox_train(vox1, vox2)
     _check_no_spaces((p for _, p in entries), folder)
     notes: list[str] = []
@@ -490,11 +519,10 @@ def prepare_voxceleb(vox1: Path | None, vox2: Path | None, out_dir: Path) -> str
         notes.append("trial lists not checked: give --vox1 to check them against the files")
     if problems:
         raise XvecError("; ".join(problems))
-    count = write_train_list(out_dir / "train_list.txt", entries)
+    count = write_train_list(train_list, entries)
     speakers = len({s for s, _ in entries})
     lines = [
-        f"{out_dir / 'train_list.txt'}: {speakers} speakers, {count} files from {source} "
-        f"(train_path {folder})",
+        f"{train_list}: {speakers} speakers, {count} files from {source} (train_path {folder})",
         *notes,
     ]
     return "\n".join(lines)

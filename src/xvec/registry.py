@@ -37,10 +37,13 @@ class Entry:
         """Import and return the class; a broken plugin raises an XvecError naming it."""
         try:
             return self.entry_point.load()
-        except Exception as exc:  # any import failure of third-party code
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # any import failure of third-party code, sys.exit too
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise XvecError(
                 f"{self.kind} '{self.name}' from package '{self.distribution}' failed to load: "
-                f"{type(exc).__name__}: {exc}"
+                f"{type(exc).__name__}{': ' + detail if detail else ''}"
             ) from exc
 
 

@@ -7,6 +7,7 @@ memory (no float64 copy of the whole embedding matrix is made). Only numpy is ne
 
 from __future__ import annotations
 
+import math
 from array import array
 from collections.abc import Sequence
 from pathlib import Path
@@ -262,7 +263,8 @@ def read_scores(path: str | Path) -> tuple[np.ndarray, list[str] | None, list[st
     names: dict[str, str] = {}  # one string object per distinct file name
     width = first_line = 0
     try:
-        with path.open(encoding="utf-8") as handle:  # streamed: millions of lines stay small
+        # streamed: millions of lines stay small; utf-8-sig drops a leading BOM
+        with path.open(encoding="utf-8-sig") as handle:
             for number, line in enumerate(handle, start=1):
                 fields = line.split()
                 if not fields or fields[0].startswith("#"):
@@ -280,11 +282,17 @@ def read_scores(path: str | Path) -> tuple[np.ndarray, list[str] | None, list[st
                         f"{first_line}, got {len(fields)}"
                     )
                 try:
-                    values.append(float(fields[0]))
+                    value = float(fields[0])
                 except ValueError:
                     raise XvecError(
                         f"{where(path, number)}: score '{fields[0]}' is not a number"
                     ) from None
+                if not math.isfinite(value):
+                    raise XvecError(
+                        f"{where(path, number)}: score '{fields[0]}' is not finite; "
+                        "re-score from finite embeddings"
+                    )
+                values.append(value)
                 if width == 3:
                     enroll.append(names.setdefault(fields[1], fields[1]))
                     test.append(names.setdefault(fields[2], fields[2]))

@@ -1,7 +1,8 @@
 """The training loop: sampler and loader, AMP, DDP, exact resume, periodic evaluation, logs.
 
 A run folder holds ``recipe.json`` (the resolved recipe), ``log.jsonl`` (one record per
-``log_every`` steps and per evaluation), ``state.safetensors`` (everything needed to resume:
+``log_every`` steps, per epoch and per evaluation), ``train.lock`` while a run uses it,
+``state.safetensors`` (everything needed to resume:
 weights, optimiser, scheduler, scaler, position, RNG), ``last.safetensors`` and
 ``best.safetensors`` (self-describing model checkpoints), and after training ``scores.txt``,
 ``result.json``, ``hist.png`` and ``curves.png``. Every file is written atomically.
@@ -16,7 +17,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -39,11 +42,76 @@ from xvec.data import (
     read_trials,
     require_both_labels,
 )
+from xvec.devices import parse_device
 from xvec.errors import XvecError
 from xvec.files import atomic_write_bytes, safetensors_metadata
 
 STATE_FILE = "state.safetensors"
 LOG_FILE = "log.jsonl"
+LOCK_FILE = "train.lock"
+
+
+class RunLock:
+    """Exclusive hold on a run folder: ``train.lock`` (pid and host) created with O_EXCL.
+
+    A lock whose pid is not alive on this host is stale and taken over with a warning.
+    """
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+
+    def acquire(self, run_dir: Path, console: Any) -> None:
+        """Take the lock or fail at once naming its holder."""
+        path = run_dir / LOCK_FILE
+        for _ in range(3):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _lock_holder(path)
+                if holder is None or _holder_alive(*holder):
+                    who = f"pid {holder[0]} on {holder[1]}" if holder else "an unknown process"
+                    raise XvecError(
+                        f"{path}: another 'xvec train' ({who}) is using this run folder; wait "
+                        "for it to end or set train.output_dir (remove the lock if it is gone)"
+                    ) from None
+                console.print(
+                    f"warning: {path}: taking over a stale lock (pid {holder[0]} is not running)"
+                )
+                path.unlink(missing_ok=True)
+                continue
+            except OSError as exc:
+                raise XvecError(f"{path}: cannot create the run lock ({exc.strerror})") from exc
+            with os.fdopen(fd, "w") as handle:
+                handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}) + "\n")
+            self.path = path
+            return
+        raise XvecError(f"{path}: cannot take the run lock; remove it if no run is using it")
+
+    def release(self) -> None:
+        """Remove the lock if this process holds it."""
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+            self.path = None
+
+
+def _lock_holder(path: Path) -> tuple[int, str] | None:
+    try:
+        data = json.loads(path.read_text())
+        return int(data["pid"]), str(data["host"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _holder_alive(pid: int, host: str) -> bool:
+    if host != socket.gethostname():
+        return True  # cannot tell: assume it is running
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class SpeakerNet(nn.Module):
@@ -308,11 +376,30 @@ def train(
     resume: bool = False,
     console: Any = None,
     stop_after_steps: int | None = None,
+    overrides: list[str] | None = None,
 ) -> str | None:
     """Train as the recipe says; returns a printable summary (rank 0) or None.
 
-    ``stop_after_steps`` ends the run after that many optimiser steps in this call (tests).
+    ``stop_after_steps`` ends the run after that many optimiser steps in this call (tests);
+    ``overrides`` are the ``--set`` items, repeated in the printed resume command.
+    The run folder is locked (rank 0) for the whole call, released also on errors.
     """
+    lock = RunLock()
+    try:
+        return _train(recipe, recipe_path, resume, console, stop_after_steps, overrides or [], lock)
+    finally:
+        lock.release()
+
+
+def _train(
+    recipe: Recipe,
+    recipe_path: str | Path | None,
+    resume: bool,
+    console: Any,
+    stop_after_steps: int | None,
+    overrides: list[str],
+    lock: RunLock,
+) -> str | None:
     from xvec.report import make_console
 
     console = console or make_console(stderr=True)
@@ -328,11 +415,7 @@ def train(
         )
 
     # ---- device and processes
-    device = torch.device(
-        cfg_train.device
-        if cfg_train.device != "auto"
-        else ("cuda" if torch.cuda.is_available() else "cpu")
-    )
+    device = parse_device(cfg_train.device, "train.device")
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
@@ -370,6 +453,12 @@ def train(
             f"set --set train.nPerSpeaker={loss_cls.min_per_speaker}"
         )
     metric_loss = loss_cls.min_per_speaker >= 2
+    if not metric_loss and train_list.num_classes < 2:
+        raise XvecError(
+            f"{cfg_data.train_list}: loss '{recipe.loss.name}' classifies speakers but the list "
+            "has 1 speaker; a classification loss needs at least 2"
+        )
+    _check_per_speaker(train_list.labels, cfg_train, str(cfg_data.train_list))
     check_sampler(
         train_list.num_classes,
         cfg_train.batch_size,
@@ -430,21 +519,23 @@ def train(
     state_path = run_dir / STATE_FILE
     position = Position()
     if is_main:
-        _prepare_run_dir(run_dir, recipe, resume)
+        _prepare_run_dir(run_dir, recipe, resume, lock, console)
+    max_steps = cfg_train.max_steps
+
+    def finished() -> bool:
+        return position.epoch > cfg_train.max_epoch or (
+            max_steps is not None and position.step >= max_steps
+        )
+
     if resume:
         if not state_path.is_file():
             raise XvecError(f"{run_dir}: nothing to resume (no {STATE_FILE}); run without --resume")
         position = load_state(state_path, net, optimizer, scheduler, scaler)
-        if is_main:
+        if is_main and not finished():
             console.print(
                 f"resuming {run_dir} at epoch {position.epoch}, batch {position.batch} "
                 f"(step {position.step})"
             )
-    elif state_path.exists() and is_main:
-        raise XvecError(
-            f"{run_dir}: holds a previous run; add --resume to continue it, or set "
-            "train.output_dir to a new folder"
-        )
     ddp_net: nn.Module = net
     if world > 1:
         ddp_net = nn.parallel.DistributedDataParallel(
@@ -455,8 +546,9 @@ def train(
     checkpoint_meta = {"recipe": recipe.to_dict()}
     steps_this_call = 0
     result_text = None
+    capped = False
     with _StopFlag() as stop:
-        while position.epoch <= cfg_train.max_epoch:
+        while not finished():
             epoch = position.epoch
             batches.set_epoch(epoch, position.batch)
             net.train()
@@ -464,16 +556,20 @@ def train(
             with _EpochProgress(
                 console, epoch, cfg_train.max_epoch, len(batches), position.batch, enabled=is_main
             ) as progress:
-                for waves, labels in loader:
+                for waves, labels in _unwrapped(loader):
                     waves = waves.to(device, non_blocking=True)
                     labels = labels.to(device, non_blocking=True)
                     with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
                         value, accuracy = ddp_net(waves, labels)
                     if not torch.isfinite(value):
+                        kept = (
+                            f"the last saved state is kept in {state_path}"
+                            if state_path.is_file()
+                            else "no training state was saved yet"
+                        )
                         raise XvecError(
                             f"loss became {value.item()} at epoch {epoch}, "
-                            f"step {position.step + 1}; "
-                            f"stopped, the last good state is kept in {run_dir}. Lower optim.lr "
+                            f"step {position.step + 1}; stopped, {kept}. Lower optim.lr "
                             "or set optim.grad_clip"
                         )
                     optimizer.zero_grad(set_to_none=True)
@@ -504,6 +600,9 @@ def train(
                     stopping = stop.requested or (
                         stop_after_steps is not None and steps_this_call >= stop_after_steps
                     )
+                    capped = max_steps is not None and position.step >= max_steps
+                    if capped and not stopping:
+                        break
                     periodic = (
                         cfg_train.save_every_steps > 0
                         and position.step % cfg_train.save_every_steps == 0
@@ -514,17 +613,28 @@ def train(
                         break
             if stopping:
                 if stop.requested:
+                    command = ["xvec", "train", str(recipe_path or "RECIPE")]
+                    for item in overrides:
+                        command += ["--set", item]
                     raise Interrupted(
                         f"interrupted at epoch {epoch}, step {position.step}; state saved in "
-                        f"{state_path}. Resume with: xvec train {recipe_path or 'RECIPE'} --resume"
+                        f"{state_path}. Resume with: {shlex.join([*command, '--resume'])}"
                     )
                 return None
-            # ---- end of epoch: schedule, evaluate, checkpoint
-            if schedule_unit == "epoch":
-                scheduler.step()
-            position.epoch += 1
-            position.batch = 0
-            last_epoch = epoch == cfg_train.max_epoch
+            # ---- end of epoch (or of max_steps): schedule, evaluate, checkpoint
+            log.write(
+                kind="epoch",
+                epoch=epoch,
+                step=position.step,
+                loss=round(progress.mean_loss, 6),
+                accuracy=round(progress.mean_accuracy, 4),
+            )
+            if position.batch >= len(batches):
+                if schedule_unit == "epoch":
+                    scheduler.step()
+                position.epoch += 1
+                position.batch = 0
+            last_epoch = finished()
             if is_main:
                 meta = {**checkpoint_meta, "epoch": epoch, "step": position.step}
                 due = epoch % cfg_train.test_interval == 0 or last_epoch
@@ -555,23 +665,112 @@ def train(
                     result_text = _finish(run_dir, result, trials, log, console)
             if world > 1:
                 torch.distributed.barrier()
+    if is_main and result_text is None:  # resumed a finished run: complete what is missing
+        result_text = _complete(run_dir, recipe, model, trials, device, log, console)
     if world > 1:
         torch.distributed.destroy_process_group()
     return result_text
 
 
-def _prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool) -> None:
-    """Create the run folder and record the resolved recipe (checked on resume)."""
+def _check_per_speaker(labels: Any, cfg_train: Any, source: str) -> None:
+    """Fail early when no speaker has ``nPerSpeaker`` utterances (rows would repeat them)."""
+    import numpy as np
+
+    counts = np.minimum(np.bincount(np.asarray(labels)), cfg_train.max_seg_per_spk)
+    wanted = cfg_train.nPerSpeaker
+    enough = int((counts >= wanted).sum())
+    if enough == 0:
+        most = int(counts.max()) if counts.size else 0
+        raise XvecError(
+            f"{source}: train.nPerSpeaker is {wanted} but no speaker has that many utterances "
+            f"(0 of {counts.size} speakers; the most is {most}, capped by max_seg_per_spk); "
+            f"set --set train.nPerSpeaker={max(most, 1)} or lower"
+        )
+
+
+def _unwrapped(loader: Any) -> Any:
+    """Iterate a DataLoader, turning a worker's wrapped XvecError back into its one line."""
+    iterator = iter(loader)
+    while True:
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        except XvecError as exc:
+            text = str(exc)
+            if "Original Traceback" not in text:
+                raise
+            lines = [line for line in text.splitlines() if line.strip()]
+            message = lines[-1].split("XvecError: ", 1)[-1] if lines else text
+            raise type(exc)(message) from None
+        yield item
+
+
+FINAL_OUTPUTS = ("last.safetensors", "curves.png")
+EVAL_OUTPUTS = ("scores.txt", "result.json", "hist.png")
+
+
+def _complete(
+    run_dir: Path,
+    recipe: Recipe,
+    model: nn.Module,
+    trials: Any,
+    device: torch.device,
+    log: _Log,
+    console: Any,
+) -> str:
+    """A finished run resumed: write the final outputs a kill left out, or say it is complete."""
+    wanted = FINAL_OUTPUTS + (EVAL_OUTPUTS if trials is not None else ())
+    missing = [name for name in wanted if not (run_dir / name).is_file()]
+    if not missing:
+        console.print(f"{run_dir}: the run is complete; nothing to do")
+        return _summary_lines(run_dir, trials is not None)
+    console.print(f"{run_dir}: training is done; writing the missing {', '.join(missing)}")
+    result = _periodic_eval(recipe, model, trials, device, console) if trials else None
+    return _finish(run_dir, result, trials, log, console)
+
+
+def _summary_lines(run_dir: Path, evaluated: bool) -> str:
+    lines = [
+        f"run folder: {run_dir}",
+        f"model: {run_dir / 'last.safetensors'} (best: {run_dir / 'best.safetensors'})",
+    ]
+    if evaluated:
+        lines += [f"scores: {run_dir / 'scores.txt'}", f"histogram: {run_dir / 'hist.png'}"]
+    if (run_dir / "curves.png").is_file():
+        lines.append(f"training curves: {run_dir / 'curves.png'}")
+    return "\n".join(lines)
+
+
+def _prepare_run_dir(
+    run_dir: Path, recipe: Recipe, resume: bool, lock: RunLock, console: Any
+) -> None:
+    """Create and lock the run folder, check it, then record the resolved recipe.
+
+    Nothing is written in the folder (but the lock) before every check passes.
+    """
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise XvecError(f"{run_dir}: cannot create the run folder ({exc.strerror})") from exc
     if not os.access(run_dir, os.W_OK):
         raise XvecError(f"{run_dir}: run folder is not writable; set train.output_dir")
+    lock.acquire(run_dir, console)
+    state_path = run_dir / STATE_FILE
+    if resume and not state_path.is_file():
+        raise XvecError(f"{run_dir}: nothing to resume (no {STATE_FILE}); run without --resume")
+    if not resume and state_path.exists():
+        raise XvecError(
+            f"{run_dir}: holds a previous run; add --resume to continue it, or set "
+            "train.output_dir to a new folder"
+        )
     recorded = run_dir / "recipe.json"
     current = recipe.to_dict()
     if resume and recorded.is_file():
-        previous = json.loads(recorded.read_text())
+        try:
+            previous = json.loads(recorded.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise XvecError(f"{recorded}: not a JSON recipe ({exc}); restore or remove it") from exc
         for section in ("data", "model", "loss"):
             if previous.get(section) != current.get(section):
                 raise XvecError(
@@ -632,6 +831,16 @@ class _EpochProgress:
 
     def __exit__(self, *exc: object) -> None:
         self.progress.__exit__(*exc)
+
+    @property
+    def mean_loss(self) -> float:
+        """This call's mean loss over the epoch's steps."""
+        return self._loss
+
+    @property
+    def mean_accuracy(self) -> float:
+        """This call's mean accuracy over the epoch's steps."""
+        return self._acc
 
     def advance(self, loss: float, accuracy: float, utterances: int) -> None:
         self._steps += 1
@@ -703,7 +912,9 @@ def _finish(run_dir: Path, result: Any, trials: Any, log: _Log, console: Any) ->
         from xvec.report import metrics_table
 
         console.print(metrics_table([result.summary()], f"final evaluation ({len(trials)} trials)"))
-    records = read_log(run_dir)
+    records = read_log(run_dir) if (run_dir / LOG_FILE).is_file() else []
+    if not any(r.get("kind") == "train" for r in records):  # fewer steps than log_every
+        records = [{**r, "kind": "train"} if r.get("kind") == "epoch" else r for r in records]
     if records:
         plot_training(records, run_dir / "curves.png")
         lines.append(f"training curves: {run_dir / 'curves.png'}")
