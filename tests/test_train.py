@@ -203,14 +203,18 @@ def test_sigkill_at_several_points_then_resume_matches_uninterrupted(
     killed = recipe_file(tmp_path, tone_corpus, "killed")
     log = tmp_path / "killed" / "log.jsonl"
     resume: list[str] = []
-    # Kill early in epoch 1, mid epoch 2 (around an end-of-epoch checkpoint), then in epoch 3.
-    for records in (3, 9, 15):
+    final = len((tmp_path / "straight" / "log.jsonl").read_text().splitlines())
+    # Kill early in epoch 1, mid epoch 2 (around an end-of-epoch checkpoint), in epoch 3, and
+    # after the last record, while the final outputs (scores, plots, result) are being written.
+    for records in (3, 9, 15, final):
         proc = _xvec_train(
             killed, env, *overrides, *resume, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         _wait_for_log_lines(log, records)
         proc.send_signal(signal.SIGKILL)
         assert proc.wait() == -signal.SIGKILL
+        if records == final:
+            assert not (tmp_path / "killed" / "curves.png").exists()
         resume = ["--resume"]
         from xvec.checkpoint import read_checkpoint
 
@@ -219,6 +223,8 @@ def test_sigkill_at_several_points_then_resume_matches_uninterrupted(
     result = _xvec_train(killed, env, *overrides, "--resume", stderr=subprocess.PIPE, text=True)
     _, stderr = result.communicate()
     assert result.returncode == 0, stderr
+    for output in ("scores.txt", "result.json", "hist.png", "curves.png"):
+        assert (tmp_path / "killed" / output).is_file(), output
     a, b = weights(tmp_path / "straight"), weights(tmp_path / "killed")
     for key in a:
         assert torch.equal(a[key], b[key]), key
