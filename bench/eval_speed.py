@@ -5,6 +5,10 @@ Prints files/s of embedding extraction, trials/s of scoring and the peak memory 
 speed does not depend on the weights.
 
     python bench/eval_speed.py [--model M.safetensors] [--protocol full|vt-crops]
+        [--length-tolerance 0] [--systems 2]
+
+``--systems 2 --length-tolerance 0`` is the path of the lab's comparison step: ``xvec eval``
+with two models, every file embedded whole.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ def main() -> None:
     parser.add_argument("--model", type=Path)
     parser.add_argument("--architecture", default="ResNetSE34L")
     parser.add_argument("--protocol", default="full")
+    parser.add_argument("--length-tolerance", type=float, default=None)
+    parser.add_argument("--systems", type=int, default=1, help="evaluate the model this often")
     args = parser.parse_args()
     if not DATA.is_dir():
         raise SystemExit(f"needs {DATA}")
@@ -51,13 +57,21 @@ def main() -> None:
             "--trials", str(trials_path), "--audio-root", str(DATA / "audio"),
             "--protocol", args.protocol, "-o", str(out_dir),
         ]  # fmt: skip
+        for copy in range(1, args.systems):
+            twin = Path(tmp) / f"system{copy}_{model.name}"
+            twin.write_bytes(model.read_bytes())
+            command += ["--model", str(twin)]
+        if args.length_tolerance is not None:
+            command += ["--length-tolerance", str(args.length_tolerance)]
         measured = run_measured(command)
-        result = json.loads((out_dir / "result.json").read_text())
+        results = sorted(out_dir.glob("**/result.json"))
+        rates = [json.loads(path.read_text())["files_per_second"] for path in results]
     trials = read_trials(trials_path)
     print(f"model: {model.name if args.model else args.architecture + ' (untrained)'}")
     print(f"files: {len(trials.files)}, trials: {len(trials)}, protocol {args.protocol}")
     print(f"xvec eval wall time: {measured['seconds']:.1f} s (with start-up)")
-    print(f"embedding: {result['files_per_second']:.1f} files/s")
+    print(f"systems: {args.systems}, length tolerance: {args.length_tolerance}")
+    print("embedding: " + ", ".join(f"{rate:.1f}" for rate in rates) + " files/s")
     print(f"peak RSS: {measured['main_mib']:.0f} MiB")
 
     # Scoring alone, repeated to a million trials, on stored-size embeddings.

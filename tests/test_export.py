@@ -91,6 +91,7 @@ def test_export_command_prints_the_difference(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "max |difference|" in result.stdout and (tmp_path / "m.onnx").is_file()
+    assert "torchvision" not in result.stderr  # the exporter's optional-package log lines
 
 
 def _write_voices(folder, seconds=(1.5, 2.0, 0.3)):

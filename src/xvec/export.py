@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -110,10 +111,26 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:240] if text else repr(exc)
 
 
+@contextlib.contextmanager
+def _quiet_exporter_log() -> Any:
+    """Hide the exporter's log lines about optional packages ("torchvision is not installed")."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _dynamo_onnx(model: torch.nn.Module, example: torch.Tensor) -> Any:
     """ONNX through torch.export, with symbolic batch and time axes."""
     samples = torch.export.Dim("samples", min=MIN_EXPORT_SAMPLES, max=SAMPLE_RATE * 3600)
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+    with (
+        contextlib.redirect_stdout(io.StringIO()),
+        warnings.catch_warnings(),
+        _quiet_exporter_log(),
+    ):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             model,
