@@ -78,6 +78,25 @@ def mel_filterbank(
     return torch.clamp(torch.minimum(rising, falling), min=0.0)
 
 
+def power_spectrum(
+    wave: torch.Tensor, n_fft: int, hop_length: int, win_length: int, window: torch.Tensor
+) -> torch.Tensor:
+    """``|STFT|^2`` ``[batch, samples] -> [batch, n_fft // 2 + 1, frames]``, centred frames."""
+    spec = torch.stft(
+        wave,
+        n_fft=n_fft,
+        hop_length=hop_length,
+        win_length=win_length,
+        window=window,
+        center=True,
+        pad_mode="reflect",
+        normalized=False,
+        onesided=True,
+        return_complex=True,
+    )
+    return spec.real.square() + spec.imag.square()
+
+
 class _PowerSpectrogram(nn.Module):
     """``|STFT|^2`` of ``[..., samples]``: centred frames, reflect padding, one-sided.
 
@@ -93,19 +112,13 @@ class _PowerSpectrogram(nn.Module):
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         shape = waveform.shape
-        spec = torch.stft(
+        power = power_spectrum(
             waveform.reshape(-1, shape[-1]),
-            n_fft=self.n_fft,
-            hop_length=self.hop_length,
-            win_length=self.win_length,
-            window=self.window,
-            center=True,
-            pad_mode="reflect",
-            normalized=False,
-            onesided=True,
-            return_complex=True,
+            self.n_fft,
+            self.hop_length,
+            self.win_length,
+            self.window,
         )
-        power = spec.abs().pow(2.0)
         return power.reshape(shape[:-1] + power.shape[-2:])
 
 
@@ -209,17 +222,9 @@ class LogFbank(nn.Module):
             if self.preemphasis:
                 first = wave[:, :1] - self.preemphasis * wave[:, 1:2]  # reflected x[-1] = x[1]
                 wave = torch.cat([first, wave[:, 1:] - self.preemphasis * wave[:, :-1]], dim=1)
-            spec = torch.stft(
-                wave,
-                n_fft=self.n_fft,
-                hop_length=self.hop_length,
-                win_length=self.win_length,
-                window=self.window,
-                center=True,
-                pad_mode="reflect",
-                return_complex=True,
-            )
-            power = spec.real.square() + spec.imag.square()  # [batch, freqs, frames]
+            power = power_spectrum(
+                wave, self.n_fft, self.hop_length, self.win_length, self.window
+            )  # [batch, freqs, frames]
             mel = torch.matmul(power.transpose(1, 2), self.mel_fb).transpose(1, 2)
             logmel = torch.log(mel + VT_LOG_FLOOR)
             return logmel - logmel.mean(dim=-1, keepdim=True)
