@@ -112,3 +112,14 @@ def test_several_models_get_separate_result_folders():
     assert _result_folders([Path("a/m1.safetensors"), Path("b/m2.safetensors")]) == ["m1", "m2"]
     same = _result_folders([Path("a/last.safetensors"), Path("b/last.safetensors")])
     assert len(set(same)) == 2 and "a" in same[0] and "b" in same[1]
+
+
+def test_losses_table_says_which_losses_need_several_utterances_per_speaker():
+    losses = runner.invoke(app, ["losses"], terminal_width=250)
+    assert losses.exit_code == 0 and "nPerSpeaker" in losses.output
+    rows = {line.split("│")[1].strip(): line for line in losses.output.splitlines()
+            if line.startswith("│") and line.split("│")[1].strip()}
+    for name in ("angleproto", "ge2e", "proto", "softmaxproto", "triplet"):
+        assert ">= 2" in rows[name], name
+    for name in ("softmax", "amsoftmax", "aamsoftmax"):
+        assert rows[name].rstrip("│ ").endswith("any"), name
