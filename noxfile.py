@@ -38,8 +38,11 @@ def newest(session: nox.Session) -> None:
 @nox.parametrize("torch", TORCH_RELEASES)
 def torch_range(session: nox.Session, torch: str) -> None:
     """The suite on one end of the supported torch range; other packages as tested."""
-    pins = [line for line in Path(CONSTRAINTS).read_text().splitlines()
-            if not line.startswith("torch==")]
+    pins = [
+        line
+        for line in Path(CONSTRAINTS).read_text().splitlines()
+        if not line.startswith("torch==")
+    ]
     local = Path(session.create_tmp()) / "constraints-without-torch.txt"
     local.write_text("\n".join(pins) + "\n")
     session.install("-c", str(local), "-e", ".[dev,export]", f"torch=={torch}")

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from xvec.metrics import evaluate
+from xvec.metrics import compute_metrics
 
 
 def gaussian_trials(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -64,7 +64,7 @@ def main() -> None:
         times = []
         for _ in range(args.repeats):
             start = time.perf_counter()
-            metrics = evaluate(scores, labels)
+            metrics = compute_metrics(scores, labels)
             times.append(time.perf_counter() - start)
         best = min(times)
         xvec_rate[n] = n / best
@@ -79,7 +79,7 @@ def main() -> None:
     start = time.perf_counter()
     loop_eer, loop_dcf = loop_metrics(scores, labels)
     loop_seconds = time.perf_counter() - start
-    fast = evaluate(scores, labels)
+    fast = compute_metrics(scores, labels)
     print(
         f"\nper-trial Python loop on {args.loop_size:,} trials: {loop_seconds:.3f} s "
         f"({args.loop_size / loop_seconds:,.0f} trials/s); EER {loop_eer:.4f} vs xvec "

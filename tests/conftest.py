@@ -146,3 +146,14 @@ def write_tone_corpus(
 @pytest.fixture
 def tone_corpus(tmp_path):
     return write_tone_corpus(tmp_path / "corpus")
+
+
+def after_steps(count: int):
+    """A ``train(stop_when=...)`` condition: stop after ``count`` steps of this call."""
+    taken = []
+
+    def stop_when(position) -> bool:
+        taken.append(position.step)
+        return len(taken) >= count
+
+    return stop_when

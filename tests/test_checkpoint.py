@@ -12,6 +12,7 @@ import torch
 
 from xvec import checkpoint, registry
 from xvec.errors import XvecError
+from xvec.importers import voxceleb_trainer
 
 
 @pytest.fixture
@@ -128,14 +129,14 @@ def test_voxceleb_trainer_pickle_that_runs_code_is_refused(tmp_path):
     with evil.open("wb") as handle:
         pickle.dump({"__S__.w": Payload()}, handle)
     with pytest.raises(XvecError, match=r"refused: .*arbitrary code"):
-        checkpoint.read_voxceleb_trainer(evil)
+        voxceleb_trainer.read_voxceleb_trainer(evil)
     assert not marker.exists()
     # torch.save format with a code-running object inside is refused too.
     evil_zip = tmp_path / "evil_zip.model"
     torch.save({"__S__.w": torch.zeros(1), "extra": Payload()}, evil_zip)
     marker.unlink(missing_ok=True)
     with pytest.raises(XvecError, match="refused"):
-        checkpoint.read_voxceleb_trainer(evil_zip)
+        voxceleb_trainer.read_voxceleb_trainer(evil_zip)
     assert not marker.exists()
 
 
@@ -147,13 +148,13 @@ def test_voxceleb_trainer_formats_and_key_mismatch(tmp_path, tiny_model_dist):
     torch.save(state, legacy)
     torch.save({"model_state_dict": state, "epoch": 3}, current)
     for source in (legacy, current):
-        out = checkpoint.import_voxceleb_trainer(
+        out = voxceleb_trainer.import_voxceleb_trainer(
             source, tmp_path / f"{source.stem}.safetensors", "TinyModel", {}
         )
         wave = torch.randn(1, 8000)
         assert torch.equal(checkpoint.load_model(out)(wave), tiny.eval()(wave))
     with pytest.raises(XvecError) as info:
-        checkpoint.import_voxceleb_trainer(
+        voxceleb_trainer.import_voxceleb_trainer(
             legacy, tmp_path / "x.safetensors", "TinyModel", {"hidden": 8}
         )
     message = str(info.value)

@@ -106,7 +106,7 @@ def test_count_classes_errors_are_one_line(tmp_path, content, fragments):
 def test_several_models_get_separate_result_folders():
     from pathlib import Path
 
-    from xvec.cli import _result_folders
+    from xvec.evaluate import result_folders as _result_folders
 
     assert _result_folders([Path("a/last.safetensors")]) == [""]
     assert _result_folders([Path("a/m1.safetensors"), Path("b/m2.safetensors")]) == ["m1", "m2"]
@@ -117,8 +117,11 @@ def test_several_models_get_separate_result_folders():
 def test_losses_table_says_which_losses_need_several_utterances_per_speaker():
     losses = runner.invoke(app, ["losses"], terminal_width=250)
     assert losses.exit_code == 0 and "nPerSpeaker" in losses.output
-    rows = {line.split("│")[1].strip(): line for line in losses.output.splitlines()
-            if line.startswith("│") and line.split("│")[1].strip()}
+    rows = {
+        line.split("│")[1].strip(): line
+        for line in losses.output.splitlines()
+        if line.startswith("│") and line.split("│")[1].strip()
+    }
     for name in ("angleproto", "ge2e", "proto", "softmaxproto", "triplet"):
         assert ">= 2" in rows[name], name
     for name in ("softmax", "amsoftmax", "aamsoftmax"):

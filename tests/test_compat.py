@@ -42,8 +42,11 @@ def test_range_is_the_one_pyproject_declares() -> None:
 def test_installed_torch_is_supported_and_constraints_pin_it() -> None:
     installed = installed_torch()
     check_torch_version(installed)
-    pins = [line for line in (ROOT / "constraints.txt").read_text().splitlines()
-            if line.startswith("torch==")]
+    pins = [
+        line
+        for line in (ROOT / "constraints.txt").read_text().splitlines()
+        if line.startswith("torch==")
+    ]
     assert len(pins) == 1
     check_torch_version(pins[0].removeprefix("torch=="))
 
@@ -54,8 +57,9 @@ def test_cli_refuses_an_unsupported_torch_in_one_line(tmp_path: Path) -> None:
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: torch\nVersion: 2.9.0\n")
     code = f"import sys; sys.path.insert(0, {str(tmp_path)!r}); from xvec.cli import main; main()"
-    run = subprocess.run([sys.executable, "-c", code, "count-classes", "x.txt"],
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-c", code, "count-classes", "x.txt"], capture_output=True, text=True
+    )
     assert run.returncode == 1
     assert run.stderr.strip().count("\n") == 0
     assert "torch 2.9.0 is installed" in run.stderr and "Traceback" not in run.stderr
@@ -65,18 +69,35 @@ def test_eval_and_embed_ask_for_sleeping_threads_unless_the_user_chose(tmp_path:
     """The policy reaches the process before torch loads; a user's own setting is kept."""
     import os
 
-    code = ("import os, sys; from xvec.cli import main; sys.argv = ['xvec'] + sys.argv[1:]\n"
-            "try:\n    main()\nexcept SystemExit:\n    pass\n"
-            "print('policy', os.environ.get('OMP_WAIT_POLICY'))")
+    code = (
+        "import os, sys; from xvec.cli import main; sys.argv = ['xvec'] + sys.argv[1:]\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('policy', os.environ.get('OMP_WAIT_POLICY'))"
+    )
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    args = ["embed", "--model", str(tmp_path / "none.safetensors"), "--list", "x", "-o", "e",
-            "-r", str(tmp_path)]
-    run = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                         env=env)
+    args = [
+        "embed",
+        "--model",
+        str(tmp_path / "none.safetensors"),
+        "--list",
+        "x",
+        "-o",
+        "e",
+        "-r",
+        str(tmp_path),
+    ]
+    run = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env
+    )
     assert "policy PASSIVE" in run.stdout
-    run = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                         env={**env, "OMP_WAIT_POLICY": "ACTIVE"})
+    run = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+    )
     assert "policy ACTIVE" in run.stdout
-    run = subprocess.run([sys.executable, "-c", code, "count-classes", "x"],
-                         capture_output=True, text=True, env=env)
+    run = subprocess.run(
+        [sys.executable, "-c", code, "count-classes", "x"], capture_output=True, text=True, env=env
+    )
     assert "policy None" in run.stdout

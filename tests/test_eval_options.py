@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from xvec.cli import app
 from xvec.data import read_trials
 from xvec.evaluate import subsample_trials
-from xvec.metrics import evaluate
+from xvec.metrics import compute_metrics
 from xvec.scoring import write_scores
 
 runner = CliRunner()
@@ -67,8 +67,8 @@ def test_eval_max_trials_scores_the_subset(scored, tmp_path) -> None:
     _, keep = subsample_trials(read_trials(trials_path), 200)
     assert written["n_trials"] == 200
     assert written["subset"] == {"trials": 200, "of": 1000, "seed": 0}
-    assert written["eer"] == evaluate(scores[keep], labels[keep]).eer
-    assert written["eer"] != evaluate(scores, labels).eer
+    assert written["eer"] == compute_metrics(scores[keep], labels[keep]).eer
+    assert written["eer"] != compute_metrics(scores, labels).eer
     bad = runner.invoke(app, ["eval", "-t", str(trials_path), "--scores", str(score_file),
                               "--max-trials", "1"])  # fmt: skip
     assert bad.exit_code == 1 and "--max-trials must be at least 2" in bad.output
@@ -84,7 +84,7 @@ def test_eval_p_target_and_costs_reach_the_metrics_and_result(scored, tmp_path) 
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     written = json.loads((out / "result.json").read_text())
-    expected = evaluate(scores, labels, p_targets=(0.1, 0.001), c_miss=10, c_fa=2)
+    expected = compute_metrics(scores, labels, p_targets=(0.1, 0.001), c_miss=10, c_fa=2)
     assert written["min_dcf"] == {"0.1": expected.min_dcf[0.1], "0.001": expected.min_dcf[0.001]}
     assert written["c_miss"] == 10 and written["c_fa"] == 2
     text = " ".join(result.output.split())
@@ -105,6 +105,6 @@ def test_eval_p_target_and_costs_reach_the_metrics_and_result(scored, tmp_path) 
 
 def test_a_constant_score_system_reports_eer_100() -> None:
     labels = np.r_[np.ones(50), np.zeros(150)]
-    metrics = evaluate(np.full(200, 0.3), labels)
+    metrics = compute_metrics(np.full(200, 0.3), labels)
     assert metrics.eer == 100.0
     assert metrics.min_dcf == {0.05: 1.0, 0.01: 1.0}  # no better than the trivial system

@@ -20,7 +20,7 @@ from xvec.config import load_recipe
 from xvec.errors import XvecError
 from xvec.train import read_log, train
 
-from conftest import make_distribution
+from conftest import after_steps, make_distribution
 
 LOCK_FILE = "train.lock"
 
@@ -78,10 +78,10 @@ def test_stale_lock_is_taken_over_and_lock_released_on_error(
     host = socket.gethostname()
     (run / LOCK_FILE).write_text(json.dumps({"pid": os.getpid(), "host": host}))
     with pytest.raises(XvecError, match=rf"another 'xvec train' \(pid {os.getpid()} on "):
-        train(load_recipe(path), stop_after_steps=1)
+        train(load_recipe(path), stop_when=after_steps(1))
     assert (run / LOCK_FILE).exists()  # someone else's lock is left alone
     (run / LOCK_FILE).write_text(json.dumps({"pid": _dead_pid(), "host": host}))
-    train(load_recipe(path), stop_after_steps=1)
+    train(load_recipe(path), stop_when=after_steps(1))
     assert "stale lock" in capsys.readouterr().err
     assert not (run / LOCK_FILE).exists()
     with pytest.raises(XvecError, match="holds a previous run"):
@@ -96,7 +96,7 @@ def test_refused_resume_writes_nothing_and_the_right_resume_works(
     tmp_path, tone_corpus, tiny_model_dist
 ):
     path = recipe_file(tmp_path, tone_corpus)
-    train(load_recipe(path), stop_after_steps=1)
+    train(load_recipe(path), stop_when=after_steps(1))
     recorded = (tmp_path / "run" / "recipe.json").read_bytes()
     with pytest.raises(XvecError, match="holds a previous run"):
         train(load_recipe(path, ["model.nOut=4"]))
@@ -188,9 +188,7 @@ def test_per_speaker_beyond_the_utterances_is_one_line(tmp_path, tone_corpus, ti
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.skipif(
-    __import__("torch").cuda.is_available(), reason="checks a machine without CUDA"
-)
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks a machine without CUDA")
 def test_cuda_device_without_gpu_is_one_line_before_the_run_folder(
     tmp_path, tone_corpus, tiny_model_dist
 ):
@@ -321,7 +319,7 @@ def test_run_folder_as_recipe_needs_a_readable_recipe_json(tmp_path, tone_corpus
     with pytest.raises(XvecError, match=r"no recipe.json here"):
         load_recipe(tmp_path)
     path = recipe_file(tmp_path, tone_corpus)
-    train(load_recipe(path), stop_after_steps=1)
+    train(load_recipe(path), stop_when=after_steps(1))
     assert load_recipe(tmp_path / "run").model.params["nOut"] == 8
     (tmp_path / "run" / "recipe.json").write_text('{"data": ')
     with pytest.raises(XvecError, match=r"recipe.json: not a JSON recipe"):

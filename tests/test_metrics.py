@@ -10,7 +10,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from xvec.errors import XvecError
-from xvec.metrics import det_curve, evaluate
+from xvec.metrics import compute_metrics, det_curve
 
 from conftest import VT_FIXTURES, requires_fixtures
 
@@ -90,7 +90,7 @@ trial_sets = st.integers(min_value=2, max_value=60).flatmap(
 @pytest.mark.parametrize("name", ["gauss37720", "small20"])
 def test_matches_voxceleb_trainer(name: str) -> None:
     scores, labels, reference = load_set(name)
-    metrics = evaluate(scores, labels)
+    metrics = compute_metrics(scores, labels)
     assert metrics.eer == pytest.approx(reference["EER_percent"], abs=1e-9)
     assert metrics.eer_threshold == reference["EER_threshold"]
     for p_target in (0.05, 0.01):
@@ -106,7 +106,7 @@ def test_matches_voxceleb_trainer(name: str) -> None:
 @requires_fixtures
 def test_ties_eer_matches_and_min_dcf_ignores_trial_order() -> None:
     scores, labels, reference = load_set("ties6000")
-    metrics = evaluate(scores, labels)
+    metrics = compute_metrics(scores, labels)
     assert metrics.eer == pytest.approx(reference["EER_percent"], abs=1e-9)
     assert metrics.eer_threshold == reference["EER_threshold"]
 
@@ -116,7 +116,7 @@ def test_ties_eer_matches_and_min_dcf_ignores_trial_order() -> None:
     orders.append(np.lexsort((1 - labels, scores)))
     orders.append(np.lexsort((labels, scores)))
     for order in orders:
-        shuffled = evaluate(scores[order], labels[order])
+        shuffled = compute_metrics(scores[order], labels[order])
         assert shuffled.min_dcf == metrics.min_dcf
         assert shuffled.eer == metrics.eer
 
@@ -140,14 +140,14 @@ def test_ties_eer_matches_and_min_dcf_ignores_trial_order() -> None:
 def test_perfect_separation_has_zero_errors() -> None:
     scores = np.r_[np.linspace(-1, 0.2, 50), np.linspace(0.3, 1, 20)]
     labels = np.r_[np.zeros(50), np.ones(20)]
-    metrics = evaluate(scores, labels)
+    metrics = compute_metrics(scores, labels)
     assert metrics.eer == 0.0
     assert metrics.eer_threshold == pytest.approx(0.3)
     assert metrics.min_dcf == {0.05: 0.0, 0.01: 0.0}
 
 
 def test_inverted_scores_are_all_errors() -> None:
-    metrics = evaluate([0.9, 0.8, 0.1, 0.2], [0, 0, 1, 1])
+    metrics = compute_metrics([0.9, 0.8, 0.1, 0.2], [0, 0, 1, 1])
     assert metrics.eer == 100.0
     assert metrics.min_dcf[0.01] == pytest.approx(1.0)  # no better than rejecting everything
 
@@ -159,7 +159,7 @@ def test_matches_brute_force(trial_set, p_target: float, c_miss: float) -> None:
     labels = np.asarray(raw_labels)
     assume(0 < labels.sum() < labels.size)
     scores = np.asarray(raw_scores, dtype=np.float64) / 4
-    metrics = evaluate(scores, labels, p_targets=(p_target,), c_miss=c_miss, c_fa=1.0)
+    metrics = compute_metrics(scores, labels, p_targets=(p_target,), c_miss=c_miss, c_fa=1.0)
     eer, threshold = brute_vt_eer(scores, labels)
     assert metrics.eer == pytest.approx(eer, abs=1e-12)
     assert metrics.eer_threshold == threshold
@@ -180,7 +180,7 @@ def test_independent_of_trial_order(trial_set, random) -> None:
     assume(0 < labels.sum() < labels.size)
     order = np.arange(scores.size)
     random.shuffle(order)
-    assert evaluate(scores[order], labels[order]) == evaluate(scores, labels)
+    assert compute_metrics(scores[order], labels[order]) == compute_metrics(scores, labels)
 
 
 def test_det_curve_is_monotone_and_spans_both_corners() -> None:
@@ -194,7 +194,7 @@ def test_det_curve_is_monotone_and_spans_both_corners() -> None:
 
 
 def test_to_dict_is_json() -> None:
-    metrics = evaluate([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])
+    metrics = compute_metrics([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])
     record = json.loads(json.dumps(metrics.to_dict()))
     assert record == {
         "eer": metrics.eer,
@@ -224,12 +224,12 @@ def test_to_dict_is_json() -> None:
 )
 def test_unusable_input_is_a_clear_error(scores, labels, message: str) -> None:
     with pytest.raises(XvecError, match=message) as info:
-        evaluate(scores, labels)
+        compute_metrics(scores, labels)
     assert "\n" not in str(info.value)
 
 
 def test_single_class_says_eer_is_undefined() -> None:
     with pytest.raises(XvecError, match="EER undefined"):
-        evaluate(np.arange(10.0), np.ones(10))
+        compute_metrics(np.arange(10.0), np.ones(10))
     with pytest.raises(XvecError, match="EER undefined"):
         det_curve(np.arange(10.0), np.zeros(10))

@@ -14,6 +14,7 @@ from xvec import checkpoint, registry
 from xvec.audio import eval_crops
 from xvec.errors import XvecError
 from xvec.features import LogFbank, PreEmphasis, VTMelFrontEnd, wrap_pad_to
+from xvec.importers import voxceleb_trainer
 from xvec.models.pooling import attentive_pool, self_attention_weights, temporal_pool
 
 from conftest import VT_FIXTURES, requires_fixtures
@@ -288,8 +289,8 @@ def test_log_fbank_removes_a_constant_gain_and_runs_float32_under_autocast() -> 
 
 def load_vt_model(folder: str, filename: str = "model_legacy.model") -> torch.nn.Module:
     name, params = FIXTURE_MODELS[folder]
-    model_state, _ = checkpoint.split_voxceleb_trainer(
-        checkpoint.read_voxceleb_trainer(VT_FIXTURES / folder / filename)
+    model_state, _ = voxceleb_trainer.split_voxceleb_trainer(
+        voxceleb_trainer.read_voxceleb_trainer(VT_FIXTURES / folder / filename)
     )
     model = registry.build("model", name, params)
     checkpoint.load_state_strict(model, type(model).from_voxceleb_trainer(model_state), folder)
@@ -301,8 +302,8 @@ def load_vt_model(folder: str, filename: str = "model_legacy.model") -> torch.nn
 def test_seeded_initialisation_equals_voxceleb_trainer(folder: str) -> None:
     """Same modules, built in the same order with the same init: VT's weights, bit for bit."""
     name, params = FIXTURE_MODELS[folder]
-    vt_state, _ = checkpoint.split_voxceleb_trainer(
-        checkpoint.read_voxceleb_trainer(VT_FIXTURES / folder / "model_legacy.model")
+    vt_state, _ = voxceleb_trainer.split_voxceleb_trainer(
+        voxceleb_trainer.read_voxceleb_trainer(VT_FIXTURES / folder / "model_legacy.model")
     )
     torch.manual_seed(1234)  # the fixtures' seed
     state = registry.build("model", name, params).state_dict()
@@ -367,7 +368,7 @@ def test_front_end_equals_voxceleb_trainer(folder: str) -> None:
 def test_import_voxceleb_trainer_then_load_model(folder: str, tmp_path: Path) -> None:
     torch.set_num_threads(2)
     name, params = FIXTURE_MODELS[folder]
-    target = checkpoint.import_voxceleb_trainer(
+    target = voxceleb_trainer.import_voxceleb_trainer(
         VT_FIXTURES / folder / "model_legacy.model",
         tmp_path / "imported.safetensors",
         name,

@@ -17,7 +17,7 @@ from xvec.config import load_recipe
 from xvec.errors import XvecError
 from xvec.train import read_log, train
 
-from conftest import make_distribution
+from conftest import after_steps, make_distribution
 
 RECIPE = """
 [data]
@@ -90,9 +90,9 @@ def test_train_end_to_end_writes_everything(tmp_path, tone_corpus, tiny_model_di
 def test_stop_and_resume_is_exact(tmp_path, tone_corpus, tiny_model_dist):
     train(load_recipe(recipe_file(tmp_path, tone_corpus, "straight")))
     interrupted = load_recipe(recipe_file(tmp_path, tone_corpus, "resumed"))
-    train(interrupted, stop_after_steps=3)  # stops mid-epoch 1
+    train(interrupted, stop_when=after_steps(3))  # stops mid-epoch 1
     assert not (tmp_path / "resumed" / "last.safetensors").exists()
-    train(interrupted, resume=True, stop_after_steps=2)  # into epoch 2
+    train(interrupted, resume=True, stop_when=after_steps(2))  # into epoch 2
     train(interrupted, resume=True)
     a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
     assert a.keys() == b.keys()
@@ -102,7 +102,7 @@ def test_stop_and_resume_is_exact(tmp_path, tone_corpus, tiny_model_dist):
 
 def test_existing_run_needs_resume_and_same_recipe(tmp_path, tone_corpus, tiny_model_dist):
     path = recipe_file(tmp_path, tone_corpus)
-    train(load_recipe(path), stop_after_steps=1)
+    train(load_recipe(path), stop_when=after_steps(1))
     with pytest.raises(XvecError, match="holds a previous run; add --resume"):
         train(load_recipe(path))
     with pytest.raises(XvecError, match=r"the \[model\] section differs"):

@@ -7,8 +7,9 @@
 >>> enc.score("a.wav", "b.wav")                         # doctest: +SKIP
 0.73
 
-The protocols are those of ``xvec embed``: ``full`` (whole file, cosine scoring) and
-``vt-crops`` (voxceleb_trainer's evenly spaced crops and its crop-distance score).
+The protocols (:class:`xvec.protocol.Protocol`) are those of ``xvec embed``: ``full`` (whole
+file, cosine scoring) and ``vt-crops`` (voxceleb_trainer's evenly spaced crops and its
+crop-distance score).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xvec.audio import SAMPLE_RATE, eval_crops, wrap_pad
-from xvec.embed import MIN_SAMPLES, Protocol, embed_files, pick_device
+from xvec.audio import SAMPLE_RATE
+from xvec.embed import embed_files, pick_device
+from xvec.protocol import EVAL_FRAMES, NUM_EVAL, Protocol, ProtocolName
 
 AudioInput = str | Path | np.ndarray
 
@@ -72,37 +74,27 @@ class Encoder:
 
     def score(self, first: AudioInput, second: AudioInput) -> float:
         """Similarity of two recordings (higher = more likely the same speaker)."""
-        from xvec.scoring import cosine_scores, vt_crop_scores
-
         pair = np.stack([self.embed(first), self.embed(second)])
-        scorer = vt_crop_scores if self.protocol.name == "vt-crops" else cosine_scores
-        return float(scorer(pair, np.array([0]), np.array([1]))[0])
+        return float(self.protocol.score(pair, np.array([0]), np.array([1]))[0])
 
     def _embed_waveform(self, audio: np.ndarray) -> np.ndarray:
         audio = np.ascontiguousarray(audio, dtype=np.float32)
         if audio.ndim != 1:
             raise ValueError(f"expected a mono waveform [samples], got shape {audio.shape}")
-        if self.protocol.name == "vt-crops":
-            batch = eval_crops(audio, self.protocol.eval_frames, self.protocol.num_eval)
-        else:
-            if self.protocol.max_seconds:
-                audio = audio[: int(self.protocol.max_seconds * SAMPLE_RATE)]
-            if audio.shape[0] < MIN_SAMPLES:
-                audio = wrap_pad(audio, MIN_SAMPLES)[:MIN_SAMPLES]
-            batch = audio[None]
+        batch, _ = self.protocol.file_input(audio)
         with torch.inference_mode():
             output = self.model(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
-        return output if self.protocol.name == "vt-crops" else output[0]
+        return output if self.protocol.crops else output[0]
 
 
 def load(
     path: str | Path,
-    protocol: str = "full",
+    protocol: ProtocolName = "full",
     device: str = "auto",
     *,
     max_seconds: float | None = None,
-    eval_frames: int = 400,
-    num_eval: int = 10,
+    eval_frames: int = EVAL_FRAMES,
+    num_eval: int = NUM_EVAL,
     batch_size: int = 32,
 ) -> Encoder:
     """Load an xvec checkpoint (``.safetensors``) as an :class:`Encoder`."""

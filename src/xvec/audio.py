@@ -3,13 +3,18 @@
 Crops read only the frames they need (soundfile ``start``/``frames``). Signals of a crop's length
 or shorter are wrap-padded exactly as voxceleb_trainer does (``numpy.pad(..., "wrap")`` to one
 sample more than the crop). Every unreadable input becomes a one-line :class:`XvecError`.
+
+:class:`DecodeCache` keeps each file's decoded samples in a memory-mapped ``.npy`` so that
+training reads crops with a slice instead of decoding (Opus, FLAC...) at every step.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +22,7 @@ import numpy as np
 import soundfile
 
 from xvec.errors import XvecError
+from xvec.files import atomic_write
 
 SAMPLE_RATE = 16000
 HOP = 160  # samples per 10 ms frame at 16 kHz
@@ -150,17 +156,97 @@ def wrap_pad(audio: np.ndarray, length: int) -> np.ndarray:
     return audio
 
 
+class DecodeCache:
+    """Decoded 16 kHz mono samples on disk, one memory-mapped ``.npy`` per source file.
+
+    An entry is named by a hash of the file's absolute path, modification time and size, so an
+    edited or replaced file is decoded afresh (stale entries are left; delete the folder to
+    reclaim them). Entries hold exactly what :func:`read_audio` returns for the whole file: as
+    int16 when every sample lies on the 16-bit grid (PCM-16 sources), else float32 (decoded
+    Opus or Vorbis is not on that grid, so rounding it would change the samples). Entries are
+    written atomically on first use, so loader workers may fill one cache concurrently. Files
+    at another sample rate are not cached: their crops are resampled span by span, and a slice
+    of the whole resampled file would differ at the edges.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self._warned = False
+
+    def entry(self, path: str | Path) -> Path:
+        """The cache file of ``path`` as it is now (path, mtime and size in the key)."""
+        source = Path(path).absolute()
+        stat = source.stat()
+        key = f"{source}\0{stat.st_mtime_ns}\0{stat.st_size}\0{SAMPLE_RATE}".encode()
+        digest = hashlib.sha1(key, usedforsecurity=False).hexdigest()
+        return self.folder / digest[:2] / f"{digest[2:]}.npy"
+
+    def signal(self, path: str | Path, info: AudioInfo) -> np.ndarray:
+        """The whole decoded signal as stored (int16 or float32), decoding it on a miss."""
+        try:
+            entry = self.entry(path)
+        except OSError as exc:
+            raise XvecError(f"{path}: audio file not found") from exc
+        try:
+            return np.load(entry, mmap_mode="r")
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError):  # a damaged entry (e.g. a foreign file): decode again
+            pass
+        stored = _compact(read_audio(path, info=info))
+        try:
+            atomic_write(entry, lambda handle: np.save(handle, stored, allow_pickle=False))
+        except XvecError as exc:  # a full or read-only cache disk slows training, never stops it
+            if not self._warned:
+                self._warned = True
+                warnings.warn(f"decode cache disabled for this file: {exc}", stacklevel=2)
+        return stored
+
+
+def _compact(audio: np.ndarray) -> np.ndarray:
+    """``audio`` as int16 when that is lossless (samples k / 32768), else unchanged float32."""
+    scaled = audio * np.float32(32768)
+    if scaled.min() >= -32768 and scaled.max() <= 32767 and np.array_equal(scaled, np.rint(scaled)):
+        return scaled.astype(np.int16)
+    return audio
+
+
+def _as_float(stored: np.ndarray) -> np.ndarray:
+    """Stored samples back to the float32 :func:`read_audio` returned (exact for int16)."""
+    if stored.dtype == np.int16:
+        return stored.astype(np.float32) * np.float32(1 / 32768)
+    return np.array(stored, dtype=np.float32)
+
+
 def train_crop(
-    path: str | Path, frames: int, rng: np.random.Generator, info: AudioInfo | None = None
+    path: str | Path,
+    frames: int,
+    rng: np.random.Generator,
+    info: AudioInfo | None = None,
+    cache: DecodeCache | None = None,
 ) -> np.ndarray:
-    """A random training crop of ``frames`` frames, reading only those samples from disk."""
+    """A random training crop of ``frames`` frames, reading only those samples from disk.
+
+    With ``cache`` the crop is a slice of the file's cached whole-file decode; the random start
+    is drawn the same way, so the crop covers the same samples. (For Opus, libsndfile's seek
+    can differ from the whole-file decode by a rounding step, ~1e-8, in a few files.)
+    """
     length = crop_samples(frames)
     info = info or audio_info(path)
     total = info.frames_at(SAMPLE_RATE)
+    stored = None
+    if cache is not None and info.sample_rate == SAMPLE_RATE:
+        stored = cache.signal(path, info)
     if total <= length:
-        return wrap_pad(read_audio(path, info=info), length)[:length]
+        whole = read_audio(path, info=info) if stored is None else _as_float(stored)
+        return wrap_pad(whole, length)[:length]
     start = int(rng.random() * (total - length))
-    audio = read_audio(path, start=start, frames=length, info=info)
+    if stored is None:
+        audio = read_audio(path, start=start, frames=length, info=info)
+    else:
+        audio = _as_float(stored[start : start + length])
+        if audio.size == 0:
+            raise XvecError(f"{path}: no samples could be read (empty or truncated file)")
     if audio.shape[0] < length:  # header length can overstate decodable samples
         audio = wrap_pad(audio, length)[:length]
     return audio

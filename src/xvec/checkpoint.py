@@ -1,4 +1,4 @@
-"""Self-describing safetensors checkpoints, atomic writes, and voxceleb_trainer import.
+"""Self-describing safetensors checkpoints and atomic writes (imports: ``xvec.importers``).
 
 A checkpoint is one ``.safetensors`` file: model weights under ``model.``, loss parameters under
 ``loss.``, and in the metadata (key ``xvec``) a JSON record of everything needed to rebuild the
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,13 +119,13 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     except (SafetensorError, ValueError, UnicodeDecodeError, OverflowError) as exc:
         raise XvecError(
             f"{path}: not a readable safetensors file ({str(exc).splitlines()[0][:120]}); "
-            "is it truncated, or a voxceleb_trainer .model (use 'xvec import-vt')?"
+            "is it truncated, or a voxceleb_trainer .model (use 'xvec import vt')?"
         ) from exc
     raw = metadata.get("xvec")
     if raw is None:
         raise XvecError(
             f"{path}: safetensors file without xvec metadata; it was not written by xvec "
-            "(import voxceleb_trainer models with 'xvec import-vt')"
+            "(import voxceleb_trainer models with 'xvec import vt')"
         )
     meta = metadata_record(path, raw, "xvec", "checkpoint")
     if meta.get("format") != FORMAT:
@@ -251,92 +250,97 @@ def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], s
     module.load_state_dict(state, strict=True)
 
 
-# --------------------------------------------------------------------------- voxceleb_trainer
+# --------------------------------------------------------------------------- training state
 
 
-def read_voxceleb_trainer(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a voxceleb_trainer ``.model`` file without executing any code.
+@dataclass
+class Position:
+    """Where training stands: the next batch to run is ``batch`` of ``epoch``."""
 
-    Accepts the bare state dict of the published models and the ``{"model_state_dict": ...}``
-    format of current voxceleb_trainer. Uses ``torch.load(weights_only=True)``: a file whose
-    unpickling would need arbitrary code is refused.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise XvecError(f"{path}: file not found")
+    epoch: int = 1
+    batch: int = 0
+    step: int = 0
+    best_eer: float | None = None
+
+
+def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    plain: dict[str, Any] = {"param_groups": state["param_groups"], "state": {}}
+    for pid, values in state["state"].items():
+        plain["state"][str(pid)] = {}
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{pid}.{key}"] = value.detach().cpu().contiguous().clone()
+            else:
+                plain["state"][str(pid)][key] = value
+    return tensors, plain
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {int(pid): dict(v) for pid, v in plain["state"].items()}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = value
+    return {"state": state, "param_groups": plain["param_groups"]}
+
+
+def save_state(
+    path: Path,
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Any,
+    position: Position,
+) -> None:
+    """Atomically write everything needed to resume exactly (no pickle: safetensors + JSON)."""
+    from safetensors.torch import save
+
+    tensors = {
+        f"net.{k}": v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()
+    }
+    optim_tensors, optim_plain = _flatten_optimizer(optimizer.state_dict())
+    tensors.update(optim_tensors)
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for index, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{index}"] = state
+    meta = {
+        "position": position.__dict__,
+        "optimizer": optim_plain,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+    }
+    atomic_write_bytes(path, save(tensors, metadata={"xvec_state": json.dumps(meta)}))
+
+
+def load_state(
+    path: Path,
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Any,
+) -> Position:
+    """Restore a state file written by :func:`save_state`; returns the position to continue at."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    data = path.read_bytes()
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*pickle protocol.*")
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ... for bad files
-        text = str(exc)
-        if "weights_only" in text or "Unsupported global" in text:
-            culprit = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-            what = f" (it calls {culprit.group(1)})" if culprit else ""
-            raise XvecError(
-                f"{path}: refused: loading it would run arbitrary code from the pickle{what}; "
-                "only plain tensor state dicts are accepted"
-            ) from exc
-        first = text.strip().splitlines()[0][:160] if text.strip() else type(exc).__name__
-        raise XvecError(f"{path}: not a readable PyTorch checkpoint ({first})") from exc
-    if isinstance(obj, dict) and "model_state_dict" in obj:
-        obj = obj["model_state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise XvecError(f"{path}: expected a state dict of tensors (voxceleb_trainer .model)")
-    return obj
-
-
-def split_voxceleb_trainer(
-    state: dict[str, torch.Tensor],
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Split a SpeakerNet state dict into model (``__S__.``) and loss (``__L__.``) parts."""
-    model_state, loss_state = {}, {}
-    for key, value in state.items():
-        name = key.removeprefix("module.")
-        if name.startswith("__S__."):
-            model_state[name[len("__S__.") :]] = value
-        elif name.startswith("__L__."):
-            loss_state[name[len("__L__.") :]] = value
-        else:
-            model_state[name] = value
-    return model_state, loss_state
-
-
-def import_voxceleb_trainer(
-    source: str | Path,
-    output: str | Path,
-    model_name: str,
-    model_params: dict[str, Any],
-    loss_name: str | None = None,
-    loss_params: dict[str, Any] | None = None,
-    num_classes: int | None = None,
-) -> Path:
-    """Convert a voxceleb_trainer ``.model`` into a self-describing xvec checkpoint."""
-    source = Path(source)
-    model_state, loss_state = split_voxceleb_trainer(read_voxceleb_trainer(source))
-    model = registry.build("model", model_name, model_params)
-    model_state = type(model).from_voxceleb_trainer(model_state)
-    load_state_strict(model, model_state, str(source))
-    loss = None
-    if loss_name is not None:
-        if num_classes is None:
-            num_classes = _infer_num_classes(loss_state)
-        loss = registry.build(
-            "loss",
-            loss_name,
-            loss_params or {},
-            embedding_dim=model.embedding_dim,
-            num_classes=num_classes,
-        )
-        load_state_strict(loss, loss_state, f"{source} (loss part)")
-    extra = {"imported_from": {"format": "voxceleb_trainer", "file": source.name}}
-    return save_checkpoint(output, model, model_name, loss=loss, loss_name=loss_name, extra=extra)
-
-
-def _infer_num_classes(loss_state: dict[str, torch.Tensor]) -> int | None:
-    """The class count implied by a classification head's weight, if there is one."""
-    for key in ("W", "weight", "fc.weight", "softmax.fc.weight"):
-        if key in loss_state:
-            tensor = loss_state[key]
-            return int(tensor.shape[1] if key == "W" else tensor.shape[0])
-    return None
+        tensors = load(data)
+        meta = json.loads(safetensors_metadata(data)["xvec_state"])
+    except (SafetensorError, ValueError, KeyError, OverflowError) as exc:
+        raise XvecError(f"{path}: unreadable training state; remove it to start over") from exc
+    net_state = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
+    load_state_strict(net, net_state, str(path))
+    optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
+    if scheduler is not None and meta["scheduler"] is not None:
+        scheduler.load_state_dict(meta["scheduler"])
+    if scaler is not None and meta["scaler"] is not None:
+        scaler.load_state_dict(meta["scaler"])
+    torch.set_rng_state(tensors["rng.torch"])
+    if torch.cuda.is_available():
+        cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+        if cuda_states:
+            torch.cuda.set_rng_state_all(cuda_states)
+    return Position(**meta["position"])

@@ -8,7 +8,6 @@ heavy modules are imported inside the commands so ``xvec --help`` stays fast.
 from __future__ import annotations
 
 import functools
-import json
 import warnings
 from collections.abc import Callable
 from enum import Enum
@@ -16,11 +15,10 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.table import Table
 
 from xvec.compat import check_torch_version, prefer_sleeping_threads
 from xvec.errors import XvecError
-from xvec.report import make_console
+from xvec.report import FileProgress, make_console
 
 app = typer.Typer(
     name="xvec",
@@ -44,7 +42,7 @@ err = make_console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def friendly(func: F) -> F:
+def one_line_errors(func: F) -> F:
     """Turn XvecError into one line on stderr (exit 1) and Ctrl-C into exit 130."""
 
     @functools.wraps(func)
@@ -80,6 +78,8 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
 
 
+from xvec.protocol import EVAL_FRAMES, LENGTH_TOLERANCE, NUM_EVAL  # noqa: E402
+
 LENGTH_TOLERANCE_OPTION = typer.Option(
     help="full: batch files whose lengths differ by up to this fraction, trimming each to the "
     "batch's shortest (faster); 0 embeds every file whole, as voxceleb_trainer's eval_frames 0."
@@ -97,56 +97,6 @@ class NormName(str, Enum):
     mean = "mean"
 
 
-def _progress_columns():
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return (
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-
-
-class FileProgress:
-    """A rich progress bar showing files/s, usable as an ``embed_files`` progress callback."""
-
-    def __init__(self, description: str) -> None:
-        import time
-
-        from rich.progress import Progress
-
-        self._time = time.perf_counter
-        self.progress = Progress(*_progress_columns(), console=err, transient=True)
-        self.description = description
-        self.task = None
-        self.count = 0
-        self.start = 0.0
-
-    def __enter__(self) -> FileProgress:
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.__exit__(*exc)
-
-    def __call__(self, advance: int, total: int) -> None:
-        if self.task is None:
-            self.task = self.progress.add_task(self.description, total=total, rate="")
-            self.start = self._time()
-        self.count += advance
-        rate = self.count / max(self._time() - self.start, 1e-9)
-        self.progress.update(self.task, advance=advance, rate=f"{rate:.1f} files/s")
-
-
 def _check_min(option: str, value: float | None, low: float) -> None:
     """One-line error for a numeric option below ``low`` (or not finite)."""
     import math
@@ -158,48 +108,29 @@ def _check_min(option: str, value: float | None, low: float) -> None:
 # --------------------------------------------------------------------------- registry listings
 
 
-def _registry_table(kind: str) -> Table:
-    from xvec import registry
-
-    plural = {"model": "models", "loss": "losses"}[kind]
-    table = Table(title=f"xvec {plural} (entry-point group {registry.GROUPS[kind]})")
-    table.add_column("name", style="bold cyan")
-    table.add_column("package")
-    table.add_column("description")
-    table.add_column("parameters (default)")
-    if kind == "loss":
-        table.add_column("nPerSpeaker", justify="right")
-        table.caption = "nPerSpeaker: utterances per speaker a batch needs (train.nPerSpeaker)"
-    for name, (entry, cls) in registry.loadable(kind).items():
-        summary, params = registry.describe(cls)
-        param_text = "\n".join(f"{p}: {t} = {d!r}" for p, t, d in params) or "-"
-        row = [name, f"{entry.distribution} {entry.version}", summary, param_text]
-        if kind == "loss":
-            needed = int(getattr(cls, "min_per_speaker", 1))
-            row.append(f"[bold yellow]>= {needed}[/]" if needed > 1 else "any")
-        table.add_row(*row)
-    return table
-
-
 @app.command("models")
-@friendly
+@one_line_errors
 def models_command() -> None:
     """List the installed model architectures and their parameters."""
-    out.print(_registry_table("model"))
+    from xvec.report import registry_table
+
+    out.print(registry_table("model"))
 
 
 @app.command("losses")
-@friendly
+@one_line_errors
 def losses_command() -> None:
     """List the installed training losses and their parameters."""
-    out.print(_registry_table("loss"))
+    from xvec.report import registry_table
+
+    out.print(registry_table("loss"))
 
 
 # --------------------------------------------------------------------------- lists
 
 
 @app.command("count-classes")
-@friendly
+@one_line_errors
 def count_classes(
     train_list: Annotated[Path, typer.Argument(help="Train list: 'SPEAKER relative/path' lines.")],
     plain: Annotated[
@@ -208,35 +139,29 @@ def count_classes(
 ) -> None:
     """Count speakers (nClasses) and utterances of a train list."""
     from xvec.data import class_summary, read_train_list
+    from xvec.report import class_table
 
     summary = class_summary(read_train_list(train_list))
     if plain:
         print(summary["speakers"])
         return
-    table = Table(title=str(train_list))
-    table.add_column("speakers (nClasses)", justify="right", style="bold")
-    table.add_column("utterances", justify="right")
-    table.add_column("min / median / max per speaker", justify="right")
-    table.add_row(
-        str(summary["speakers"]),
-        str(summary["utterances"]),
-        f"{summary['min_per_speaker']} / {summary['median_per_speaker']:g} / "
-        f"{summary['max_per_speaker']}",
-    )
-    out.print(table)
+    out.print(class_table(summary, str(train_list)))
 
 
 # --------------------------------------------------------------------------- evaluation
 
-
-def _write_json(path: Path, data: Any) -> None:
-    from xvec.files import atomic_write_bytes
-
-    atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
+PROTOCOL_OPTION = typer.Option(
+    help="full: whole files, cosine; vt-crops: voxceleb_trainer's evenly spaced crops."
+)
+MAX_SECONDS_OPTION = typer.Option(help="full: read at most this many seconds of each file.")
+EVAL_FRAMES_OPTION = typer.Option(help="vt-crops: crop length in 10 ms frames (0 = whole file).")
+NUM_EVAL_OPTION = typer.Option(help="vt-crops: crops per file.")
+BATCH_OPTION = typer.Option(help="Files per batch.")
+DEVICE_OPTION = typer.Option(help="auto, cpu, cuda, cuda:1 ...")
 
 
 @app.command("eval")
-@friendly
+@one_line_errors
 def eval_command(
     trials: Annotated[Path, typer.Option("--trials", "-t", help="Trial list 'LABEL enroll test'.")],
     model: Annotated[
@@ -251,20 +176,16 @@ def eval_command(
         Path | None,
         typer.Option("--audio-root", "-r", help="Folder the trial paths are relative to."),
     ] = None,
-    protocol: Annotated[
-        ProtocolName, typer.Option(help="full: whole files; vt-crops: voxceleb_trainer's 10 crops.")
-    ] = ProtocolName.full,
-    max_seconds: Annotated[
-        float | None, typer.Option(help="Cap each file at this many seconds (full).")
-    ] = None,
-    eval_frames: Annotated[int, typer.Option(help="Crop length in frames (vt-crops).")] = 400,
-    num_eval: Annotated[int, typer.Option(help="Crops per file (vt-crops).")] = 10,
-    length_tolerance: Annotated[float, LENGTH_TOLERANCE_OPTION] = 0.05,
+    protocol: Annotated[ProtocolName, PROTOCOL_OPTION] = ProtocolName.full,
+    max_seconds: Annotated[float | None, MAX_SECONDS_OPTION] = None,
+    eval_frames: Annotated[int, EVAL_FRAMES_OPTION] = EVAL_FRAMES,
+    num_eval: Annotated[int, NUM_EVAL_OPTION] = NUM_EVAL,
+    length_tolerance: Annotated[float, LENGTH_TOLERANCE_OPTION] = LENGTH_TOLERANCE,
     out_dir: Annotated[
         Path | None, typer.Option("--out-dir", "-o", help="Where scores and results go.")
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Files per batch.")] = 32,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
+    batch_size: Annotated[int, BATCH_OPTION] = 32,
+    device: Annotated[str, DEVICE_OPTION] = "auto",
     max_trials: Annotated[
         int | None,
         typer.Option(help="Quick check: a stratified random subset of this many trials (seed 0)."),
@@ -278,165 +199,38 @@ def eval_command(
 ) -> None:
     """Evaluate model(s) or score file(s) on a trial list: EER and minDCF in a table."""
     prefer_sleeping_threads()
-    from xvec.checkpoint import load_model
-    from xvec.data import read_trials, require_both_labels
-    from xvec.embed import Protocol
-    from xvec.evaluate import evaluate_model
-    from xvec.metrics import evaluate
-    from xvec.report import metrics_table
-    from xvec.scoring import read_scores, write_scores
+    from xvec.evaluate import DcfSettings, run_eval
+    from xvec.protocol import Protocol
+    from xvec.report import metrics_table, write_table
 
-    if not model and not scores:
-        raise XvecError("give --model (one or more checkpoints) or --scores (score files)")
-    _check_min("--batch-size", batch_size, 1)
-    if model:
-        from xvec.devices import parse_device
-        from xvec.embed import model_fingerprint
-
-        parse_device(device)
-        for model_path in model:
-            model_fingerprint(model_path)  # a missing or unreadable checkpoint fails up front
-    dcf = _dcf_options(p_target, c_miss, c_fa)
-    full_trials = read_trials(trials)
-    require_both_labels(full_trials)
-    trial_list, kept = full_trials, None
-    if max_trials is not None:
-        from xvec.evaluate import subsample_trials
-
-        trial_list, kept = subsample_trials(full_trials, max_trials)
-    subset = {"trials": len(trial_list), "of": len(full_trials), "seed": 0} if max_trials else None
-    summaries = []
-    # one result folder per system, score files first; unique even when both kinds are given
-    all_folders = _result_folders([*(scores or []), *(model or [])])
-    if scores:
-        for score_file, folder in zip(scores, all_folders, strict=False):
-            values = _scores_in_trial_order(score_file, full_trials, read_scores)
-            values = values if kept is None else values[kept]
-            metrics = evaluate(values, trial_list.labels, **dcf)
-            summary = {"name": str(score_file), **metrics.to_dict(), "seconds": None}
-            if subset:
-                summary["subset"] = subset
-            summaries.append(summary)
-            if out_dir is not None:
-                _write_json(out_dir / folder / "result.json", summary)
-                err.print(f"result: {out_dir / folder / 'result.json'}", highlight=False)
-    if model:
-        if audio_root is None:
-            raise XvecError(
-                "--audio-root is required with --model (the folder trial paths are under)"
-            )
-        proto = Protocol(
-            protocol.value,
-            max_seconds=max_seconds,
-            eval_frames=eval_frames,
-            num_eval=num_eval,
-            length_tolerance=length_tolerance,
-        )
-        out_dir = out_dir or Path("eval_out")
-        folders = all_folders[len(scores or []) :]
-        for model_path, folder in zip(model, folders, strict=True):
-            net = load_model(model_path)
-            with FileProgress(f"embedding ({model_path.name})") as bar:
-                result = evaluate_model(
-                    net,
-                    trial_list,
-                    audio_root,
-                    proto,
-                    name=str(model_path),
-                    batch_size=batch_size,
-                    device=device,
-                    progress=bar,
-                    **dcf,
-                )
-            target = out_dir / folder
-            write_scores(
-                target / "scores.txt",
-                result.scores,
-                trial_list.enroll_names(),
-                trial_list.test_names(),
-            )
-            summary = result.summary()
-            summary["protocol"] = proto.describe()
-            if subset:
-                summary["subset"] = subset
-            _write_json(target / "result.json", summary)
-            for note in result.stats.notes:
-                err.print(f"note: {note}", highlight=False)
-            summaries.append(summary)
-            err.print(
-                f"scores: {target / 'scores.txt'}  result: {target / 'result.json'}",
-                highlight=False,
-            )
-    counted = f"{len(trial_list)} trials"
-    if subset:
-        counted = f"{len(trial_list)} of {len(full_trials)} trials, stratified"
-    table = metrics_table(summaries, f"{trials} ({counted})")
+    run = run_eval(
+        trials,
+        models=model or [],
+        score_files=scores or [],
+        audio_root=audio_root,
+        protocol=Protocol(protocol.value, max_seconds, eval_frames, num_eval, length_tolerance),
+        out_dir=out_dir,
+        batch_size=batch_size,
+        device=device,
+        max_trials=max_trials,
+        dcf=DcfSettings(tuple(p_target or ()), c_miss, c_fa),
+        progress_for=lambda path: FileProgress(f"embedding ({path.name})", err),
+    )
+    for note in run.notes:
+        err.print(f"note: {note}", highlight=False)
+    for written in run.written:
+        err.print("  ".join(f"{p.stem}: {p}" for p in written), highlight=False)
+    counted = f"{len(run.trials)} trials"
+    if run.subset:
+        counted = f"{len(run.trials)} of {run.total_trials} trials, stratified"
+    table = metrics_table(run.summaries, f"{trials} ({counted})")
     out.print(table)
-    if out_dir is not None:
-        _write_table(out_dir / "table.txt", table)
-
-
-def _write_table(path: Path, table: Table) -> None:
-    """A plain-text copy of a rich table (no colours), written atomically."""
-    import io
-
-    from rich.console import Console
-
-    from xvec.files import atomic_write_bytes
-    from xvec.report import PIPE_WIDTH
-
-    buffer = io.StringIO()
-    Console(file=buffer, width=PIPE_WIDTH, color_system=None).print(table)
-    atomic_write_bytes(path, buffer.getvalue().encode())
-
-
-def _dcf_options(p_target: list[float] | None, c_miss: float, c_fa: float) -> dict[str, Any]:
-    """Check --p-target/--c-miss/--c-fa up front; the keyword arguments of the metrics."""
-    from xvec.metrics import DEFAULT_P_TARGETS
-
-    priors = tuple(dict.fromkeys(p_target)) if p_target else DEFAULT_P_TARGETS
-    for prior in priors:
-        if not 0.0 < prior < 1.0:
-            raise XvecError(f"--p-target must lie strictly between 0 and 1, got {prior:g}")
-    for name, cost in (("--c-miss", c_miss), ("--c-fa", c_fa)):
-        if not cost > 0:
-            raise XvecError(f"{name} must be positive, got {cost:g}")
-    return {"p_targets": priors, "c_miss": c_miss, "c_fa": c_fa}
-
-
-def _result_folders(models: list[Path]) -> list[str]:
-    """Sub-folder per model for several models ("" for one): file stems, made unique."""
-    if len(models) == 1:
-        return [""]
-    stems = [path.stem for path in models]
-    if len(set(stems)) == len(stems):
-        return stems
-    return [f"{index}_{path.parent.name}_{path.stem}" for index, path in enumerate(models, 1)]
-
-
-def _scores_in_trial_order(score_file: Path, trials: Any, read_scores: Callable) -> Any:
-    """Scores of a score file aligned with the trial list (by order, checked by names)."""
-    import numpy as np
-
-    values, enroll, test = read_scores(score_file)
-    if len(values) != len(trials):
-        raise XvecError(
-            f"{score_file}: {len(values)} scores for {len(trials)} trials in {trials.path}; "
-            "they must be in the same order"
-        )
-    files = np.asarray(trials.files, dtype=object)
-    if enroll is not None and not (
-        (np.asarray(enroll, dtype=object) == files[trials.enroll]).all()
-        and (np.asarray(test, dtype=object) == files[trials.test]).all()
-    ):
-        raise XvecError(
-            f"{score_file}: trial names differ from {trials.path}; use the same trial list"
-        )
-    return values
+    if out_dir is not None or model:
+        write_table((out_dir or Path("eval_out")) / "table.txt", table)
 
 
 @app.command("embed")
-@friendly
+@one_line_errors
 def embed_command(
     model: Annotated[Path, typer.Option("--model", "-m", help="xvec checkpoint.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Embeddings file (.safetensors).")],
@@ -449,94 +243,55 @@ def embed_command(
     trials: Annotated[
         Path | None, typer.Option("--trials", help="Trial list: embed its files.")
     ] = None,
-    protocol: Annotated[ProtocolName, typer.Option()] = ProtocolName.full,
-    max_seconds: Annotated[float | None, typer.Option()] = None,
-    eval_frames: Annotated[int, typer.Option()] = 400,
-    num_eval: Annotated[int, typer.Option()] = 10,
-    length_tolerance: Annotated[float, LENGTH_TOLERANCE_OPTION] = 0.05,
-    batch_size: Annotated[int, typer.Option()] = 32,
-    device: Annotated[str, typer.Option()] = "auto",
+    protocol: Annotated[ProtocolName, PROTOCOL_OPTION] = ProtocolName.full,
+    max_seconds: Annotated[float | None, MAX_SECONDS_OPTION] = None,
+    eval_frames: Annotated[int, EVAL_FRAMES_OPTION] = EVAL_FRAMES,
+    num_eval: Annotated[int, NUM_EVAL_OPTION] = NUM_EVAL,
+    length_tolerance: Annotated[float, LENGTH_TOLERANCE_OPTION] = LENGTH_TOLERANCE,
+    batch_size: Annotated[int, BATCH_OPTION] = 32,
+    device: Annotated[str, DEVICE_OPTION] = "auto",
 ) -> None:
     """Embed audio files to vectors (resumable: an interrupted run keeps what it computed)."""
     prefer_sleeping_threads()
-    from xvec.checkpoint import load_model
     from xvec.data import check_files_exist, read_file_list, read_trials
-    from xvec.embed import EmbeddingStore, EmbedStats, Protocol, embed_files, model_fingerprint
+    from xvec.devices import parse_device
+    from xvec.embed import embed_to_file, model_fingerprint
+    from xvec.protocol import Protocol
 
     if (file_list is None) == (trials is None):
         raise XvecError("give exactly one of --list or --trials")
-    from xvec.devices import parse_device
-
     _check_min("--batch-size", batch_size, 1)
     parse_device(device)
     model_fingerprint(model)  # a missing checkpoint fails before the audio is checked
     source = file_list or trials
     files = read_file_list(file_list) if file_list else read_trials(trials).files  # type: ignore[arg-type]
     check_files_exist(audio_root, files, source)
-    proto = Protocol(
-        protocol.value,
-        max_seconds=max_seconds,
-        eval_frames=eval_frames,
-        num_eval=num_eval,
-        length_tolerance=length_tolerance,
-    )
-    meta = {"model": str(model), "model_sha256": model_fingerprint(model), **proto.describe()}
-    partial = output.with_name(output.name + ".partial")
-    done: dict = {}
-    if partial.is_file():
-        previous = EmbeddingStore.load(partial)
-        if previous.meta == meta:
-            done = previous.vectors
-            err.print(f"resuming: {len(done)} embeddings already in {partial}", highlight=False)
-
-    kept = {"count": len(done)}
-
-    def save_partial(results: dict) -> None:
-        store = EmbeddingStore(meta)
-        store.vectors = results
-        store.save(partial)
-        kept["count"] = len(results)
-
-    stats = EmbedStats()
-    with FileProgress("embedding") as bar:
-        try:
-            vectors = embed_files(
-                load_model(model),
-                audio_root,
-                files,
-                proto,
-                batch_size=batch_size,
-                device=device,
-                progress=bar,
-                done=done,
-                checkpoint_every=30.0,
-                on_checkpoint=save_partial,
-                stats=stats,
-            )
-        except XvecError as exc:
-            if kept["count"]:
-                raise XvecError(
-                    f"{exc}; the {kept['count']} embeddings computed so far are kept in "
-                    f"{partial}: fix the file and run the same command again to resume"
-                ) from exc
-            raise
-    store = EmbeddingStore(meta)
-    store.vectors = {f: vectors[f] for f in files}
-    store.save(output)
-    partial.unlink(missing_ok=True)
-    for note in stats.notes:
+    with FileProgress("embedding", err) as bar:
+        run = embed_to_file(
+            model,
+            audio_root,
+            files,
+            output,
+            Protocol(protocol.value, max_seconds, eval_frames, num_eval, length_tolerance),
+            batch_size=batch_size,
+            device=device,
+            progress=bar,
+        )
+    if run.resumed:
+        err.print(f"resuming: {run.resumed} embeddings already computed were reused")
+    for note in run.stats.notes:
         err.print(f"note: {note}", highlight=False)
     out.print(
-        f"{len(files)} embeddings ({stats.computed} computed, "
-        f"{stats.files_per_second:.1f} files/s) -> {output}"
+        f"{run.count} embeddings ({run.stats.computed} computed, "
+        f"{run.stats.files_per_second:.1f} files/s) -> {output}"
     )
 
 
 @app.command("score")
-@friendly
+@one_line_errors
 def score_command(
     embeddings: Annotated[Path, typer.Option("--embeddings", "-e", help="From 'xvec embed'.")],
-    trials: Annotated[Path, typer.Option("--trials", "-t")],
+    trials: Annotated[Path, typer.Option("--trials", "-t", help="Trial list to score.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Score file 'SCORE ENROLL TEST'.")],
     norm: Annotated[NormName, typer.Option(help="Score normalisation.")] = NormName.none,
     cohort: Annotated[
@@ -546,42 +301,10 @@ def score_command(
 ) -> None:
     """Score trials from stored embeddings (cosine, or voxceleb_trainer crops)."""
     from xvec.data import read_trials
-    from xvec.embed import EmbeddingStore
-    from xvec.scoring import as_norm, mean_norm, score_embeddings, write_scores
+    from xvec.scoring import score_stored, write_scores
 
-    _check_min("--top-k", top_k, 1)
     trial_list = read_trials(trials)
-    store = EmbeddingStore.load(embeddings)
-    matrix = store.matrix(trial_list.files, trials)
-    protocol = store.meta.get("protocol", "full")
-    if norm is NormName.none:
-        values = score_embeddings(matrix, trial_list, protocol)
-    else:
-        if cohort is None:
-            raise XvecError(
-                f"--norm {norm.value} needs --cohort (an embeddings file of cohort speakers)"
-            )
-        cohort_store = EmbeddingStore.load(cohort)
-        cohort_matrix = cohort_store.cohort_matrix()
-        if cohort_matrix.shape[-1] != matrix.shape[-1]:
-            raise XvecError(
-                f"{cohort}: cohort embeddings have dimension {cohort_matrix.shape[-1]} but "
-                f"{embeddings} has {matrix.shape[-1]}; embed the cohort with the same model"
-            )
-        if matrix.ndim == 3:  # crops: normalise on the mean crop embedding
-            matrix, cohort_matrix = (
-                matrix.mean(1),
-                cohort_matrix.mean(1) if cohort_matrix.ndim == 3 else cohort_matrix,
-            )
-        if norm is NormName.asnorm:
-            from xvec.scoring import cosine_scores
-
-            raw = cosine_scores(matrix, trial_list.enroll, trial_list.test)
-            values = as_norm(
-                raw, trial_list.enroll, trial_list.test, matrix, cohort_matrix, top_k=top_k
-            )
-        else:
-            values = mean_norm(matrix, trial_list.enroll, trial_list.test, cohort_matrix)
+    values = score_stored(embeddings, trial_list, norm=norm.value, cohort=cohort, top_k=top_k)
     write_scores(output, values, trial_list.enroll_names(), trial_list.test_names())
     out.print(f"{len(trial_list)} scores -> {output}")
 
@@ -590,7 +313,7 @@ def score_command(
 
 
 @plot_app.command("hist")
-@friendly
+@one_line_errors
 def plot_hist(
     scores: Annotated[Path, typer.Argument(help="Score file 'SCORE ENROLL TEST'.")],
     trials: Annotated[Path, typer.Option("--trials", "-t", help="Trial list with the labels.")],
@@ -601,14 +324,14 @@ def plot_hist(
 ) -> None:
     """Target and non-target score histograms with the EER threshold."""
     from xvec.data import read_trials, require_both_labels
-    from xvec.metrics import evaluate
+    from xvec.metrics import compute_metrics
     from xvec.plots import plot_histogram
-    from xvec.scoring import read_scores
+    from xvec.scoring import read_scores_in_trial_order
 
     trial_list = read_trials(trials)
     require_both_labels(trial_list)
-    values = _scores_in_trial_order(scores, trial_list, read_scores)
-    metrics = evaluate(values, trial_list.labels)
+    values = read_scores_in_trial_order(scores, trial_list)
+    metrics = compute_metrics(values, trial_list.labels)
     plot_histogram(
         values,
         trial_list.labels,
@@ -622,7 +345,7 @@ def plot_hist(
 
 
 @plot_app.command("det")
-@friendly
+@one_line_errors
 def plot_det_command(
     scores: Annotated[list[Path], typer.Argument(help="One or more score files to compare.")],
     trials: Annotated[Path, typer.Option("--trials", "-t")],
@@ -631,12 +354,12 @@ def plot_det_command(
     """DET curves (normal-deviate axes) of one or more score files."""
     from xvec.data import read_trials
     from xvec.plots import plot_det
-    from xvec.scoring import read_scores
+    from xvec.scoring import read_scores_in_trial_order
 
     trial_list = read_trials(trials)
     curves = {
         path.stem if path.stem != "scores" else str(path.parent): (
-            _scores_in_trial_order(path, trial_list, read_scores),
+            read_scores_in_trial_order(path, trial_list),
             trial_list.labels,
         )
         for path in scores
@@ -646,7 +369,7 @@ def plot_det_command(
 
 
 @plot_app.command("training")
-@friendly
+@one_line_errors
 def plot_training_command(
     run_dir: Annotated[Path, typer.Argument(help="Training run folder (holds log.jsonl).")],
     output: Annotated[Path | None, typer.Option("--output", "-o")] = None,
@@ -665,7 +388,7 @@ def plot_training_command(
 
 
 @app.command("train")
-@friendly
+@one_line_errors
 def train_command(
     recipe: Annotated[
         Path, typer.Argument(help="TOML recipe, or a run folder (its recipe.json) to --resume.")
@@ -701,53 +424,141 @@ def train_command(
 # --------------------------------------------------------------------------- import, data
 
 
+ImportFormat = Enum(  # type: ignore[misc]
+    "ImportFormat", {name: name for name in ("vt", "wespeaker", "speechbrain")}, type=str
+)
+ImportOutput = Annotated[Path, typer.Option("--output", "-o", help="xvec checkpoint to write.")]
+ImportConfig = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="Training config, checked against the weights (VT's YAML, WeSpeaker's config.yaml, "
+        "SpeechBrain's hyperparams.yaml).",
+    ),
+]
+ImportModel = Annotated[
+    str | None,
+    typer.Option("--model", help="Architecture (e.g. ResNetSE34L); default: read off the weights."),
+]
+ImportEncoder = Annotated[
+    str | None,
+    typer.Option("--encoder", "--encoder-type", help="VT pooling: SAP, ASP, TAP, MAX, ECA."),
+]
+ImportMels = Annotated[int | None, typer.Option("--n-mels", help="Mel bands (VT's --n_mels).")]
+ImportLog = Annotated[
+    bool | None,
+    typer.Option("--log-input/--no-log-input", help="VT's --log_input (log of the mel input)."),
+]
+ImportNout = Annotated[int | None, typer.Option("--nout", help="Embedding size (VT's --nOut).")]
+ImportLoss = Annotated[
+    str | None, typer.Option("--trainfunc", help="VT loss, to import its head too.")
+]
+ImportMargin = Annotated[float | None, typer.Option(help="Loss margin (VT's --margin).")]
+ImportScale = Annotated[float | None, typer.Option(help="Loss scale (VT's --scale).")]
+ImportParams = Annotated[
+    list[str] | None,
+    typer.Option("--param", help="Other model parameter NAME=VALUE (repeatable), e.g. C=512."),
+]
+
+
+@app.command("import")
+@one_line_errors
+def import_command(
+    fmt: Annotated[ImportFormat, typer.Argument(metavar="FORMAT", help="Checkpoint format.")],
+    source: Annotated[Path, typer.Argument(help="Checkpoint file to convert.")],
+    output: ImportOutput,
+    config: ImportConfig = None,
+    model: ImportModel = None,
+    encoder: ImportEncoder = None,
+    n_mels: ImportMels = None,
+    log_input: ImportLog = None,
+    nout: ImportNout = None,
+    trainfunc: ImportLoss = None,
+    margin: ImportMargin = None,
+    scale: ImportScale = None,
+    params: ImportParams = None,
+) -> None:
+    """Convert another toolkit's checkpoint to an xvec one, architecture read off the weights."""
+    _run_import(
+        fmt.value,
+        source,
+        output,
+        config,
+        params,
+        model=model,
+        trainfunc=trainfunc,
+        margin=margin,
+        scale=scale,
+        encoder_type=encoder,
+        n_mels=n_mels,
+        log_input=log_input,
+        nOut=nout,
+    )
+
+
 @app.command("import-vt")
-@friendly
+@one_line_errors
 def import_vt(
     source: Annotated[Path, typer.Argument(help="voxceleb_trainer .model file.")],
-    model: Annotated[
-        str,
-        typer.Option("--model", help="Architecture, as in voxceleb_trainer (e.g. ResNetSE34L)."),
-    ],
-    output: Annotated[Path, typer.Option("--output", "-o", help="xvec checkpoint to write.")],
-    encoder: Annotated[
-        str | None, typer.Option("--encoder", "--encoder-type", help="SAP, ASP, TAP, MAX ...")
-    ] = None,
-    n_mels: Annotated[int | None, typer.Option("--n-mels")] = None,
-    log_input: Annotated[bool | None, typer.Option("--log-input/--no-log-input")] = None,
-    nout: Annotated[int | None, typer.Option("--nout")] = None,
-    trainfunc: Annotated[
-        str | None, typer.Option("--trainfunc", help="Loss, to import its head too.")
-    ] = None,
-    margin: Annotated[float | None, typer.Option()] = None,
-    scale: Annotated[float | None, typer.Option()] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--param", help="Other model parameter NAME=VALUE.")
-    ] = None,
+    output: ImportOutput,
+    config: ImportConfig = None,
+    model: ImportModel = None,
+    encoder: ImportEncoder = None,
+    n_mels: ImportMels = None,
+    log_input: ImportLog = None,
+    nout: ImportNout = None,
+    trainfunc: ImportLoss = None,
+    margin: ImportMargin = None,
+    scale: ImportScale = None,
+    params: ImportParams = None,
 ) -> None:
-    """Convert a voxceleb_trainer checkpoint to a self-describing xvec checkpoint."""
-    from xvec.checkpoint import import_voxceleb_trainer
-    from xvec.config import _parse_value
+    """Alias of 'xvec import vt': convert a voxceleb_trainer checkpoint."""
+    _run_import(
+        "vt",
+        source,
+        output,
+        config,
+        params,
+        model=model,
+        trainfunc=trainfunc,
+        margin=margin,
+        scale=scale,
+        encoder_type=encoder,
+        n_mels=n_mels,
+        log_input=log_input,
+        nOut=nout,
+    )
 
-    if model == "VGGVox":
-        model = "VGGVox40"
-    params: dict[str, Any] = {}
-    for key, value in [
-        ("encoder_type", encoder),
-        ("n_mels", n_mels),
-        ("log_input", log_input),
-        ("nOut", nout),
-    ]:
-        if value is not None:
-            params[key] = value
-    for item in set_ or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise XvecError(f"--param '{item}': expected NAME=VALUE")
-        params[key.strip()] = _parse_value(value.strip())
-    loss_params = {k: v for k, v in [("margin", margin), ("scale", scale)] if v is not None}
-    path = import_voxceleb_trainer(source, output, model, params, trainfunc, loss_params)
-    out.print(f"imported {source} as {model} {params} -> {path}")
+
+def _run_import(
+    fmt: str,
+    source: Path,
+    output: Path,
+    config: Path | None,
+    params: list[str] | None,
+    *,
+    model: str | None,
+    trainfunc: str | None,
+    margin: float | None,
+    scale: float | None,
+    **named: object,
+) -> None:
+    """Both import commands: the named model options and --param become the overrides."""
+    from xvec.importers import import_checkpoint, parse_params
+
+    overrides = {key: value for key, value in named.items() if value is not None}
+    summary = import_checkpoint(
+        fmt,
+        source,
+        output,
+        config=config,
+        overrides={**overrides, **parse_params(params or [])},
+        model=model,
+        trainfunc=trainfunc,
+        margin=margin,
+        scale=scale,
+    )
+    out.print(summary.describe(source, fmt), markup=False, highlight=False, soft_wrap=True)
 
 
 class ExportFormat(str, Enum):
@@ -756,7 +567,7 @@ class ExportFormat(str, Enum):
 
 
 @app.command("export")
-@friendly
+@one_line_errors
 def export_command(
     model: Annotated[Path, typer.Argument(help="xvec checkpoint (.safetensors).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="File to write.")],
@@ -773,7 +584,7 @@ def export_command(
 
 
 @app.command("synth")
-@friendly
+@one_line_errors
 def synth_command(
     out_dir: Annotated[Path, typer.Argument(help="Folder for the synthetic corpus.")],
     speakers: Annotated[int, typer.Option(help="Number of synthetic speakers.")] = 60,
@@ -791,7 +602,7 @@ FORCE_OPTION = typer.Option("--force", help="Overwrite lists that already exist.
 
 
 @prepare_app.command("voxceleb")
-@friendly
+@one_line_errors
 def prepare_voxceleb_command(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the lists.")] = Path("lists"),
     vox1: Annotated[Path | None, typer.Option("--vox1")] = None,
@@ -805,7 +616,7 @@ def prepare_voxceleb_command(
 
 
 @prepare_app.command("speechocean762")
-@friendly
+@one_line_errors
 def prepare_speechocean_command(
     root: Annotated[
         Path, typer.Option("--root", help="speechocean762 corpus folder (OpenSLR 101).")
@@ -820,7 +631,7 @@ def prepare_speechocean_command(
 
 
 @prepare_app.command("folder")
-@friendly
+@one_line_errors
 def prepare_folder_command(
     root: Annotated[Path, typer.Argument(help="SPEAKER/.../*.wav tree.")],
     output: Annotated[Path, typer.Option("--output", "-o")] = Path("lists/train_list.txt"),

@@ -111,6 +111,7 @@ class TrainConfig(Section):
         if not DEVICE_PATTERN.fullmatch(name):
             raise ValueError(f"unknown device '{value}'; use {DEVICE_CHOICES}")
         return name
+
     save_every_steps: int = Field(0, ge=0, description="also save the training state every N steps")
     deterministic: bool = Field(
         False, description="bit-identical reruns and resumes (slower: 1 CPU thread)"

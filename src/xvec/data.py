@@ -271,12 +271,12 @@ def make_batches(
 
 
 def check_sampler(
-    num_classes: int, batch_size: int, per_speaker: int, metric_loss: bool, loss_name: str
+    num_classes: int, batch_size: int, per_speaker: int, distinct_speakers: bool, loss_name: str
 ) -> None:
     """Fail early, saying what to change, when a metric loss cannot get distinct speakers."""
-    if metric_loss and num_classes < 2:
+    if distinct_speakers and num_classes < 2:
         raise XvecError(f"loss '{loss_name}' needs at least 2 training speakers, the list has 1")
-    if metric_loss and batch_size > num_classes:
+    if distinct_speakers and batch_size > num_classes:
         raise XvecError(
             f"loss '{loss_name}' compares distinct speakers within a batch, but train.batch_size "
             f"{batch_size} exceeds the {num_classes} training speakers; set train.batch_size "
@@ -348,7 +348,10 @@ class TrainDataset:
     """Map-style dataset whose items are whole batches: key -> (waveforms, labels).
 
     ``waveforms`` is float32 ``[rows, per_speaker, samples]``; crops of ``max_frames`` frames are
-    read from disk (only the needed samples) and optionally augmented.
+    read from disk (only the needed samples) and optionally augmented. With ``decode_cache`` (a
+    folder) each file is decoded once, into a memory-mapped ``.npy`` there, and crops are sliced
+    from it: the same crops, without decoding Opus/FLAC at every step (see
+    :class:`xvec.audio.DecodeCache`; the folder holds ~64 kB per second of Opus audio).
     """
 
     def __init__(
@@ -358,13 +361,17 @@ class TrainDataset:
         max_frames: int,
         seed: int,
         augmenter: object | None = None,
+        decode_cache: str | Path | None = None,
     ) -> None:
+        from xvec.audio import DecodeCache
+
         self.root = Path(root)
         self.files = train_list.files
         self.labels = train_list.labels
         self.max_frames = max_frames
         self.seed = seed
         self.augmenter = augmenter
+        self.cache = DecodeCache(decode_cache) if decode_cache is not None else None
         self._infos: dict[int, object] = {}
 
     def __getitem__(self, key: tuple[int, int, np.ndarray, np.ndarray]):
@@ -386,7 +393,8 @@ class TrainDataset:
         info = self._infos.get(utt)
         if info is None:
             info = self._infos[utt] = audio_info(self.root / self.files[utt])
-        audio = train_crop(self.root / self.files[utt], self.max_frames, rng, info=info)
+        path = self.root / self.files[utt]
+        audio = train_crop(path, self.max_frames, rng, info=info, cache=self.cache)
         if self.augmenter is not None:
             audio = self.augmenter(audio, rng)
         return audio

@@ -1,26 +1,17 @@
-"""Batched embedding extraction, the evaluation protocols, and embedding files.
+"""Batched embedding extraction and embedding files.
 
-Protocols:
-
-- ``full``: each file embedded whole (optionally capped at ``max_seconds``). Files are sorted by
-  length and batched with files of nearly the same length; within a batch every file is trimmed
-  to the shortest (at most ``length_tolerance`` of a file is dropped; 0 = exact, batch only equal
-  lengths).
-- ``vt-crops``: voxceleb_trainer's protocol, ``num_eval`` evenly spaced crops of ``eval_frames``;
-  embeddings are ``[files, crops, dim]``.
-
-Audio is decoded in a background thread while the model runs, under ``torch.inference_mode``.
-Each unique file is embedded once. Partial results are saved next to the output, so an
-interrupted ``xvec embed`` resumes without recomputing.
+Files are read, cut and batched as the :class:`~xvec.protocol.Protocol` says. Audio is decoded
+in a background thread while the model runs, under ``torch.inference_mode``. Each unique file is
+embedded once. Partial results are saved next to the output, so an interrupted ``xvec embed``
+resumes without recomputing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,75 +19,32 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from xvec.audio import SAMPLE_RATE, AudioInfo, audio_info, eval_crops, read_audio, wrap_pad
+from xvec.audio import SAMPLE_RATE, AudioInfo, audio_info, read_audio
 from xvec.errors import XvecError
 from xvec.files import atomic_write_bytes, metadata_record, safetensors_metadata
+from xvec.protocol import Protocol
 
 if TYPE_CHECKING:
     import torch
-
-MIN_SAMPLES = SAMPLE_RATE // 2  # shorter files are wrap-padded to 0.5 s
-MIN_MAX_SECONDS = 0.025  # a capped file must hold one 25 ms window
-PROTOCOLS = ("full", "vt-crops")
-
-
-@dataclass
-class Protocol:
-    """How files are turned into model inputs."""
-
-    name: str = "full"
-    max_seconds: float | None = None
-    eval_frames: int = 400
-    num_eval: int = 10
-    length_tolerance: float = 0.05
-
-    def __post_init__(self) -> None:
-        if self.name not in PROTOCOLS:
-            raise XvecError(f"unknown protocol '{self.name}'; choose one of {', '.join(PROTOCOLS)}")
-        if self.max_seconds is not None and not (
-            math.isfinite(self.max_seconds) and self.max_seconds >= MIN_MAX_SECONDS
-        ):
-            raise XvecError(
-                f"--max-seconds {self.max_seconds}: too small; give at least {MIN_MAX_SECONDS} "
-                "(one 25 ms analysis window)"
-            )
-        if self.eval_frames < 0:
-            raise XvecError(
-                f"--eval-frames {self.eval_frames}: must be >= 0 (0 = each file whole)"
-            )
-        if self.num_eval < 1:
-            raise XvecError(f"--num-eval {self.num_eval}: must be at least 1 crop per file")
-        if not 0 <= self.length_tolerance < 1:
-            raise XvecError(
-                f"length tolerance must be in [0, 1) (0 = every file whole), "
-                f"got {self.length_tolerance}"
-            )
-
-    @property
-    def crops_per_file(self) -> int:
-        """Crops each file gives under vt-crops (``eval_frames`` 0: the whole file, once)."""
-        return 1 if self.eval_frames == 0 else self.num_eval
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "protocol": self.name,
-            "max_seconds": self.max_seconds,
-            "eval_frames": self.eval_frames,
-            "num_eval": self.num_eval,
-            "length_tolerance": self.length_tolerance,
-        }
 
 
 @dataclass
 class EmbedStats:
     """What an extraction did: counts, time and notes to show the user."""
 
-    files: int = 0
     computed: int = 0
     seconds: float = 0.0
     short_files: int = 0
     resampled_files: int = 0
     notes: list[str] = field(default_factory=list)
+
+    def finish(self, seconds: float) -> None:
+        """Record the extraction time and the note on padded files."""
+        self.seconds = seconds
+        if self.short_files:
+            self.notes.append(
+                f"{self.short_files} file(s) shorter than 0.5 s were wrap-padded to 0.5 s"
+            )
 
     @property
     def files_per_second(self) -> float:
@@ -110,53 +58,15 @@ def pick_device(device: str = "auto") -> torch.device:
     return parse_device(device)
 
 
-def _plan_batches(
-    lengths: np.ndarray, protocol: Protocol, batch_size: int, max_batch_samples: int
-) -> list[np.ndarray]:
-    """Group file indices into batches (by sorted length for ``full``)."""
-    order = np.argsort(-lengths, kind="stable")
-    if protocol.name == "vt-crops":
-        # whole files (eval_frames 0) differ in length: one file per batch
-        per_batch = 1 if protocol.eval_frames == 0 else max(1, batch_size // protocol.num_eval)
-        return [order[i : i + per_batch] for i in range(0, len(order), per_batch)]
-    batches: list[np.ndarray] = []
-    start = 0
-    while start < len(order):
-        longest = lengths[order[start]]
-        end = start + 1
-        while (
-            end < len(order)
-            and end - start < batch_size
-            and lengths[order[end]] >= longest * (1 - protocol.length_tolerance)
-            and (end - start + 1) * lengths[order[end]] <= max_batch_samples
-        ):
-            end += 1
-        batches.append(order[start:end])
-        start = end
-    return batches
-
-
 def _load_inputs(
     root: Path, files: Sequence[str], infos: Sequence[AudioInfo], protocol: Protocol
 ) -> tuple[np.ndarray, int]:
-    """Model input for one batch: ``[files, samples]`` (full) or ``[files*crops, samples]``."""
-    short = 0
-    if protocol.name == "vt-crops":
-        crops = [
-            eval_crops(read_audio(root / f, info=i), protocol.eval_frames, protocol.num_eval)
-            for f, i in zip(files, infos, strict=True)
-        ]
-        return np.concatenate(crops), 0
-    cap = int(protocol.max_seconds * SAMPLE_RATE) if protocol.max_seconds else -1
-    audios = []
-    for name, info in zip(files, infos, strict=True):
-        audio = read_audio(root / name, frames=cap, info=info)
-        if audio.shape[0] < MIN_SAMPLES:
-            audio = wrap_pad(audio, MIN_SAMPLES)[:MIN_SAMPLES]
-            short += 1
-        audios.append(audio)
-    length = min(a.shape[0] for a in audios)
-    return np.stack([a[:length] for a in audios]), short
+    """One batch's model input (see :meth:`Protocol.batch_input`), reading only needed frames."""
+    audios = [
+        read_audio(root / name, frames=protocol.read_frames, info=info)
+        for name, info in zip(files, infos, strict=True)
+    ]
+    return protocol.batch_input(audios)
 
 
 class EmbeddingStore:
@@ -264,6 +174,50 @@ def _check_finite(output: np.ndarray, names: Sequence[str], root: Path) -> None:
         )
 
 
+def _survey(root: Path, files: Sequence[str], stats: EmbedStats) -> list[AudioInfo]:
+    """Headers of the files to embed; notes for files that are resampled or downmixed."""
+    infos = [audio_info(root / f) for f in files]
+    stats.resampled_files = sum(i.sample_rate != SAMPLE_RATE for i in infos)
+    if stats.resampled_files:
+        stats.notes.append(
+            f"{stats.resampled_files} file(s) not at {SAMPLE_RATE} Hz were resampled"
+        )
+    multichannel = sum(i.channels > 1 for i in infos)
+    if multichannel:
+        stats.notes.append(f"{multichannel} multi-channel file(s) were downmixed to mono")
+    return infos
+
+
+def _prefetched(load: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Any]:
+    """``load(item)`` for each item, the next one decoded in a background thread meanwhile."""
+    if not items:
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(load, items[0])
+        try:
+            for following in items[1:]:
+                ready = future.result()
+                future = pool.submit(load, following)
+                yield ready
+            yield future.result()
+        finally:
+            future.cancel()
+
+
+def _maybe_checkpoint(
+    save: Callable[[dict[str, np.ndarray]], None],
+    results: dict[str, np.ndarray],
+    last_save: float,
+    every: float,
+) -> float:
+    """Save the results when ``every`` seconds have passed since ``last_save``; the new time."""
+    now = time.perf_counter()
+    if now - last_save > every:
+        save(results)
+        return now
+    return last_save
+
+
 def embed_files(
     model: torch.nn.Module,
     root: str | Path,
@@ -286,27 +240,16 @@ def embed_files(
     interruption loses nothing.
     """
     protocol = protocol or Protocol()
-    stats = stats if stats is not None else EmbedStats()
+    stats = stats or EmbedStats()
     root = Path(root)
     results: dict[str, np.ndarray] = dict(done or {})
     todo = [f for f in dict.fromkeys(files) if f not in results]
-    stats.files = len(results) + len(todo)
     if not todo:
         return results
-    infos = [audio_info(root / f) for f in todo]
-    stats.resampled_files = sum(i.sample_rate != SAMPLE_RATE for i in infos)
-    if stats.resampled_files:
-        stats.notes.append(
-            f"{stats.resampled_files} file(s) not at {SAMPLE_RATE} Hz were resampled"
-        )
-    multichannel = sum(i.channels > 1 for i in infos)
-    if multichannel:
-        stats.notes.append(f"{multichannel} multi-channel file(s) were downmixed to mono")
+    infos = _survey(root, todo, stats)
     lengths = np.array([i.frames_at(SAMPLE_RATE) for i in infos], dtype=np.int64)
-    if protocol.name == "full" and protocol.max_seconds:
-        lengths = np.minimum(lengths, int(protocol.max_seconds * SAMPLE_RATE))
-    batches = _plan_batches(
-        np.maximum(lengths, MIN_SAMPLES), protocol, batch_size, int(max_batch_seconds * SAMPLE_RATE)
+    batches = protocol.plan_batches(
+        protocol.input_lengths(lengths), batch_size, int(max_batch_seconds * SAMPLE_RATE)
     )
     import torch  # here, not at import time: embedding files and scoring need no torch
 
@@ -318,44 +261,101 @@ def embed_files(
         waves, short = _load_inputs(root, names, [infos[i] for i in batch], protocol)
         return batch, waves, short
 
-    start = time.perf_counter()
-    last_save = start
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = iter(batches)
-        future = pool.submit(load, next(pending))
-        try:
-            while future is not None:
-                batch, waves, short = future.result()
-                following = next(pending, None)
-                future = pool.submit(load, following) if following is not None else None
-                stats.short_files += short
-                with torch.inference_mode():
-                    output = model(torch.from_numpy(waves).to(device)).float().cpu().numpy()
-                if protocol.name == "vt-crops":
-                    output = output.reshape(len(batch), protocol.crops_per_file, -1)
-                _check_finite(output, [todo[i] for i in batch], root)
-                for row, index in enumerate(batch):
-                    results[todo[index]] = output[row]
-                stats.computed += len(batch)
-                if progress is not None:
-                    progress(len(batch), len(todo))
-                now = time.perf_counter()
-                if (
-                    on_checkpoint is not None
-                    and checkpoint_every
-                    and now - last_save > checkpoint_every
-                ):
-                    on_checkpoint(results)
-                    last_save = now
-        except BaseException:
-            if future is not None:
-                future.cancel()
-            if on_checkpoint is not None and len(results) > len(done or {}):
-                on_checkpoint(results)
-            raise
-    stats.seconds = time.perf_counter() - start
-    if stats.short_files:
-        stats.notes.append(
-            f"{stats.short_files} file(s) shorter than 0.5 s were wrap-padded to 0.5 s"
-        )
+    start = last_save = time.perf_counter()
+    try:
+        for batch, waves, short in _prefetched(load, batches):
+            names = [todo[i] for i in batch]
+            with torch.inference_mode():
+                output = model(torch.from_numpy(waves).to(device)).float().cpu().numpy()
+            output = output.reshape(len(names), protocol.crops_per_file, -1)
+            _check_finite(output, names, root)
+            results.update(zip(names, output if protocol.crops else output[:, 0], strict=True))
+            stats.short_files += short
+            stats.computed += len(batch)
+            if progress is not None:
+                progress(len(batch), len(todo))
+            if on_checkpoint is not None and checkpoint_every:
+                last_save = _maybe_checkpoint(on_checkpoint, results, last_save, checkpoint_every)
+    except BaseException:
+        if on_checkpoint is not None and len(results) > len(done or {}):
+            on_checkpoint(results)
+        raise
+    stats.finish(time.perf_counter() - start)
     return results
+
+
+@dataclass
+class EmbedRun:
+    """What :func:`embed_to_file` did: the file written, how many reused, the extraction."""
+
+    output: Path
+    count: int
+    resumed: int
+    stats: EmbedStats
+
+
+def embed_to_file(
+    model_path: Path,
+    audio_root: Path,
+    files: Sequence[str],
+    output: Path,
+    protocol: Protocol | None = None,
+    *,
+    batch_size: int = 32,
+    device: str = "auto",
+    progress: Callable[[int, int], None] | None = None,
+    checkpoint_every: float = 30.0,
+) -> EmbedRun:
+    """Embed ``files`` with a checkpoint into an embeddings file, resumably (``xvec embed``).
+
+    Results so far are kept in ``OUTPUT.partial`` every ``checkpoint_every`` seconds and when
+    an error stops the run; the same call later reuses them when model (by content) and
+    protocol are unchanged.
+    """
+    from xvec.checkpoint import load_model
+
+    protocol = protocol or Protocol()
+    meta = {"model": str(model_path), "model_sha256": model_fingerprint(model_path)}
+    meta.update(protocol.describe())
+    partial = output.with_name(output.name + ".partial")
+    done: dict[str, np.ndarray] = {}
+    if partial.is_file():
+        previous = EmbeddingStore.load(partial)
+        if previous.meta == meta:
+            done = previous.vectors
+    kept = len(done)
+
+    def save_partial(results: dict[str, np.ndarray]) -> None:
+        nonlocal kept
+        store = EmbeddingStore(meta)
+        store.vectors = results
+        store.save(partial)
+        kept = len(results)
+
+    stats = EmbedStats()
+    try:
+        vectors = embed_files(
+            load_model(model_path),
+            audio_root,
+            files,
+            protocol,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+            done=done,
+            checkpoint_every=checkpoint_every,
+            on_checkpoint=save_partial,
+            stats=stats,
+        )
+    except XvecError as exc:
+        if kept:
+            raise XvecError(
+                f"{exc}; the {kept} embeddings computed so far are kept in "
+                f"{partial}: fix the file and run the same command again to resume"
+            ) from exc
+        raise
+    store = EmbeddingStore(meta)
+    store.vectors = {f: vectors[f] for f in files}
+    store.save(output)
+    partial.unlink(missing_ok=True)
+    return EmbedRun(output=output, count=len(files), resumed=len(done), stats=stats)

@@ -1,23 +1,36 @@
 """Evaluation: embed the unique files of a trial list, score the trials, compute metrics.
 
-Used by ``xvec eval`` and by the training loop's periodic evaluation.
+:func:`evaluate_model` is one system on one list (the training loop's periodic evaluation);
+:func:`run_eval` is ``xvec eval``: several checkpoints and score files on one list, each
+system's scores and ``result.json`` written by :func:`write_eval_outputs`, which training's
+final evaluation uses too.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from xvec.data import Trials, check_files_exist, require_both_labels
-from xvec.embed import EmbedStats, Protocol, embed_files
+from xvec.data import Trials, check_files_exist, read_trials, require_both_labels
+from xvec.embed import EmbedStats, embed_files
 from xvec.errors import XvecError
-from xvec.metrics import DEFAULT_P_TARGETS, Metrics, evaluate
-from xvec.scoring import score_embeddings
+from xvec.files import atomic_write_bytes
+from xvec.metrics import DEFAULT_P_TARGETS, Metrics, compute_metrics
+from xvec.protocol import Protocol
+from xvec.scoring import read_scores_in_trial_order, write_scores
+
+if TYPE_CHECKING:
+    import torch
+
+Progress = Callable[[int, int], None]
 
 
 @dataclass
@@ -54,7 +67,7 @@ def evaluate_model(
     p_targets: tuple[float, ...] = DEFAULT_P_TARGETS,
     c_miss: float = 1.0,
     c_fa: float = 1.0,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> EvalResult:
     """Embed every unique trial file once, score all trials in one vectorised pass, measure."""
     protocol = protocol or Protocol()
@@ -73,8 +86,8 @@ def evaluate_model(
         stats=stats,
     )
     embeddings = np.stack([vectors[f] for f in trials.files])
-    scores = score_embeddings(embeddings, trials, protocol.name)
-    metrics = evaluate(scores, trials.labels, p_targets=p_targets, c_miss=c_miss, c_fa=c_fa)
+    scores = protocol.score_trials(embeddings, trials)
+    metrics = compute_metrics(scores, trials.labels, p_targets=p_targets, c_miss=c_miss, c_fa=c_fa)
     return EvalResult(
         name=name,
         metrics=metrics,
@@ -119,3 +132,151 @@ def subsample_trials(trials: Trials, max_trials: int, seed: int = 0) -> tuple[Tr
         files=[trials.files[i] for i in used],
     )
     return subset, keep
+
+
+@dataclass(frozen=True)
+class DcfSettings:
+    """The minDCF operating points: priors and costs (checked on creation)."""
+
+    p_targets: tuple[float, ...] = DEFAULT_P_TARGETS
+    c_miss: float = 1.0
+    c_fa: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.p_targets:
+            object.__setattr__(self, "p_targets", DEFAULT_P_TARGETS)
+        object.__setattr__(self, "p_targets", tuple(dict.fromkeys(self.p_targets)))
+        for prior in self.p_targets:
+            if not 0.0 < prior < 1.0:
+                raise XvecError(f"--p-target must lie strictly between 0 and 1, got {prior:g}")
+        for name, cost in (("--c-miss", self.c_miss), ("--c-fa", self.c_fa)):
+            if not cost > 0:
+                raise XvecError(f"{name} must be positive, got {cost:g}")
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`xvec.metrics.compute_metrics`."""
+        return {"p_targets": self.p_targets, "c_miss": self.c_miss, "c_fa": self.c_fa}
+
+
+def write_eval_outputs(
+    folder: Path, summary: dict[str, Any], scores: np.ndarray | None, trials: Trials | None
+) -> list[Path]:
+    """Write a system's ``scores.txt`` (when it has scores) and ``result.json``, atomically."""
+    written = []
+    if scores is not None and trials is not None:
+        written.append(
+            write_scores(folder / "scores.txt", scores, trials.enroll_names(), trials.test_names())
+        )
+    result = folder / "result.json"
+    atomic_write_bytes(result, (json.dumps(summary, indent=2) + "\n").encode())
+    return [*written, result]
+
+
+def result_folders(systems: Sequence[Path]) -> list[str]:
+    """Sub-folder per system for several ("" for one): file stems, made unique."""
+    if len(systems) == 1:
+        return [""]
+    stems = [path.stem for path in systems]
+    if len(set(stems)) == len(stems):
+        return stems
+    return [f"{index}_{path.parent.name}_{path.stem}" for index, path in enumerate(systems, 1)]
+
+
+@dataclass
+class EvalRun:
+    """What ``xvec eval`` computed: one summary per system, the files written, notes."""
+
+    trials: Trials
+    total_trials: int
+    summaries: list[dict[str, Any]] = field(default_factory=list)
+    written: list[list[Path]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def subset(self) -> bool:
+        return len(self.trials) < self.total_trials
+
+
+def run_eval(
+    trials_path: Path,
+    *,
+    models: Sequence[Path] = (),
+    score_files: Sequence[Path] = (),
+    audio_root: Path | None = None,
+    protocol: Protocol | None = None,
+    out_dir: Path | None = None,
+    batch_size: int = 32,
+    device: str = "auto",
+    max_trials: int | None = None,
+    dcf: DcfSettings | None = None,
+    progress_for: Callable[[Path], AbstractContextManager[Progress | None]] | None = None,
+) -> EvalRun:
+    """Evaluate checkpoints and/or score files on one trial list (``xvec eval``).
+
+    Every input is checked before anything is computed. Score files are aligned with the list
+    (same order, names checked). ``max_trials`` evaluates a stratified subset (seed 0). Models
+    write their results under ``out_dir`` (default ``eval_out``), score files only when
+    ``out_dir`` is given; with several systems each gets a sub-folder.
+    """
+    from xvec.embed import model_fingerprint
+
+    if not models and not score_files:
+        raise XvecError("give --model (one or more checkpoints) or --scores (score files)")
+    if batch_size < 1:
+        raise XvecError(f"--batch-size {batch_size}: must be a number >= 1")
+    dcf = dcf or DcfSettings()
+    if models:
+        from xvec.devices import parse_device
+
+        parse_device(device)
+        for model_path in models:
+            model_fingerprint(model_path)  # a missing or unreadable checkpoint fails up front
+        if audio_root is None:
+            raise XvecError(
+                "--audio-root is required with --model (the folder trial paths are under)"
+            )
+    full = read_trials(trials_path)
+    require_both_labels(full)
+    trials, kept = (full, None) if max_trials is None else subsample_trials(full, max_trials)
+    run = EvalRun(trials=trials, total_trials=len(full))
+    subset = {"trials": len(trials), "of": len(full), "seed": 0} if max_trials else None
+    folders = result_folders([*score_files, *models])
+    for score_file, folder in zip(score_files, folders, strict=False):
+        values = read_scores_in_trial_order(score_file, full)
+        values = values if kept is None else values[kept]
+        metrics = compute_metrics(values, trials.labels, **dcf.kwargs())
+        summary = {"name": str(score_file), **metrics.to_dict(), "seconds": None}
+        if subset:
+            summary["subset"] = subset
+        run.summaries.append(summary)
+        if out_dir is not None:
+            run.written.append(write_eval_outputs(out_dir / folder, summary, None, None))
+    if models:
+        from xvec.checkpoint import load_model
+
+        protocol = protocol or Protocol()
+        model_dir = out_dir or Path("eval_out")
+        for model_path, folder in zip(models, folders[len(score_files) :], strict=True):
+            net = load_model(model_path)
+            bar = progress_for(model_path) if progress_for else contextlib.nullcontext()
+            with bar as progress:
+                result = evaluate_model(
+                    net,
+                    trials,
+                    audio_root,  # type: ignore[arg-type]  # checked above
+                    protocol,
+                    name=str(model_path),
+                    batch_size=batch_size,
+                    device=device,
+                    progress=progress,
+                    **dcf.kwargs(),
+                )
+            summary = {**result.summary(), "protocol": protocol.describe()}
+            if subset:
+                summary["subset"] = subset
+            run.summaries.append(summary)
+            run.notes += result.stats.notes
+            run.written.append(
+                write_eval_outputs(model_dir / folder, summary, result.scores, trials)
+            )
+    return run

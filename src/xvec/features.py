@@ -19,11 +19,15 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "KaldiFbank",
     "LogFbank",
     "MelSpectrogram",
     "PreEmphasis",
     "VTLogMelInput",
     "VTMelFrontEnd",
+    "kaldi_fbank",
+    "kaldi_mel_banks",
+    "kaldi_window",
     "mel_filterbank",
     "vt_filterbank",
     "vt_log_mel",
@@ -308,3 +312,228 @@ class VTMelFrontEnd(nn.Module):
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         return vt_log_mel(self.torchfb, self.instancenorm, waveform, self.log_input)
+
+
+SB_AMIN = 1e-10  # SpeechBrain's floor on the mel power before the decibel conversion
+SB_TOP_DB = 80.0  # SpeechBrain's dynamic range: each utterance is clipped to max - 80 dB
+
+
+def speechbrain_mel_filters(
+    n_mels: int, n_fft: int, sample_rate: int, f_min: float, f_max: float
+) -> torch.Tensor:
+    """SpeechBrain's triangular filters ``[n_fft // 2 + 1, n_mels]`` (its ``Filterbank``).
+
+    The centres are ``n_mels`` HTK-mel points strictly between ``f_min`` and ``f_max``; unlike
+    HTK/torchaudio triangles, each filter is symmetric in Hz with half-width equal to the distance
+    to the previous centre, so it reaches 0 at the lower neighbour but not always at the upper
+    one. Computed in float32 with the operations SpeechBrain uses, so the matrix is the same.
+    """
+    mel_points = torch.linspace(_hz_to_mel(f_min), _hz_to_mel(f_max), n_mels + 2)
+    hz_points = 700.0 * (10.0 ** (mel_points / 2595.0) - 1.0)
+    half_width = (hz_points[1:] - hz_points[:-1])[:-1]
+    centres = hz_points[1:-1]
+    bin_hz = torch.linspace(0, sample_rate // 2, n_fft // 2 + 1)
+    slope = (bin_hz.unsqueeze(1) - centres.unsqueeze(0)) / half_width.unsqueeze(0)
+    return torch.clamp(torch.minimum(slope + 1.0, 1.0 - slope), min=0.0)
+
+
+class SpeechBrainFbank(nn.Module):
+    """SpeechBrain's ``Fbank`` log-mel features: ``[batch, samples] -> [batch, n_mels, frames]``.
+
+    What ``speechbrain.lobes.features.Fbank`` computes with its defaults (no deltas, no context):
+    a 400-point STFT of 25 ms periodic-Hamming frames every 10 ms, centred with zero padding
+    (SpeechBrain pads with zeros, torchaudio reflects), the power spectrum, the filters of
+    :func:`speechbrain_mel_filters`, ``10 * log10(max(power, 1e-10))``, and every value of an
+    utterance raised to at least its maximum minus ``top_db`` (80 dB). No mean normalisation:
+    SpeechBrain applies that separately. The window and filters are non-persistent buffers (its
+    checkpoints do not carry them); the computation runs in float32 without gradients, also
+    inside an autocast region.
+    """
+
+    def __init__(
+        self,
+        n_mels: int = 40,
+        sample_rate: int = 16000,
+        n_fft: int = 400,
+        win_length_ms: float = 25.0,
+        hop_length_ms: float = 10.0,
+        f_min: float = 0.0,
+        f_max: float | None = None,
+        top_db: float = SB_TOP_DB,
+    ) -> None:
+        super().__init__()
+        self.win_length = int(round(sample_rate / 1000.0 * win_length_ms))
+        self.hop_length = int(round(sample_rate / 1000.0 * hop_length_ms))
+        if not 0 < self.win_length <= n_fft:
+            raise ValueError(f"window ({self.win_length} samples) must be in 1..n_fft ({n_fft})")
+        f_max = sample_rate // 2 if f_max is None else f_max
+        if not 0 <= f_min < f_max:
+            raise ValueError(f"need 0 <= f_min < f_max, got f_min={f_min}, f_max={f_max}")
+        self.n_mels = n_mels
+        self.n_fft = n_fft
+        self.top_db = top_db
+        filters = speechbrain_mel_filters(n_mels, n_fft, sample_rate, f_min, f_max)
+        self.register_buffer("window", torch.hamming_window(self.win_length), persistent=False)
+        self.register_buffer("mel_filters", filters, persistent=False)
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        if waveform.dim() != 2:
+            raise ValueError(f"Fbank expects [batch, samples], got {tuple(waveform.shape)}")
+        with torch.no_grad(), torch.autocast(device_type=waveform.device.type, enabled=False):
+            spec = torch.stft(
+                waveform.to(self.window.dtype),
+                n_fft=self.n_fft,
+                hop_length=self.hop_length,
+                win_length=self.win_length,
+                window=self.window,
+                center=True,
+                pad_mode="constant",
+                normalized=False,
+                onesided=True,
+                return_complex=True,
+            )
+            power = (spec.real.square() + spec.imag.square()).transpose(1, 2)  # [B, frames, freqs]
+            decibels = 10.0 * torch.log10(torch.clamp(power @ self.mel_filters, min=SB_AMIN))
+            floor = decibels.amax(dim=(1, 2), keepdim=True) - self.top_db
+            return torch.maximum(decibels, floor).transpose(1, 2)
+
+
+# --- Kaldi's filterbank (compute-fbank-feats), as torchaudio.compliance.kaldi.fbank computes it ---
+
+KaldiWindowName = Literal["hamming", "povey", "hanning", "rectangular"]
+KALDI_LOG_FLOOR = torch.finfo(torch.float32).eps  # Kaldi floors mel energies at float epsilon
+
+
+def _kaldi_mel(freq: torch.Tensor) -> torch.Tensor:
+    return 1127.0 * (1.0 + freq / 700.0).log()
+
+
+def kaldi_window(window: KaldiWindowName, size: int) -> torch.Tensor:
+    """Kaldi's symmetric analysis windows; "povey" is a Hann window raised to the power 0.85."""
+    if window == "hamming":
+        return torch.hamming_window(size, periodic=False, alpha=0.54, beta=0.46)
+    if window == "povey":
+        return torch.hann_window(size, periodic=False).pow(0.85)
+    if window == "hanning":
+        return torch.hann_window(size, periodic=False)
+    if window == "rectangular":
+        return torch.ones(size)
+    raise ValueError(f"unknown Kaldi window '{window}'")
+
+
+def kaldi_mel_banks(
+    n_mels: int, fft_size: int, sample_rate: int, low_freq: float = 20.0, high_freq: float = 0.0
+) -> torch.Tensor:
+    """Kaldi's triangular mel filters ``[n_mels, fft_size // 2 + 1]`` (the Nyquist bin gets 0).
+
+    Triangles are equally spaced on the mel scale ``1127 ln(1 + f / 700)`` between ``low_freq``
+    and ``high_freq`` (``<= 0``: offset from Nyquist), and are triangular in mel, not in Hz.
+    Computed in float32 in the order Kaldi/torchaudio use, so the filters agree to the last bit.
+    """
+    nyquist = 0.5 * sample_rate
+    if high_freq <= 0.0:
+        high_freq += nyquist
+    if not (0.0 <= low_freq < nyquist and 0.0 < high_freq <= nyquist and low_freq < high_freq):
+        raise ValueError(f"bad mel range {low_freq}..{high_freq} Hz for Nyquist {nyquist} Hz")
+    mel_low = 1127.0 * math.log(1.0 + low_freq / 700.0)
+    mel_high = 1127.0 * math.log(1.0 + high_freq / 700.0)
+    step = (mel_high - mel_low) / (n_mels + 1)
+    index = torch.arange(n_mels, dtype=torch.float32).unsqueeze(1)
+    left = mel_low + index * step
+    centre = mel_low + (index + 1.0) * step
+    right = mel_low + (index + 2.0) * step
+    bin_mel = _kaldi_mel(
+        (sample_rate / fft_size) * torch.arange(fft_size // 2, dtype=torch.float32)
+    )
+    rising = (bin_mel - left) / (centre - left)
+    falling = (right - bin_mel) / (right - centre)
+    banks = torch.clamp(torch.minimum(rising, falling), min=0.0)
+    return F.pad(banks, (0, 1))
+
+
+def kaldi_fbank(
+    waveform: torch.Tensor,
+    window: torch.Tensor,
+    mel_banks: torch.Tensor,
+    frame_shift: int,
+    preemphasis: float = 0.97,
+    dither: float = 0.0,
+    remove_dc_offset: bool = True,
+) -> torch.Tensor:
+    """Kaldi log filterbank ``[batch, samples] -> [batch, frames, n_mels]`` (snip_edges=True).
+
+    Frames of ``len(window)`` samples every ``frame_shift``, keeping only whole frames; per
+    frame: optional Gaussian dither, DC removal, pre-emphasis (the first sample is its own
+    predecessor), the window, zero padding to the FFT size implied by ``mel_banks``, power
+    spectrum, mel filters, ``log(max(energy, float eps))``.
+    """
+    frame_length = window.shape[0]
+    if waveform.dim() != 2:
+        raise ValueError(f"kaldi_fbank expects [batch, samples], got {tuple(waveform.shape)}")
+    if waveform.shape[-1] < frame_length:
+        raise ValueError(f"need at least {frame_length} samples, got {waveform.shape[-1]}")
+    frames = waveform.unfold(-1, frame_length, frame_shift)  # [batch, frames, frame_length]
+    if dither:
+        frames = frames + dither * torch.randn_like(frames)
+    if remove_dc_offset:
+        frames = frames - frames.mean(dim=-1, keepdim=True)
+    if preemphasis:
+        previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)
+        frames = frames - preemphasis * previous
+    fft_size = 2 * (mel_banks.shape[-1] - 1)
+    frames = F.pad(frames * window, (0, fft_size - frame_length))
+    power = torch.fft.rfft(frames).abs().pow(2.0)
+    energies = torch.matmul(power, mel_banks.T)
+    return energies.clamp(min=KALDI_LOG_FLOOR).log()
+
+
+class KaldiFbank(nn.Module):
+    """Kaldi's ``compute-fbank-feats`` log mel energies: ``[batch, samples]`` to
+    ``[batch, frames, n_mels]``.
+
+    Equal to ``torchaudio.compliance.kaldi.fbank`` (use_energy=False, energy floor 0, snip_edges,
+    FFT size rounded up to a power of two) for the options here; tests compare it with
+    torchaudio 2.11.0's stored outputs. The input is taken as it is given: Kaldi and WeSpeaker
+    feed int16-scaled samples. Window and filters are non-persistent buffers (constants, not
+    checkpoint state). ``dither`` (Gaussian noise of that standard deviation, Kaldi's training
+    default 1.0) is added only in training mode. Runs in float32 even under autocast.
+    """
+
+    def __init__(
+        self,
+        n_mels: int = 80,
+        sample_rate: int = 16000,
+        frame_length_ms: float = 25.0,
+        frame_shift_ms: float = 10.0,
+        window: KaldiWindowName = "povey",
+        preemphasis: float = 0.97,
+        low_freq: float = 20.0,
+        high_freq: float = 0.0,
+        dither: float = 0.0,
+        remove_dc_offset: bool = True,
+    ) -> None:
+        super().__init__()
+        self.frame_length = int(sample_rate * frame_length_ms * 0.001)
+        self.frame_shift = int(sample_rate * frame_shift_ms * 0.001)
+        if self.frame_length < 2 or self.frame_shift < 1:
+            raise ValueError("frame length must be at least 2 samples and the shift at least 1")
+        fft_size = 1 << (self.frame_length - 1).bit_length()
+        self.n_mels = n_mels
+        self.preemphasis = preemphasis
+        self.dither = dither
+        self.remove_dc_offset = remove_dc_offset
+        banks = kaldi_mel_banks(n_mels, fft_size, sample_rate, low_freq, high_freq)
+        self.register_buffer("window", kaldi_window(window, self.frame_length), persistent=False)
+        self.register_buffer("mel_banks", banks, persistent=False)
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), torch.autocast(device_type=waveform.device.type, enabled=False):
+            return kaldi_fbank(
+                waveform.to(self.window.dtype),
+                self.window,
+                self.mel_banks,
+                self.frame_shift,
+                self.preemphasis,
+                self.dither if self.training else 0.0,
+                self.remove_dc_offset,
+            )

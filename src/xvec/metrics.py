@@ -15,7 +15,7 @@ from numpy.typing import ArrayLike
 
 from xvec.errors import XvecError
 
-__all__ = ["DEFAULT_P_TARGETS", "Metrics", "det_curve", "evaluate"]
+__all__ = ["DEFAULT_P_TARGETS", "Metrics", "compute_metrics", "det_curve"]
 
 DEFAULT_P_TARGETS = (0.05, 0.01)  # minDCF priors reported unless asked otherwise
 
@@ -165,7 +165,7 @@ def _min_dcf(
     return result
 
 
-def evaluate(
+def compute_metrics(
     scores: ArrayLike,
     labels: ArrayLike,
     p_targets: tuple[float, ...] = DEFAULT_P_TARGETS,

@@ -148,14 +148,14 @@ def plot_det(curves: Mapping[str, tuple[ArrayLike, ArrayLike]], path: str | Path
     never covers a curve, shows each EER. The axes reach 60 %, or 99.5 % once an EER passes 20 %.
     Returns the matplotlib figure.
     """
-    from xvec.metrics import det_curve, evaluate
+    from xvec.metrics import compute_metrics, det_curve
 
     if not curves:
         raise XvecError("no score sets given for the DET plot")
     systems = []
     for name, (scores, labels) in curves.items():
         values, is_target = _scores_and_labels(scores, labels)
-        systems.append((name, det_curve(values, is_target), evaluate(values, is_target).eer))
+        systems.append((name, det_curve(values, is_target), compute_metrics(values, is_target).eer))
     low, high = (p / 100 for p in DET_LIMITS_PERCENT)
     if max(eer for _, _, eer in systems) > DET_WIDE_ABOVE_EER:
         high = DET_WIDE_LIMIT_PERCENT / 100

@@ -65,12 +65,15 @@ class SpeakerLoss(nn.Module):
     (or another "higher is better" figure, named in the docstring).
 
     Class attributes tell the trainer what the loss needs, so a recipe is checked up front:
-    ``needs_classes`` (the number of training speakers) and ``min_per_speaker``.
+    ``needs_classes`` (the number of training speakers), ``min_per_speaker`` and
+    ``distinct_speakers`` (every row of a batch a different speaker, as metric losses that
+    treat the other rows as negatives need).
     """
 
     Params: ClassVar[type[Params]] = Params
     needs_classes: ClassVar[bool] = False
     min_per_speaker: ClassVar[int] = 1
+    distinct_speakers: ClassVar[bool] = False
 
     def __init__(
         self, params: Params | None, embedding_dim: int, num_classes: int | None = None

@@ -368,17 +368,8 @@ def _speechocean_from_kaldi(root: Path) -> _SpeakerTable:
     )
 
 
-def prepare_speechocean762(root: str | Path, out_dir: str | Path, force: bool = False) -> str:
-    """speechocean762: ``train_list.txt`` from its train part, ``dev_trials.txt`` from the rest.
-
-    ``root`` holds ``audio/SPEAKERxxxx/*`` and ``speakers.csv`` (xvec's shared copy), or the
-    original OpenSLR 101 ``train/`` and ``test/`` folders with ``wav.scp``. Paths in both lists
-    are relative to the audio folder. Trials: each dev file enrols about 5 target and 5
-    non-target trials, two thirds of the non-targets of the same gender (seed 0). Existing
-    lists are replaced only with ``force``.
-    """
-    root, out_dir = Path(root), Path(out_dir)
-    check_overwrite([out_dir / "train_list.txt", out_dir / "dev_trials.txt"], force)
+def _speechocean_table(root: Path) -> _SpeakerTable:
+    """The speaker table of either layout (xvec's shared copy, or OpenSLR 101's original)."""
     if not root.is_dir():
         raise XvecError(f"{root}: speechocean762 folder not found")
     if (root / "speakers.csv").is_file():
@@ -392,16 +383,33 @@ def prepare_speechocean762(root: str | Path, out_dir: str | Path, force: bool = 
         )
     if not table.audio.is_dir():
         raise XvecError(f"{table.audio}: audio folder not found (named by {table.source})")
-    entries = _speaker_entries(find_audio(table.audio))
-    by_speaker: dict[str, list[str]] = {}
-    for speaker, path in entries:
-        by_speaker.setdefault(speaker, []).append(path)
-    missing = sorted(set(table.part) - set(by_speaker))
+    return table
+
+
+def _check_every_speaker_has_audio(table: _SpeakerTable, entries: list[tuple[str, str]]) -> None:
+    """Every speaker of the table has audio on disk; else one error naming the first few."""
+    missing = sorted(set(table.part) - {speaker for speaker, _ in entries})
     if missing:
         raise XvecError(
             f"{table.audio}: no audio for {len(missing)} speaker(s) of {table.source}: "
             f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
         )
+
+
+def prepare_speechocean762(root: str | Path, out_dir: str | Path, force: bool = False) -> str:
+    """speechocean762: ``train_list.txt`` from its train part, ``dev_trials.txt`` from the rest.
+
+    ``root`` holds ``audio/SPEAKERxxxx/*`` and ``speakers.csv`` (xvec's shared copy), or the
+    original OpenSLR 101 ``train/`` and ``test/`` folders with ``wav.scp``. Paths in both lists
+    are relative to the audio folder. Trials: each dev file enrols about 5 target and 5
+    non-target trials, two thirds of the non-targets of the same gender (seed 0). Existing
+    lists are replaced only with ``force``.
+    """
+    root, out_dir = Path(root), Path(out_dir)
+    check_overwrite([out_dir / "train_list.txt", out_dir / "dev_trials.txt"], force)
+    table = _speechocean_table(root)
+    entries = _speaker_entries(find_audio(table.audio))
+    _check_every_speaker_has_audio(table, entries)
     train = [(s, p) for s, p in entries if table.part.get(s) == "train"]
     dev = [(s, p) for s, p in entries if table.part.get(s) == "dev"]
     if not train or len({s for s, _ in dev}) < 2:

@@ -109,6 +109,16 @@ def loadable(kind: str) -> dict[str, tuple[Entry, type]]:
     return result
 
 
+def _type_name(annotation: Any) -> str:
+    """A readable type: ``Literal`` shows its allowed values (``'SAP' | 'ASP'``)."""
+    import typing
+
+    if typing.get_origin(annotation) is typing.Literal:
+        return " | ".join(repr(value) for value in typing.get_args(annotation))
+    name = getattr(annotation, "__name__", None) or str(annotation)
+    return name.replace("typing.", "")
+
+
 def describe(cls: type) -> tuple[str, list[tuple[str, str, Any]]]:
     """A class's one-line description and its parameters as (name, type, default)."""
     doc = (cls.__doc__ or "").strip().splitlines()
@@ -117,9 +127,7 @@ def describe(cls: type) -> tuple[str, list[tuple[str, str, Any]]]:
     schema = getattr(cls, "Params", None)
     if schema is not None:
         for field_name, field in schema.model_fields.items():
-            annotation = field.annotation
-            type_name = getattr(annotation, "__name__", None) or str(annotation)
-            type_name = type_name.replace("typing.", "")
+            type_name = _type_name(field.annotation)
             default = field.get_default(call_default_factory=True)
             params.append((field_name, type_name, default))
     return summary, params

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -64,3 +66,157 @@ def _dcf_caption(results: list[dict[str, Any]], p_targets: list[str]) -> str:
     )
     priors = ", ".join(p_targets) or "-"
     return f"minDCF: normalised minimum detection cost at p_target = {priors}; {cost_text}"
+
+
+class EpochProgress:
+    """A rich progress bar for one epoch: loss, accuracy, utterances/s, ETA."""
+
+    def __init__(
+        self, console: Any, epoch: int, max_epoch: int, total: int, done: int, enabled: bool
+    ) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.enabled = enabled
+        self.rate = 0.0
+        self._utterances = 0
+        self._start = time.perf_counter()
+        self._loss = self._acc = 0.0
+        self._steps = 0
+        self.progress = Progress(
+            TextColumn(f"epoch {epoch}/{max_epoch}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TextColumn(
+                "loss {task.fields[loss]:.4f} acc {task.fields[acc]:.2f}% "
+                "{task.fields[rate]:.1f} utt/s"
+            ),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not enabled,
+        )
+        self.task = self.progress.add_task(
+            "train", total=total, completed=done, loss=0.0, acc=0.0, rate=0.0
+        )
+
+    def __enter__(self) -> EpochProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
+
+    @property
+    def mean_loss(self) -> float:
+        """This call's mean loss over the epoch's steps."""
+        return self._loss
+
+    @property
+    def mean_accuracy(self) -> float:
+        """This call's mean accuracy over the epoch's steps."""
+        return self._acc
+
+    def advance(self, loss: float, accuracy: float, utterances: int) -> None:
+        self._steps += 1
+        self._loss += (loss - self._loss) / self._steps
+        self._acc += (accuracy - self._acc) / self._steps
+        self._utterances += utterances
+        self.rate = self._utterances / max(time.perf_counter() - self._start, 1e-9)
+        self.progress.update(self.task, advance=1, loss=self._loss, acc=self._acc, rate=self.rate)
+
+
+def _progress_columns():
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+
+
+class FileProgress:
+    """A rich progress bar showing files/s, usable as an ``embed_files`` progress callback."""
+
+    def __init__(self, description: str, console: Console | None = None) -> None:
+        from rich.progress import Progress
+
+        console = console or make_console(stderr=True)
+        self.progress = Progress(*_progress_columns(), console=console, transient=True)
+        self.description = description
+        self.task = None
+        self.count = 0
+        self.start = 0.0
+
+    def __enter__(self) -> FileProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
+
+    def __call__(self, advance: int, total: int) -> None:
+        if self.task is None:
+            self.task = self.progress.add_task(self.description, total=total, rate="")
+            self.start = time.perf_counter()
+        self.count += advance
+        rate = self.count / max(time.perf_counter() - self.start, 1e-9)
+        self.progress.update(self.task, advance=advance, rate=f"{rate:.1f} files/s")
+
+
+def registry_table(kind: str) -> Table:
+    """``xvec models``/``xvec losses``: each entry with its package, summary and parameters."""
+    from xvec import registry
+
+    plural = {"model": "models", "loss": "losses"}[kind]
+    table = Table(title=f"xvec {plural} (entry-point group {registry.GROUPS[kind]})")
+    table.add_column("name", style="bold cyan")
+    table.add_column("package")
+    table.add_column("description")
+    table.add_column("parameters (default)")
+    if kind == "loss":
+        table.add_column("nPerSpeaker", justify="right")
+        table.caption = "nPerSpeaker: utterances per speaker a batch needs (train.nPerSpeaker)"
+    for name, (entry, cls) in registry.loadable(kind).items():
+        summary, params = registry.describe(cls)
+        param_text = "\n".join(f"{p}: {t} = {d!r}" for p, t, d in params) or "-"
+        row = [name, f"{entry.distribution} {entry.version}", summary, param_text]
+        if kind == "loss":
+            needed = int(getattr(cls, "min_per_speaker", 1))
+            row.append(f"[bold yellow]>= {needed}[/]" if needed > 1 else "any")
+        table.add_row(*row)
+    return table
+
+
+def class_table(summary: dict[str, Any], title: str) -> Table:
+    """``xvec count-classes``: speakers, utterances and utterances per speaker."""
+    table = Table(title=title)
+    table.add_column("speakers (nClasses)", justify="right", style="bold")
+    table.add_column("utterances", justify="right")
+    table.add_column("min / median / max per speaker", justify="right")
+    table.add_row(
+        str(summary["speakers"]),
+        str(summary["utterances"]),
+        f"{summary['min_per_speaker']} / {summary['median_per_speaker']:g} / "
+        f"{summary['max_per_speaker']}",
+    )
+    return table
+
+
+def write_table(path: Path, table: Table) -> None:
+    """A plain-text copy of a rich table (no colours), written atomically."""
+    import io
+
+    from xvec.files import atomic_write_bytes
+
+    buffer = io.StringIO()
+    Console(file=buffer, width=PIPE_WIDTH, color_system=None).print(table)
+    atomic_write_bytes(path, buffer.getvalue().encode())

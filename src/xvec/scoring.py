@@ -24,7 +24,8 @@ __all__ = [
     "cosine_scores",
     "mean_norm",
     "read_scores",
-    "score_embeddings",
+    "read_scores_in_trial_order",
+    "score_stored",
     "vt_crop_scores",
     "write_scores",
 ]
@@ -212,7 +213,7 @@ def write_scores(
     scores: ArrayLike,
     enroll_names: Sequence[str] | None,
     test_names: Sequence[str] | None,
-) -> None:
+) -> Path:
     """Write ``SCORE ENROLL TEST`` lines (one score per line when names are None), atomically.
 
     Scores are written in Python's shortest round-trip form, so reading the file back gives
@@ -247,6 +248,7 @@ def write_scores(
             handle.write(("\n".join(chunk) + "\n").encode())
 
     atomic_write(path, write)
+    return Path(path)
 
 
 def read_scores(path: str | Path) -> tuple[np.ndarray, list[str] | None, list[str] | None]:
@@ -308,8 +310,66 @@ def read_scores(path: str | Path) -> tuple[np.ndarray, list[str] | None, list[st
     return values, enroll, test
 
 
-def score_embeddings(embeddings: np.ndarray, trials: Any, protocol: str) -> np.ndarray:
-    """Trial scores from embeddings aligned with ``trials.files``."""
-    if protocol == "vt-crops":
-        return vt_crop_scores(embeddings, trials.enroll, trials.test)
-    return cosine_scores(embeddings, trials.enroll, trials.test)
+def read_scores_in_trial_order(score_file: str | Path, trials: Any) -> np.ndarray:
+    """A score file's scores aligned with a trial list (by order, checked by names)."""
+    values, enroll, test = read_scores(score_file)
+    if len(values) != len(trials):
+        raise XvecError(
+            f"{score_file}: {len(values)} scores for {len(trials)} trials in {trials.path}; "
+            "they must be in the same order"
+        )
+    files = np.asarray(trials.files, dtype=object)
+    if enroll is not None and not (
+        (np.asarray(enroll, dtype=object) == files[trials.enroll]).all()
+        and (np.asarray(test, dtype=object) == files[trials.test]).all()
+    ):
+        raise XvecError(
+            f"{score_file}: trial names differ from {trials.path}; use the same trial list"
+        )
+    return values
+
+
+NORMS = ("none", "asnorm", "mean")
+
+
+def score_stored(
+    embeddings: Path,
+    trials: Any,
+    *,
+    norm: str = "none",
+    cohort: Path | None = None,
+    top_k: int = 300,
+) -> np.ndarray:
+    """Scores of a trial list from an embeddings file of ``xvec embed``, optionally normalised.
+
+    The file's recorded protocol decides the raw score (cosine or voxceleb_trainer crops).
+    ``asnorm`` and ``mean`` need a ``cohort`` embeddings file of the same model; with crops
+    they normalise the mean crop embedding.
+    """
+    from xvec.embed import EmbeddingStore
+    from xvec.protocol import Protocol
+
+    if norm not in NORMS:
+        raise XvecError(f"unknown --norm '{norm}'; choose one of {', '.join(NORMS)}")
+    if top_k < 1:
+        raise XvecError(f"--top-k {top_k}: must be a number >= 1")
+    store = EmbeddingStore.load(embeddings)
+    matrix = store.matrix(trials.files, trials.path)
+    if norm == "none":
+        return Protocol(store.meta.get("protocol", "full")).score_trials(matrix, trials)
+    if cohort is None:
+        raise XvecError(f"--norm {norm} needs --cohort (an embeddings file of cohort speakers)")
+    cohort_matrix = EmbeddingStore.load(cohort).cohort_matrix()
+    if cohort_matrix.shape[-1] != matrix.shape[-1]:
+        raise XvecError(
+            f"{cohort}: cohort embeddings have dimension {cohort_matrix.shape[-1]} but "
+            f"{embeddings} has {matrix.shape[-1]}; embed the cohort with the same model"
+        )
+    if matrix.ndim == 3:
+        matrix = matrix.mean(1)
+    if cohort_matrix.ndim == 3:
+        cohort_matrix = cohort_matrix.mean(1)
+    if norm == "asnorm":
+        raw = cosine_scores(matrix, trials.enroll, trials.test)
+        return as_norm(raw, trials.enroll, trials.test, matrix, cohort_matrix, top_k=top_k)
+    return mean_norm(matrix, trials.enroll, trials.test, cohort_matrix)

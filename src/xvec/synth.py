@@ -853,7 +853,7 @@ def baseline_eers(corpus_dir: str | Path, trial_list: str = "trials.txt") -> dic
     files' mean (a simple spectral baseline a trained model should beat).
     """
     from xvec.data import read_trials
-    from xvec.metrics import evaluate
+    from xvec.metrics import compute_metrics
 
     corpus_dir = Path(corpus_dir)
     trials = read_trials(corpus_dir / trial_list)
@@ -872,4 +872,6 @@ def baseline_eers(corpus_dir: str | Path, trial_list: str = "trials.txt") -> dic
         "loudness": -np.abs(loudness[e] - loudness[t]),
         "spectrum": np.sum(spectra[e] * spectra[t], axis=1),
     }
-    return {name: float(evaluate(values, trials.labels).eer) for name, values in scores.items()}
+    return {
+        name: float(compute_metrics(values, trials.labels).eer) for name, values in scores.items()
+    }

@@ -23,19 +23,22 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from xvec import registry
-from xvec.checkpoint import load_state_strict, save_checkpoint
+from xvec.checkpoint import Position, load_state, save_checkpoint, save_state
 from xvec.config import Recipe
 from xvec.data import (
     EpochBatches,
     TrainDataset,
+    TrainList,
+    Trials,
     check_files_exist,
     check_sampler,
     read_train_list,
@@ -44,7 +47,11 @@ from xvec.data import (
 )
 from xvec.devices import parse_device
 from xvec.errors import XvecError
-from xvec.files import atomic_write_bytes, safetensors_metadata
+from xvec.files import atomic_write_bytes
+from xvec.report import EpochProgress
+
+if TYPE_CHECKING:
+    from xvec.evaluate import EvalResult
 
 STATE_FILE = "state.safetensors"
 LOG_FILE = "log.jsonl"
@@ -128,102 +135,6 @@ class SpeakerNet(nn.Module):
         rows, per_speaker, samples = waves.shape
         embeddings = self.model(waves.reshape(rows * per_speaker, samples))
         return self.loss(embeddings.reshape(rows, per_speaker, -1).float(), labels)
-
-
-@dataclass
-class Position:
-    """Where training stands: the next batch to run is ``batch`` of ``epoch``."""
-
-    epoch: int = 1
-    batch: int = 0
-    step: int = 0
-    best_eer: float | None = None
-
-
-# --------------------------------------------------------------------------- state files
-
-
-def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors: dict[str, torch.Tensor] = {}
-    plain: dict[str, Any] = {"param_groups": state["param_groups"], "state": {}}
-    for pid, values in state["state"].items():
-        plain["state"][str(pid)] = {}
-        for key, value in values.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"optim.{pid}.{key}"] = value.detach().cpu().contiguous().clone()
-            else:
-                plain["state"][str(pid)][key] = value
-    return tensors, plain
-
-
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {int(pid): dict(v) for pid, v in plain["state"].items()}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, pid, name = key.split(".", 2)
-            state.setdefault(int(pid), {})[name] = value
-    return {"state": state, "param_groups": plain["param_groups"]}
-
-
-def save_state(
-    path: Path,
-    net: SpeakerNet,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    scaler: Any,
-    position: Position,
-) -> None:
-    """Atomically write everything needed to resume exactly (no pickle: safetensors + JSON)."""
-    from safetensors.torch import save
-
-    tensors = {
-        f"net.{k}": v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()
-    }
-    optim_tensors, optim_plain = _flatten_optimizer(optimizer.state_dict())
-    tensors.update(optim_tensors)
-    tensors["rng.torch"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        for index, state in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{index}"] = state
-    meta = {
-        "position": position.__dict__,
-        "optimizer": optim_plain,
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
-    }
-    atomic_write_bytes(path, save(tensors, metadata={"xvec_state": json.dumps(meta)}))
-
-
-def load_state(
-    path: Path,
-    net: SpeakerNet,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    scaler: Any,
-) -> Position:
-    """Restore a state file written by :func:`save_state`; returns the position to continue at."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
-    data = path.read_bytes()
-    try:
-        tensors = load(data)
-        meta = json.loads(safetensors_metadata(data)["xvec_state"])
-    except (SafetensorError, ValueError, KeyError, OverflowError) as exc:
-        raise XvecError(f"{path}: unreadable training state; remove it to start over") from exc
-    net_state = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
-    load_state_strict(net, net_state, str(path))
-    optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
-    if scheduler is not None and meta["scheduler"] is not None:
-        scheduler.load_state_dict(meta["scheduler"])
-    if scaler is not None and meta["scaler"] is not None:
-        scaler.load_state_dict(meta["scaler"])
-    torch.set_rng_state(tensors["rng.torch"])
-    if torch.cuda.is_available():
-        cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
-        if cuda_states:
-            torch.cuda.set_rng_state_all(cuda_states)
-    return Position(**meta["position"])
 
 
 def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -375,60 +286,158 @@ def train(
     recipe_path: str | Path | None = None,
     resume: bool = False,
     console: Any = None,
-    stop_after_steps: int | None = None,
     overrides: list[str] | None = None,
+    stop_when: Callable[[Position], bool] | None = None,
 ) -> str | None:
-    """Train as the recipe says; returns a printable summary (rank 0) or None.
+    """Train as the recipe says; returns a printable summary (rank 0) or None when stopped.
 
-    ``stop_after_steps`` ends the run after that many optimiser steps in this call (tests);
     ``overrides`` are the ``--set`` items, repeated in the printed resume command.
-    The run folder is locked (rank 0) for the whole call, released also on errors.
+    ``stop_when`` is asked after every optimiser step; True stops the run as Ctrl-C would, but
+    quietly: the state is saved and the run resumes from there (for notebooks and schedulers
+    that give a job a budget). The run folder is locked (rank 0) for the whole call, released
+    also on errors.
     """
     lock = RunLock()
     try:
-        return _train(recipe, recipe_path, resume, console, stop_after_steps, overrides or [], lock)
+        run = _setup(recipe, resume, console, lock)
+        with _StopFlag() as stop:
+            while not run.finished():
+                stopped = _train_epoch(run, stop, stop_when)
+                if stopped:
+                    if stop.requested:
+                        raise _interrupted(run, recipe_path, overrides or [])
+                    return None
+                if _end_of_epoch(run):
+                    break
+        text = run.result_text
+        if run.is_main and text is None:  # resumed a finished run: complete what is missing
+            text = _complete(run)
+        if run.world > 1:
+            torch.distributed.destroy_process_group()
+        return text
     finally:
         lock.release()
 
 
-def _train(
-    recipe: Recipe,
-    recipe_path: str | Path | None,
-    resume: bool,
-    console: Any,
-    stop_after_steps: int | None,
-    overrides: list[str],
-    lock: RunLock,
-) -> str | None:
+@dataclass
+class _Run:
+    """Everything one training call works with, built by :func:`_setup`."""
+
+    recipe: Recipe
+    run_dir: Path
+    device: torch.device
+    world: int
+    is_main: bool
+    model: nn.Module
+    loss: nn.Module
+    net: SpeakerNet
+    ddp_net: nn.Module
+    batches: EpochBatches
+    loader: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    schedule_unit: str
+    scaler: Any
+    use_amp: bool
+    amp_dtype: torch.dtype
+    trials: Trials | None
+    position: Position
+    log: _Log
+    console: Any
+    result_text: str | None = None
+
+    @property
+    def state_path(self) -> Path:
+        return self.run_dir / STATE_FILE
+
+    @property
+    def capped(self) -> bool:
+        """``train.max_steps`` reached."""
+        max_steps = self.recipe.train.max_steps
+        return max_steps is not None and self.position.step >= max_steps
+
+    def finished(self) -> bool:
+        return self.position.epoch > self.recipe.train.max_epoch or self.capped
+
+    def save_state(self) -> None:
+        save_state(
+            self.state_path, self.net, self.optimizer, self.scheduler, self.scaler, self.position
+        )
+
+
+def _setup(recipe: Recipe, resume: bool, console: Any, lock: RunLock) -> _Run:
+    """Check the recipe and its data, build model, loss, loader and optimiser, lock the run
+    folder and restore the state when resuming. Nothing long starts before the checks pass."""
     from xvec.report import make_console
 
     console = console or make_console(stderr=True)
     recipe = recipe.resolved()
-    cfg_train, cfg_data = recipe.train, recipe.data
     rank, world, local_rank = _distributed()
     is_main = rank == 0
+    train_list, trials = _read_data(recipe)
+    device = _init_device(recipe, world, local_rank)
+    torch.manual_seed(recipe.train.seed)
+    model = registry.build("model", recipe.model.name, recipe.model.params)
+    loss = _build_loss(recipe, model, train_list)
+    net = SpeakerNet(model, loss).to(device)
+    batches, loader = _build_loader(recipe, train_list, loss, rank, world, device)
+    optimizer = make_optimizer(recipe, net.parameters())
+    scheduler, schedule_unit = make_scheduler(recipe, optimizer, len(batches))
+    use_amp, amp_dtype = autocast_settings(device, recipe.train.mixed_precision)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    run_dir = Path(recipe.train.output_dir)
+    if is_main:
+        _prepare_run_dir(run_dir, recipe, resume, lock, console)
+    ddp_net: nn.Module = net
+    if world > 1:
+        ddp_net = nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    run = _Run(
+        recipe=recipe,
+        run_dir=run_dir,
+        device=device,
+        world=world,
+        is_main=is_main,
+        model=model,
+        loss=loss,
+        net=net,
+        ddp_net=ddp_net,
+        batches=batches,
+        loader=loader,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        schedule_unit=schedule_unit,
+        scaler=scaler,
+        use_amp=use_amp,
+        amp_dtype=amp_dtype,
+        trials=trials,
+        position=Position(),
+        log=_Log(run_dir / LOG_FILE if is_main else None),
+        console=console,
+    )
+    if resume:
+        if not run.state_path.is_file():
+            raise XvecError(f"{run_dir}: nothing to resume (no {STATE_FILE}); run without --resume")
+        run.position = load_state(run.state_path, net, optimizer, scheduler, scaler)
+        if is_main and not run.finished():
+            position = run.position
+            console.print(
+                f"resuming {run_dir} at epoch {position.epoch}, batch {position.batch} "
+                f"(step {position.step})"
+            )
+    return run
+
+
+def _read_data(recipe: Recipe) -> tuple[TrainList, Trials | None]:
+    """The train list and trial list, checked (every file present) before training starts."""
+    cfg_train, cfg_data = recipe.train, recipe.data
     if recipe.loss is None:
         raise XvecError("the recipe has no [loss] section; training needs one (see 'xvec losses')")
     if cfg_data.train_list is None:
         raise XvecError(
             "the recipe has no data.train_list; set it or use --set data.train_list=..."
         )
-
-    # ---- device and processes
-    device = parse_device(cfg_train.device, "train.device")
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    if cfg_train.deterministic:
-        # Bit-identical runs: deterministic kernels, and on CPU one intra-op thread (oneDNN's
-        # multi-threaded reductions are not reproducible from run to run).
-        torch.use_deterministic_algorithms(True)
-        if device.type == "cpu":
-            torch.set_num_threads(1)
-
-    # ---- data, checked before anything long starts
     train_list = read_train_list(cfg_data.train_list)
     if cfg_train.nClasses is not None and cfg_train.nClasses != train_list.num_classes:
         raise XvecError(
@@ -441,10 +450,30 @@ def _train(
         trials = read_trials(cfg_data.test_list)
         require_both_labels(trials)
         check_files_exist(cfg_data.test_path, trials.files, cfg_data.test_list)
+    return train_list, trials
 
-    # ---- model and loss
-    torch.manual_seed(cfg_train.seed)
-    model = registry.build("model", recipe.model.name, recipe.model.params)
+
+def _init_device(recipe: Recipe, world: int, local_rank: int) -> torch.device:
+    """The training device (one GPU per process under DDP), the process group, determinism."""
+    device = parse_device(recipe.train.device, "train.device")
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if recipe.train.deterministic:
+        # Bit-identical runs: deterministic kernels, and on CPU one intra-op thread (oneDNN's
+        # multi-threaded reductions are not reproducible from run to run).
+        torch.use_deterministic_algorithms(True)
+        if device.type == "cpu":
+            torch.set_num_threads(1)
+    return device
+
+
+def _build_loss(recipe: Recipe, model: nn.Module, train_list: TrainList) -> nn.Module:
+    """The recipe's loss, after checking that the list and batch layout suit it."""
+    assert recipe.loss is not None  # checked by _read_data
+    cfg_train = recipe.train
     loss_cls = registry.get_class("loss", recipe.loss.name)
     if cfg_train.nPerSpeaker < loss_cls.min_per_speaker:
         raise XvecError(
@@ -452,49 +481,57 @@ def _train(
             f"(utterances per speaker in a batch row), the recipe has {cfg_train.nPerSpeaker}; "
             f"set --set train.nPerSpeaker={loss_cls.min_per_speaker}"
         )
-    metric_loss = loss_cls.min_per_speaker >= 2
-    if not metric_loss and train_list.num_classes < 2:
+    if not loss_cls.distinct_speakers and train_list.num_classes < 2:
         raise XvecError(
-            f"{cfg_data.train_list}: loss '{recipe.loss.name}' classifies speakers but the list "
+            f"{recipe.data.train_list}: loss '{recipe.loss.name}' classifies speakers but the list "
             "has 1 speaker; a classification loss needs at least 2"
         )
-    _check_per_speaker(train_list.labels, cfg_train, str(cfg_data.train_list))
+    _check_per_speaker(train_list.labels, cfg_train, str(recipe.data.train_list))
     check_sampler(
         train_list.num_classes,
         cfg_train.batch_size,
         cfg_train.nPerSpeaker,
-        metric_loss,
+        loss_cls.distinct_speakers,
         recipe.loss.name,
     )
-    loss = registry.build(
+    return registry.build(
         "loss",
         recipe.loss.name,
         recipe.loss.params,
         embedding_dim=model.embedding_dim,
         num_classes=train_list.num_classes,
     )
-    net = SpeakerNet(model, loss).to(device)
 
-    # ---- sampler and loader (workers persist across epochs)
+
+def _build_loader(
+    recipe: Recipe,
+    train_list: TrainList,
+    loss: nn.Module,
+    rank: int,
+    world: int,
+    device: torch.device,
+) -> tuple[EpochBatches, Any]:
+    """The epoch sampler and a DataLoader whose workers persist across epochs."""
+    cfg_train, cfg_data, cfg_augment = recipe.train, recipe.data, recipe.augment
     batches = EpochBatches(
         train_list.labels,
         cfg_train.batch_size,
         cfg_train.nPerSpeaker,
         cfg_train.max_seg_per_spk,
-        distinct_speakers=metric_loss,
+        distinct_speakers=type(loss).distinct_speakers,
         seed=cfg_train.seed,
         rank=rank,
         world_size=world,
     )
     augmenter = None
-    if recipe.augment.musan_path or recipe.augment.rir_path or recipe.augment.speed_perturb:
+    if cfg_augment.musan_path or cfg_augment.rir_path or cfg_augment.speed_perturb:
         from xvec.augment import Augmenter
 
         augmenter = Augmenter(
-            musan_path=recipe.augment.musan_path,
-            rir_path=recipe.augment.rir_path,
-            speed_perturb=recipe.augment.speed_perturb,
-            probability=recipe.augment.probability,
+            musan_path=cfg_augment.musan_path,
+            rir_path=cfg_augment.rir_path,
+            speed_perturb=cfg_augment.speed_perturb,
+            probability=cfg_augment.probability,
         )
     dataset = TrainDataset(
         cfg_data.train_path, train_list, cfg_data.max_frames, cfg_train.seed, augmenter
@@ -508,168 +545,141 @@ def _train(
         prefetch_factor=2 if cfg_train.num_workers > 0 else None,
         pin_memory=device.type == "cuda",
     )
+    return batches, loader
 
-    optimizer = make_optimizer(recipe, net.parameters())
-    scheduler, schedule_unit = make_scheduler(recipe, optimizer, len(batches))
-    use_amp, amp_dtype = autocast_settings(device, cfg_train.mixed_precision)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
-    # ---- run folder, resume
-    run_dir = Path(cfg_train.output_dir)
-    state_path = run_dir / STATE_FILE
-    position = Position()
-    if is_main:
-        _prepare_run_dir(run_dir, recipe, resume, lock, console)
-    max_steps = cfg_train.max_steps
-
-    def finished() -> bool:
-        return position.epoch > cfg_train.max_epoch or (
-            max_steps is not None and position.step >= max_steps
+def _step(run: _Run, waves: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """One optimiser step on a batch; a non-finite loss stops training with a clear error."""
+    waves = waves.to(run.device, non_blocking=True)
+    labels = labels.to(run.device, non_blocking=True)
+    with torch.autocast(device_type=run.device.type, dtype=run.amp_dtype, enabled=run.use_amp):
+        value, accuracy = run.ddp_net(waves, labels)
+    if not torch.isfinite(value):
+        kept = (
+            f"the last saved state is kept in {run.state_path}"
+            if run.state_path.is_file()
+            else "no training state was saved yet"
         )
-
-    if resume:
-        if not state_path.is_file():
-            raise XvecError(f"{run_dir}: nothing to resume (no {STATE_FILE}); run without --resume")
-        position = load_state(state_path, net, optimizer, scheduler, scaler)
-        if is_main and not finished():
-            console.print(
-                f"resuming {run_dir} at epoch {position.epoch}, batch {position.batch} "
-                f"(step {position.step})"
-            )
-    ddp_net: nn.Module = net
-    if world > 1:
-        ddp_net = nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None
+        raise XvecError(
+            f"loss became {value.item()} at epoch {run.position.epoch}, "
+            f"step {run.position.step + 1}; stopped, {kept}. Lower optim.lr "
+            "or set optim.grad_clip"
         )
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(value).backward()
+    if run.recipe.optim.grad_clip:
+        run.scaler.unscale_(run.optimizer)
+        nn.utils.clip_grad_norm_(run.net.parameters(), run.recipe.optim.grad_clip)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    if run.schedule_unit == "step":
+        run.scheduler.step()
+    run.position.step += 1
+    run.position.batch += 1
+    return value.item(), accuracy.item()
 
-    log = _Log(run_dir / LOG_FILE if is_main else None)
-    checkpoint_meta = {"recipe": recipe.to_dict()}
-    steps_this_call = 0
-    result_text = None
-    capped = False
-    with _StopFlag() as stop:
-        while not finished():
-            epoch = position.epoch
-            batches.set_epoch(epoch, position.batch)
-            net.train()
-            stopping = False
-            with _EpochProgress(
-                console, epoch, cfg_train.max_epoch, len(batches), position.batch, enabled=is_main
-            ) as progress:
-                for waves, labels in _unwrapped(loader):
-                    waves = waves.to(device, non_blocking=True)
-                    labels = labels.to(device, non_blocking=True)
-                    with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
-                        value, accuracy = ddp_net(waves, labels)
-                    if not torch.isfinite(value):
-                        kept = (
-                            f"the last saved state is kept in {state_path}"
-                            if state_path.is_file()
-                            else "no training state was saved yet"
-                        )
-                        raise XvecError(
-                            f"loss became {value.item()} at epoch {epoch}, "
-                            f"step {position.step + 1}; stopped, {kept}. Lower optim.lr "
-                            "or set optim.grad_clip"
-                        )
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(value).backward()
-                    if recipe.optim.grad_clip:
-                        scaler.unscale_(optimizer)
-                        nn.utils.clip_grad_norm_(net.parameters(), recipe.optim.grad_clip)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    if schedule_unit == "step":
-                        scheduler.step()
-                    position.step += 1
-                    position.batch += 1
-                    steps_this_call += 1
-                    progress.advance(
-                        value.item(), accuracy.item(), waves.shape[0] * waves.shape[1] * world
-                    )
-                    if position.step % cfg_train.log_every == 0:
-                        log.write(
-                            kind="train",
-                            epoch=epoch,
-                            step=position.step,
-                            loss=round(value.item(), 6),
-                            accuracy=round(accuracy.item(), 4),
-                            lr=optimizer.param_groups[0]["lr"],
-                            utt_per_s=round(progress.rate, 2),
-                        )
-                    stopping = stop.requested or (
-                        stop_after_steps is not None and steps_this_call >= stop_after_steps
-                    )
-                    capped = max_steps is not None and position.step >= max_steps
-                    if capped and not stopping:
-                        break
-                    periodic = (
-                        cfg_train.save_every_steps > 0
-                        and position.step % cfg_train.save_every_steps == 0
-                    )
-                    if (stopping or periodic) and is_main:
-                        save_state(state_path, net, optimizer, scheduler, scaler, position)
-                    if stopping:
-                        break
+
+def _train_epoch(run: _Run, stop: _StopFlag, stop_when: Callable[[Position], bool] | None) -> bool:
+    """Run the rest of the current epoch (or up to ``max_steps``); True when asked to stop.
+
+    The epoch's mean loss and accuracy are logged when it ends normally.
+    """
+    cfg_train, position = run.recipe.train, run.position
+    epoch = position.epoch
+    run.batches.set_epoch(epoch, position.batch)
+    run.net.train()
+    with EpochProgress(
+        run.console,
+        epoch,
+        cfg_train.max_epoch,
+        len(run.batches),
+        position.batch,
+        enabled=run.is_main,
+    ) as progress:
+        for waves, labels in _unwrapped(run.loader):
+            loss, accuracy = _step(run, waves, labels)
+            progress.advance(loss, accuracy, waves.shape[0] * waves.shape[1] * run.world)
+            if position.step % cfg_train.log_every == 0:
+                run.log.write(
+                    kind="train",
+                    epoch=epoch,
+                    step=position.step,
+                    loss=round(loss, 6),
+                    accuracy=round(accuracy, 4),
+                    lr=run.optimizer.param_groups[0]["lr"],
+                    utt_per_s=round(progress.rate, 2),
+                )
+            stopping = stop.requested or (stop_when is not None and stop_when(position))
+            if run.capped and not stopping:
+                break
+            every = cfg_train.save_every_steps
+            periodic = every > 0 and position.step % every == 0
+            if (stopping or periodic) and run.is_main:
+                run.save_state()
             if stopping:
-                if stop.requested:
-                    command = ["xvec", "train", str(recipe_path or "RECIPE")]
-                    for item in overrides:
-                        command += ["--set", item]
-                    raise Interrupted(
-                        f"interrupted at epoch {epoch}, step {position.step}; state saved in "
-                        f"{state_path}. Resume with: {shlex.join([*command, '--resume'])}"
-                    )
-                return None
-            # ---- end of epoch (or of max_steps): schedule, evaluate, checkpoint
-            log.write(
-                kind="epoch",
+                return True
+    run.log.write(
+        kind="epoch",
+        epoch=epoch,
+        step=position.step,
+        loss=round(progress.mean_loss, 6),
+        accuracy=round(progress.mean_accuracy, 4),
+    )
+    return False
+
+
+def _end_of_epoch(run: _Run) -> bool:
+    """Schedule, evaluate when due, save last/best checkpoints and the state; True at the end.
+
+    An epoch cut short by ``max_steps`` is not counted as done (resuming with a higher cap
+    continues it), but is evaluated and saved as the end of training.
+    """
+    position, recipe = run.position, run.recipe
+    epoch = position.epoch
+    if position.batch >= len(run.batches):
+        if run.schedule_unit == "epoch":
+            run.scheduler.step()
+        position.epoch += 1
+        position.batch = 0
+    last_epoch = run.finished()
+    if run.is_main:
+        meta = {"recipe": recipe.to_dict(), "epoch": epoch, "step": position.step}
+        due = epoch % recipe.train.test_interval == 0 or last_epoch
+        result = _periodic_eval(run) if run.trials and due else None
+        if result is not None:
+            run.log.write(
+                kind="eval",
                 epoch=epoch,
                 step=position.step,
-                loss=round(progress.mean_loss, 6),
-                accuracy=round(progress.mean_accuracy, 4),
+                eer=result.metrics.eer,
+                min_dcf=result.metrics.min_dcf[recipe.eval.dcf_p_target],
+                min_dcf_all={str(p): v for p, v in result.metrics.min_dcf.items()},
             )
-            if position.batch >= len(batches):
-                if schedule_unit == "epoch":
-                    scheduler.step()
-                position.epoch += 1
-                position.batch = 0
-            last_epoch = finished()
-            if is_main:
-                meta = {**checkpoint_meta, "epoch": epoch, "step": position.step}
-                due = epoch % cfg_train.test_interval == 0 or last_epoch
-                result = (
-                    _periodic_eval(recipe, model, trials, device, console)
-                    if trials and due
-                    else None
-                )
-                if result is not None:
-                    p_target = recipe.eval.dcf_p_target
-                    log.write(
-                        kind="eval",
-                        epoch=epoch,
-                        step=position.step,
-                        eer=result.metrics.eer,
-                        min_dcf=result.metrics.min_dcf[p_target],
-                    )
-                    meta["metrics"] = result.metrics.to_dict()
-                save = {"loss": loss, "loss_name": recipe.loss.name, "extra": meta}
-                save_checkpoint(run_dir / "last.safetensors", model, recipe.model.name, **save)
-                if result is not None and (
-                    position.best_eer is None or result.metrics.eer <= position.best_eer
-                ):
-                    position.best_eer = result.metrics.eer
-                    save_checkpoint(run_dir / "best.safetensors", model, recipe.model.name, **save)
-                save_state(state_path, net, optimizer, scheduler, scaler, position)
-                if last_epoch:
-                    result_text = _finish(run_dir, result, trials, log, console)
-            if world > 1:
-                torch.distributed.barrier()
-    if is_main and result_text is None:  # resumed a finished run: complete what is missing
-        result_text = _complete(run_dir, recipe, model, trials, device, log, console)
-    if world > 1:
-        torch.distributed.destroy_process_group()
-    return result_text
+            meta["metrics"] = result.metrics.to_dict()
+        save = {"loss": run.loss, "loss_name": recipe.loss.name, "extra": meta}  # type: ignore[union-attr]
+        save_checkpoint(run.run_dir / "last.safetensors", run.model, recipe.model.name, **save)
+        if result is not None and (
+            position.best_eer is None or result.metrics.eer <= position.best_eer
+        ):
+            position.best_eer = result.metrics.eer
+            save_checkpoint(run.run_dir / "best.safetensors", run.model, recipe.model.name, **save)
+        run.save_state()
+        if last_epoch:
+            run.result_text = _finish(run, result)
+    if run.world > 1:
+        torch.distributed.barrier()
+    return last_epoch
+
+
+def _interrupted(run: _Run, recipe_path: str | Path | None, overrides: list[str]) -> Interrupted:
+    """The error for Ctrl-C/SIGTERM, with the command that resumes the run."""
+    command = ["xvec", "train", str(recipe_path or "RECIPE")]
+    for item in overrides:
+        command += ["--set", item]
+    return Interrupted(
+        f"interrupted at epoch {run.position.epoch}, step {run.position.step}; state saved in "
+        f"{run.state_path}. Resume with: {shlex.join([*command, '--resume'])}"
+    )
 
 
 def _check_per_speaker(labels: Any, cfg_train: Any, source: str) -> None:
@@ -710,24 +720,16 @@ FINAL_OUTPUTS = ("last.safetensors", "curves.png")
 EVAL_OUTPUTS = ("scores.txt", "result.json", "hist.png")
 
 
-def _complete(
-    run_dir: Path,
-    recipe: Recipe,
-    model: nn.Module,
-    trials: Any,
-    device: torch.device,
-    log: _Log,
-    console: Any,
-) -> str:
+def _complete(run: _Run) -> str:
     """A finished run resumed: write the final outputs a kill left out, or say it is complete."""
+    run_dir, trials, console = run.run_dir, run.trials, run.console
     wanted = FINAL_OUTPUTS + (EVAL_OUTPUTS if trials is not None else ())
     missing = [name for name in wanted if not (run_dir / name).is_file()]
     if not missing:
         console.print(f"{run_dir}: the run is complete; nothing to do")
         return _summary_lines(run_dir, trials is not None)
     console.print(f"{run_dir}: training is done; writing the missing {', '.join(missing)}")
-    result = _periodic_eval(recipe, model, trials, device, console) if trials else None
-    return _finish(run_dir, result, trials, log, console)
+    return _finish(run, _periodic_eval(run) if trials else None)
 
 
 def _summary_lines(run_dir: Path, evaluated: bool) -> str:
@@ -795,112 +797,43 @@ class _Log:
             handle.write(json.dumps(record) + "\n")
 
 
-class _EpochProgress:
-    """A rich progress bar for one epoch: loss, accuracy, utterances/s, ETA."""
-
-    def __init__(
-        self, console: Any, epoch: int, max_epoch: int, total: int, done: int, enabled: bool
-    ) -> None:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.enabled = enabled
-        self.rate = 0.0
-        self._utterances = 0
-        self._start = time.perf_counter()
-        self._loss = self._acc = 0.0
-        self._steps = 0
-        self.progress = Progress(
-            TextColumn(f"epoch {epoch}/{max_epoch}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TextColumn(
-                "loss {task.fields[loss]:.4f} acc {task.fields[acc]:.2f}% "
-                "{task.fields[rate]:.1f} utt/s"
-            ),
-            TimeRemainingColumn(),
-            console=console,
-            disable=not enabled,
-        )
-        self.task = self.progress.add_task(
-            "train", total=total, completed=done, loss=0.0, acc=0.0, rate=0.0
-        )
-
-    def __enter__(self) -> _EpochProgress:
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.__exit__(*exc)
-
-    @property
-    def mean_loss(self) -> float:
-        """This call's mean loss over the epoch's steps."""
-        return self._loss
-
-    @property
-    def mean_accuracy(self) -> float:
-        """This call's mean accuracy over the epoch's steps."""
-        return self._acc
-
-    def advance(self, loss: float, accuracy: float, utterances: int) -> None:
-        self._steps += 1
-        self._loss += (loss - self._loss) / self._steps
-        self._acc += (accuracy - self._acc) / self._steps
-        self._utterances += utterances
-        self.rate = self._utterances / max(time.perf_counter() - self._start, 1e-9)
-        self.progress.update(self.task, advance=1, loss=self._loss, acc=self._acc, rate=self.rate)
-
-
-def _periodic_eval(
-    recipe: Recipe, model: nn.Module, trials: Any, device: torch.device, console: Any
-):
+def _periodic_eval(run: _Run) -> EvalResult:
     """Evaluate the model on the recipe's trial list with the recipe's protocol."""
-    from xvec.embed import Protocol
     from xvec.evaluate import evaluate_model
+    from xvec.protocol import Protocol
 
-    protocol = Protocol(
-        recipe.eval.protocol,
-        max_seconds=recipe.eval.max_seconds,
-        eval_frames=recipe.data.eval_frames,
-        num_eval=recipe.data.num_eval,
-    )
+    recipe, model = run.recipe, run.model
+    protocol = Protocol.from_recipe(recipe)
     p_targets = tuple(dict.fromkeys((recipe.eval.dcf_p_target, 0.05, 0.01)))
     was_training = model.training
     result = evaluate_model(
         model,
-        trials,
+        run.trials,  # type: ignore[arg-type]  # evaluated only with a trial list
         recipe.data.test_path,
         protocol,
         batch_size=recipe.eval.batch_size,
-        device=device,
+        device=run.device,
         p_targets=p_targets,
         c_miss=recipe.eval.dcf_c_miss,
         c_fa=recipe.eval.dcf_c_fa,
     )
     model.train(was_training)
-    console.print(
+    run.console.print(
         f"  eval: EER {result.metrics.eer:.3f} %  minDCF({recipe.eval.dcf_p_target}) "
         f"{result.metrics.min_dcf[recipe.eval.dcf_p_target]:.4f}  ({result.seconds:.1f} s)"
     )
     return result
 
 
-def _finish(run_dir: Path, result: Any, trials: Any, log: _Log, console: Any) -> str:
+def _finish(run: _Run, result: EvalResult | None) -> str:
     """Write the final scores, result JSON, histogram and curves; say where they are."""
+    from xvec.evaluate import write_eval_outputs
     from xvec.plots import plot_histogram, plot_training
-    from xvec.scoring import write_scores
+    from xvec.report import metrics_table
 
-    lines = [
-        f"run folder: {run_dir}",
-        f"model: {run_dir / 'last.safetensors'} (best: {run_dir / 'best.safetensors'})",
-    ]
-    if result is not None:
-        write_scores(
-            run_dir / "scores.txt", result.scores, trials.enroll_names(), trials.test_names()
-        )
-        atomic_write_bytes(
-            run_dir / "result.json", (json.dumps(result.summary(), indent=2) + "\n").encode()
-        )
+    run_dir, trials = run.run_dir, run.trials
+    if result is not None and trials is not None:
+        write_eval_outputs(run_dir, result.summary(), result.scores, trials)
         plot_histogram(
             result.scores,
             trials.labels,
@@ -908,14 +841,12 @@ def _finish(run_dir: Path, result: Any, trials: Any, log: _Log, console: Any) ->
             threshold=result.metrics.eer_threshold,
             title=f"{run_dir.name}: EER {result.metrics.eer:.2f} %",
         )
-        lines += [f"scores: {run_dir / 'scores.txt'}", f"histogram: {run_dir / 'hist.png'}"]
-        from xvec.report import metrics_table
-
-        console.print(metrics_table([result.summary()], f"final evaluation ({len(trials)} trials)"))
+        run.console.print(
+            metrics_table([result.summary()], f"final evaluation ({len(trials)} trials)")
+        )
     records = read_log(run_dir) if (run_dir / LOG_FILE).is_file() else []
     if not any(r.get("kind") == "train" for r in records):  # fewer steps than log_every
         records = [{**r, "kind": "train"} if r.get("kind") == "epoch" else r for r in records]
     if records:
         plot_training(records, run_dir / "curves.png")
-        lines.append(f"training curves: {run_dir / 'curves.png'}")
-    return "\n".join(lines)
+    return _summary_lines(run_dir, result is not None)

@@ -50,6 +50,7 @@ class _ScaledCosineLoss(SpeakerLoss):
     Params = ScaledCosineParams
     needs_classes = False
     min_per_speaker = 2
+    distinct_speakers = True
 
     def __init__(
         self, params: ScaledCosineParams | None, embedding_dim: int, num_classes: int | None = None
@@ -123,6 +124,7 @@ class Proto(SpeakerLoss):
     Params = ProtoParams
     needs_classes = False
     min_per_speaker = 2
+    distinct_speakers = True
 
     def forward(
         self, x: torch.Tensor, labels: torch.Tensor | None = None
@@ -149,6 +151,7 @@ class SoftmaxProto(SpeakerLoss):
     Params = SoftmaxProtoParams
     needs_classes = True
     min_per_speaker = 2
+    distinct_speakers = True
 
     def __init__(
         self, params: SoftmaxProtoParams | None, embedding_dim: int, num_classes: int | None = None
@@ -194,6 +197,7 @@ class Triplet(SpeakerLoss):
     Params = TripletParams
     needs_classes = False
     min_per_speaker = 2
+    distinct_speakers = True
 
     def forward(
         self, x: torch.Tensor, labels: torch.Tensor | None = None

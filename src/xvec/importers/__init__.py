@@ -1,0 +1,119 @@
+"""Import other toolkits' checkpoints as self-describing xvec checkpoints (``xvec import``).
+
+Each format is a module with ``convert(source, config, overrides, **options) -> Converted``
+that reads the file without running pickled code and infers the architecture from the
+weights; :func:`import_checkpoint` dispatches to it and writes the xvec checkpoint. Format
+modules are imported only when used.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from xvec.errors import XvecError
+
+__all__ = ["FORMATS", "ImportSummary", "import_checkpoint", "parse_params"]
+
+# Format name -> (module under xvec.importers, what it reads).
+FORMATS: dict[str, tuple[str, str]] = {
+    "vt": ("voxceleb_trainer", "voxceleb_trainer .model files"),
+    "wespeaker": ("wespeaker", "WeSpeaker avg_model.pt / model.pt state dicts"),
+    "speechbrain": ("speechbrain", "SpeechBrain embedding_model.ckpt files"),
+}
+
+
+@dataclass
+class ImportSummary:
+    """What :func:`import_checkpoint` wrote."""
+
+    output: Path
+    model_name: str
+    params: dict[str, Any]
+    loss_name: str | None
+    num_classes: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self, source: str | Path, fmt: str) -> str:
+        """One line: what was imported as what, with its parameters, and any notes."""
+        params = ", ".join(f"{key}={value!r}" for key, value in self.params.items())
+        loss = "no loss head"
+        if self.loss_name:
+            classes = f", {self.num_classes} classes" if self.num_classes else ""
+            loss = f"loss {self.loss_name}{classes}"
+        notes = "".join(f"; {note}" for note in self.notes)
+        model = f"{self.model_name}({params})"
+        return f"imported {fmt} {source} as {model}, {loss} -> {self.output}{notes}"
+
+
+def parse_params(items: list[str]) -> dict[str, Any]:
+    """``NAME=VALUE`` strings as model parameters; values are read as TOML (``[8, 16]``, 1.5)."""
+    from xvec.config import _parse_value
+
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise XvecError(f"--param '{item}': expected NAME=VALUE, e.g. --param C=512")
+        params[key.strip()] = _parse_value(value.strip())
+    return params
+
+
+def _format_module(fmt: str) -> Any:
+    if fmt not in FORMATS:
+        raise XvecError(f"unknown import format '{fmt}'; formats: {', '.join(FORMATS)}")
+    return importlib.import_module(f"xvec.importers.{FORMATS[fmt][0]}")
+
+
+def import_checkpoint(
+    fmt: str,
+    source: str | Path,
+    output: str | Path,
+    *,
+    config: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    **format_options: Any,
+) -> ImportSummary:
+    """Convert ``source`` (a checkpoint of format ``fmt``) and save it as ``output``.
+
+    ``overrides`` are model parameters that win over what the weights imply (an override that
+    contradicts the weights is an error); ``format_options`` (e.g. ``model``, ``trainfunc``)
+    are passed to the format's ``convert``; options left at None are not passed, and one the
+    format does not take is an error naming it. Nothing is written unless everything checks.
+    """
+    from xvec.checkpoint import save_checkpoint
+
+    module = _format_module(fmt)
+    options = {key: value for key, value in format_options.items() if value is not None}
+    accepted = inspect.signature(module.convert).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    unknown = [key for key in options if key not in accepted and not takes_any]
+    if unknown:
+        flags = ", ".join("--" + key.replace("_", "-") for key in unknown)
+        raise XvecError(f"{source}: {flags} is not an option of the '{fmt}' import format")
+    converted = module.convert(
+        Path(source), Path(config) if config is not None else None, dict(overrides or {}), **options
+    )
+    path = save_checkpoint(
+        output,
+        converted.model,
+        converted.model_name,
+        loss=converted.loss,
+        loss_name=converted.loss_name,
+        extra=converted.extra,
+    )
+    params = getattr(converted.model, "params", {})
+    params = params.model_dump(mode="json") if hasattr(params, "model_dump") else dict(params)
+    record = converted.extra.get("imported_from", {})
+    notes = list(record.get("notes", [])) if isinstance(record, dict) else []
+    return ImportSummary(
+        output=path,
+        model_name=converted.model_name,
+        params=params,
+        loss_name=converted.loss_name if converted.loss is not None else None,
+        num_classes=getattr(converted.loss, "num_classes", None),
+        notes=notes,
+    )

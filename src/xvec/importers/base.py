@@ -1,0 +1,62 @@
+"""What every checkpoint importer returns, and the pickle-safe reader they share.
+
+An importer turns another toolkit's checkpoint into an xvec model: it reads tensors without
+executing pickled code, infers the architecture from tensor names and shapes (an ambiguity is an
+error naming the option that settles it), and loads the weights into a registered xvec model.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from xvec.errors import XvecError
+
+
+@dataclass
+class Converted:
+    """A model rebuilt from a foreign checkpoint, ready to be saved as an xvec checkpoint."""
+
+    model_name: str
+    model: torch.nn.Module
+    loss_name: str | None = None
+    loss: torch.nn.Module | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def read_torch_state(path: str | Path, what: str = "PyTorch checkpoint") -> Any:
+    """Read a ``torch.save`` file with ``weights_only=True``: nothing in the pickle is executed.
+
+    A file whose unpickling would need arbitrary code is refused with an error naming the
+    callable it asks for.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise XvecError(f"{path}: file not found")
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*pickle protocol.*")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ... for bad files
+        text = str(exc)
+        if "weights_only" in text or "Unsupported global" in text:
+            culprit = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+            called = f" (it calls {culprit.group(1)})" if culprit else ""
+            raise XvecError(
+                f"{path}: refused: loading it would run arbitrary code from the pickle{called}; "
+                "only plain tensor state dicts are accepted"
+            ) from exc
+        first = text.strip().splitlines()[0][:160] if text.strip() else type(exc).__name__
+        raise XvecError(f"{path}: not a readable {what} ({first})") from exc
+
+
+def tensor_dict(obj: Any, path: str | Path, what: str) -> dict[str, torch.Tensor]:
+    """``obj`` as a ``{name: tensor}`` state dict, or an error saying what was expected."""
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise XvecError(f"{path}: expected a state dict of tensors ({what})")
+    return obj
