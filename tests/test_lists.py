@@ -196,11 +196,11 @@ def test_sampler_deterministic_per_epoch_and_max_seg():
 def test_batch_larger_than_speakers_does_not_crash_classification():
     batches = make_batches(LABELS, 200, 1, 500, False, seed=0, epoch=1)
     assert len(batches) == 1 and len(batches[0]) == len(LABELS)
-    check_sampler(7, 200, 1, metric_loss=False, loss_name="amsoftmax")
+    check_sampler(7, 200, 1, distinct_speakers=False, loss_name="amsoftmax")
     with pytest.raises(
         XvecError, match=r"batch_size 200 exceeds the 7 training speakers.*batch_size=7"
     ):
-        check_sampler(7, 200, 2, metric_loss=True, loss_name="angleproto")
+        check_sampler(7, 200, 2, distinct_speakers=True, loss_name="angleproto")
 
 
 def test_epoch_batches_deal_global_batches_to_ranks_and_resume():
