@@ -29,8 +29,8 @@ def test_mel_filterbank_equals_torchaudio(n_mels: int) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "window", "n_mels"), [("hamming40", "hamming", 40), ("hamming64", "hamming", 64),
-                                   ("hann40", "hann", 40)]
+    ("name", "window", "n_mels"),
+    [("hamming40", "hamming", 40), ("hamming64", "hamming", 64), ("hann40", "hann", 40)],
 )
 def test_log_mel_equals_torchaudio(name: str, window: str, n_mels: int) -> None:
     ours = torch.log(vt_filterbank(n_mels, window)(REF["wave_16k"]) + 1e-6)
@@ -44,7 +44,10 @@ def test_log_mel_equals_torchaudio(name: str, window: str, n_mels: int) -> None:
 def test_vt_filterbank_state_dict_names_are_torchaudios() -> None:
     assert set(vt_filterbank(40).state_dict()) == {"spectrogram.window", "mel_scale.fb"}
     assert set(vt_filterbank(64, preemphasis=True).state_dict()) == {
-        "0.flipped_filter", "1.spectrogram.window", "1.mel_scale.fb"}
+        "0.flipped_filter",
+        "1.spectrogram.window",
+        "1.mel_scale.fb",
+    }
 
 
 @pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000])
@@ -70,10 +73,16 @@ def test_live_torchaudio_cross_check() -> None:
     torchaudio = pytest.importorskip("torchaudio", reason="xvec[torchaudio] not installed")
     wave = REF["wave_16k"]
     mel = torchaudio.transforms.MelSpectrogram(
-        sample_rate=16000, n_fft=512, win_length=400, hop_length=160, n_mels=40,
+        sample_rate=16000,
+        n_fft=512,
+        win_length=400,
+        hop_length=160,
+        n_mels=40,
         window_fn=torch.hamming_window,
     )
     assert (vt_filterbank(40)(wave) - mel(wave)).abs().max() <= 1e-4
     x = REF["resample_in_44100"]
-    assert (torch.from_numpy(resample(x.numpy(), 44100, 16000))
-            - torchaudio.functional.resample(x, 44100, 16000)).abs().max() <= 1e-5
+    assert (
+        torch.from_numpy(resample(x.numpy(), 44100, 16000))
+        - torchaudio.functional.resample(x, 44100, 16000)
+    ).abs().max() <= 1e-5
