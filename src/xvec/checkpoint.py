@@ -225,7 +225,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> torch.nn
     return model.to(device).eval()
 
 
-def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+def load_state_strict(
+    module: torch.nn.Module,
+    state: dict[str, torch.Tensor],
+    source: str,
+    hint: str = "check the architecture options (model, encoder, n_mels, nOut, loss)",
+) -> None:
     """Load a state dict, naming the first few missing, unexpected or mis-shaped keys."""
     expected = module.state_dict()
     missing = [key for key in expected if key not in state]
@@ -244,8 +249,7 @@ def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], s
         problems.append(f"{len(mismatched)} of wrong shape (e.g. {'; '.join(mismatched[:3])})")
     if problems:
         raise XvecError(
-            f"{source}: weights do not fit {type(module).__name__}: {'; '.join(problems)}; "
-            "check the architecture options (model, encoder, n_mels, nOut, loss)"
+            f"{source}: weights do not fit {type(module).__name__}: {'; '.join(problems)}; {hint}"
         )
     module.load_state_dict(state, strict=True)
 

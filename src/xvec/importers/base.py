@@ -60,3 +60,37 @@ def tensor_dict(obj: Any, path: str | Path, what: str) -> dict[str, torch.Tensor
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise XvecError(f"{path}: expected a state dict of tensors ({what})")
     return obj
+
+
+def yaml_scalar(text: str) -> Any:
+    """A plain YAML scalar as Python (quoted string, null, boolean, ``{}``/``[]``, number, text).
+
+    Enough for the flat configs the importers read; PyYAML is not a dependency of xvec.
+    """
+    text = text.strip()
+    if text[:1] in "'\"" and text[-1:] == text[:1] and len(text) >= 2:
+        return text[1:-1]
+    lowered = text.lower()
+    if lowered in ("null", "~", ""):
+        return None
+    if lowered in ("true", "yes", "on", "false", "no", "off"):
+        return lowered in ("true", "yes", "on")
+    if text in ("{}", "[]"):
+        return {} if text == "{}" else []
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def strip_yaml_comment(line: str) -> str:
+    """``line`` without a trailing ``# comment`` (a ``#`` inside quotes is kept)."""
+    quote = None
+    for index, char in enumerate(line):
+        if char in "'\"":
+            quote = None if quote == char else (quote or char)
+        elif char == "#" and quote is None and (index == 0 or line[index - 1].isspace()):
+            return line[:index].rstrip()
+    return line.rstrip()

@@ -19,8 +19,9 @@ from typing import Any
 import torch
 
 from xvec import registry
+from xvec.checkpoint import load_state_strict
 from xvec.errors import XvecError
-from xvec.importers.base import Converted, read_torch_state, tensor_dict
+from xvec.importers.base import Converted, read_torch_state, strip_yaml_comment, tensor_dict
 
 __all__ = ["convert", "read_hyperparams"]
 
@@ -80,10 +81,6 @@ def _parse_value(text: str, where: str) -> Any:
         return text.strip("'\"")
 
 
-def _strip_comment(line: str) -> str:
-    return line.split(" #", 1)[0].rstrip() if not line.lstrip().startswith("#") else ""
-
-
 def read_hyperparams(path: Path) -> dict[str, dict[str, Any]]:
     """The flat entries of the top level (``""``) and of each top-level block of a SpeechBrain YAML.
 
@@ -97,7 +94,7 @@ def read_hyperparams(path: Path) -> dict[str, dict[str, Any]]:
     sections: dict[str, dict[str, Any]] = {"": {}}
     block: str | None = None
     for number, raw in enumerate(lines, start=1):
-        line = _strip_comment(raw)
+        line = strip_yaml_comment(raw)
         match = _ENTRY.match(line)
         if not line.strip() or not match:
             continue
@@ -178,26 +175,12 @@ def _load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source
         # Counters BatchNorm does not use in evaluation; some older files lack them.
         if key.endswith("num_batches_tracked") and key not in state:
             state[key] = torch.zeros((), dtype=torch.long)
-    missing = [key for key in expected if key not in state]
-    unexpected = [key for key in state if key not in expected]
-    wrong = [
-        f"{key} {tuple(state[key].shape)} vs {tuple(expected[key].shape)}"
-        for key in expected
-        if key in state and state[key].shape != expected[key].shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-    if wrong:
-        problems.append(f"{len(wrong)} of wrong shape (e.g. {'; '.join(wrong[:3])})")
-    if problems:
-        raise XvecError(
-            f"{source}: weights do not fit {MODEL_NAME}: {'; '.join(problems)}; "
-            "give the model's hyperparams.yaml or NAME=VALUE architecture overrides"
-        )
-    model.load_state_dict(state, strict=True)
+    load_state_strict(
+        model,
+        state,
+        str(source),
+        "give the model's hyperparams.yaml or NAME=VALUE architecture overrides",
+    )
 
 
 def convert(source: Path, config: Path | None, overrides: dict[str, Any]) -> Converted:

@@ -21,7 +21,7 @@ import torch
 from xvec import registry
 from xvec.checkpoint import load_state_strict, save_checkpoint
 from xvec.errors import XvecError
-from xvec.importers.base import Converted, read_torch_state, tensor_dict
+from xvec.importers.base import Converted, read_torch_state, tensor_dict, yaml_scalar
 
 __all__ = [
     "VT_MODELS",
@@ -265,22 +265,8 @@ def read_vt_config(path: Path) -> dict[str, Any]:
             raise XvecError(
                 f"{path}:{number}: expected 'key: value' (a voxceleb_trainer config is flat)"
             )
-        values[key.strip()] = _yaml_scalar(value.strip())
+        values[key.strip()] = yaml_scalar(value.strip())
     return values
-
-
-def _yaml_scalar(text: str) -> Any:
-    text = text.strip("'\"") if text[:1] in "'\"" else text
-    if text.lower() in ("true", "yes", "on"):
-        return True
-    if text.lower() in ("false", "no", "off"):
-        return False
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
 
 
 # --------------------------------------------------------------------------- conversion

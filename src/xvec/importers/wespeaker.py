@@ -19,7 +19,13 @@ import torch
 from xvec import registry
 from xvec.checkpoint import load_state_strict
 from xvec.errors import XvecError
-from xvec.importers.base import Converted, read_torch_state, tensor_dict
+from xvec.importers.base import (
+    Converted,
+    read_torch_state,
+    strip_yaml_comment,
+    tensor_dict,
+    yaml_scalar,
+)
 
 __all__ = ["convert", "detect_model", "read_yaml", "wespeaker_state"]
 
@@ -73,40 +79,12 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _scalar(text: str) -> Any:
-    if text[:1] in "'\"" and text[-1:] == text[:1] and len(text) >= 2:
-        return text[1:-1]
-    lowered = text.lower()
-    if lowered in ("null", "~", ""):
-        return None
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if text in ("{}", "[]"):
-        return {} if text == "{}" else []
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def _strip_comment(line: str) -> str:
-    quote = None
-    for index, char in enumerate(line):
-        if char in "'\"":
-            quote = None if quote == char else (quote or char)
-        elif char == "#" and quote is None and (index == 0 or line[index - 1].isspace()):
-            return line[:index].rstrip()
-    return line.rstrip()
-
-
 def _read_yaml_subset(path: Path, text: str) -> dict[str, Any]:
     root: dict[str, Any] = {}
     stack: list[tuple[int, Any]] = [(-1, root)]  # (indent, container)
     pending: tuple[int, dict[str, Any], str] | None = None  # a "key:" awaiting its block
     for number, raw in enumerate(text.splitlines(), start=1):
-        line = _strip_comment(raw)
+        line = strip_yaml_comment(raw)
         if not line.strip() or line.strip() in ("---", "..."):
             continue
         indent = len(line) - len(line.lstrip(" "))
@@ -128,14 +106,14 @@ def _read_yaml_subset(path: Path, text: str) -> dict[str, Any]:
         if item:
             if not isinstance(container, list):
                 raise XvecError(f"{path}:{number}: unexpected list item")
-            container.append(_scalar(body[2:].strip()))
+            container.append(yaml_scalar(body[2:].strip()))
             continue
         key, sep, value = body.partition(":")
         if not sep or not isinstance(container, dict):
             raise XvecError(f"{path}:{number}: expected 'key: value'")
         key, value = key.strip().strip("'\""), value.strip()
         if value:
-            container[key] = _scalar(value)
+            container[key] = yaml_scalar(value)
         else:
             container[key] = None
             pending = (indent, container, key)
