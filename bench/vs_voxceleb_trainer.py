@@ -13,7 +13,7 @@ xvec runs what users run: ``xvec train RECIPE --set train.max_steps=...`` (rate 
 log.jsonl) and ``xvec eval`` (files/s from result.json); scoring calls
 ``xvec.scoring.vt_crop_scores`` as ``xvec eval --protocol vt-crops`` does. VT runs its own code,
 imported from ``--vt`` by bench/_vt_side.py. ``--decode-cache`` adds a row: xvec training with
-its decode cache (filled before the rounds; bench/_xvec_cached_train.py switches it on).
+its decode cache (``data.decode_cache``, filled before the rounds).
 
 Numbers are only meaningful on a quiet machine; on a shared one quote the ratios of
 interleaved rounds and say the machine was busy.
@@ -156,15 +156,12 @@ class Sides:
             f"train.output_dir={run}",
             "train.log_every=1",
         ]
-        env = None
-        program = ["-m", "xvec"]
         if cached:
-            program = [str(BENCH / "_xvec_cached_train.py")]
-            env = {**os.environ, "XVEC_BENCH_DECODE_CACHE": str(self.cache)}
-        command = [sys.executable, *program, "train", str(RECIPE)]
+            overrides.append(f"data.decode_cache={self.cache}")
+        command = [sys.executable, "-m", "xvec", "train", str(RECIPE)]
         for item in overrides:
             command += ["--set", item]
-        measured = _measured(command, log, env=env)
+        measured = _measured(command, log)
         records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
         times = {r["step"]: r["time"] for r in records if r["kind"] == "train"}
         last = max(times)

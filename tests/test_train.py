@@ -273,3 +273,19 @@ def test_two_gloo_processes_equal_one_process(tmp_path, tone_corpus, tiny_model_
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-7)
     steps = [r for r in read_log(tmp_path / "double") if r["kind"] == "train"]
     assert len(steps) == len([r for r in read_log(tmp_path / "single") if r["kind"] == "train"])
+
+
+def test_decode_cache_in_the_recipe_gives_the_same_weights(tmp_path, tone_corpus, tiny_model_dist):
+    plain = tmp_path / "plain"
+    train(load_recipe(recipe_file(tmp_path, tone_corpus, "plain")), stop_when=after_steps(2))
+    cache = tmp_path / "decoded"
+    cached_recipe = load_recipe(
+        recipe_file(tmp_path, tone_corpus, "cached"), [f"data.decode_cache={cache}"]
+    )
+    train(cached_recipe, stop_when=after_steps(2))
+    assert any(cache.rglob("*.npy"))  # the loader filled the cache
+    a = load_file(str(plain / "state.safetensors"))
+    b = load_file(str(tmp_path / "cached" / "state.safetensors"))
+    for key in a:
+        if key.startswith("net."):
+            assert torch.equal(a[key], b[key]), key

@@ -46,6 +46,9 @@ class DataConfig(Section):
     max_frames: int = Field(200, gt=0, description="training crop, in 10 ms frames")
     eval_frames: int = Field(300, ge=0, description="evaluation crop (vt-crops); 0 = whole file")
     num_eval: int = Field(10, gt=0, description="evaluation crops per file (vt-crops)")
+    decode_cache: Path | None = Field(
+        None, description="folder of decoded training audio: crops are sliced, not re-decoded"
+    )
 
 
 class NamedSection(Section):
@@ -159,7 +162,7 @@ class Recipe(Section):
         data = self.data.model_copy(
             update={
                 key: fix(getattr(self.data, key))
-                for key in ("train_list", "train_path", "test_list", "test_path")
+                for key in ("train_list", "train_path", "test_list", "test_path", "decode_cache")
             }
         )
         augment = self.augment.model_copy(

@@ -534,7 +534,12 @@ def _build_loader(
             probability=cfg_augment.probability,
         )
     dataset = TrainDataset(
-        cfg_data.train_path, train_list, cfg_data.max_frames, cfg_train.seed, augmenter
+        cfg_data.train_path,
+        train_list,
+        cfg_data.max_frames,
+        cfg_train.seed,
+        augmenter,
+        decode_cache=cfg_data.decode_cache,
     )
     loader = torch.utils.data.DataLoader(
         dataset,
