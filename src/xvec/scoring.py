@@ -92,10 +92,11 @@ def vt_crop_scores(
 
     The score is minus the mean Euclidean distance over all crop pairs of the two files, after
     L2-normalising each crop (``normalize=False`` keeps raw crops, as VT does for the ``proto``
-    loss, whose ``test_normalize`` is off). Distances come from one batched Gram matrix per chunk
-    of trials: ``||a - b||^2 = ||a||^2 + ||b||^2 - 2 a.b``, clamped at zero (in float64; only
-    near-identical crops, whose distance is the square root of rounding, differ from direct
-    differences, by ~1e-8, below VT's own float32 noise).
+    loss, whose ``test_normalize`` is off). Trials are grouped by enrolment file, so each group
+    is one matrix product of that file's crops against all its test files' crops (trial lists
+    enrol each file several times); distances come from ``||a - b||^2 = ||a||^2 + ||b||^2 -
+    2 a.b``, clamped at zero, in float64 (only near-identical crops, whose distance is the square
+    root of rounding, differ from direct differences, by ~1e-8, below VT's own float32 noise).
     """
     crops = np.asarray(embeddings)
     if crops.ndim != 3:
@@ -115,15 +116,21 @@ def vt_crop_scores(
     scores = np.empty(enroll_index.size, dtype=np.float64)
     n_crops, dim = crops.shape[1:]
     step = _chunk_rows(n_crops * max(dim, n_crops) * 8)
-    for start in range(0, scores.size, step):
-        rows = slice(start, start + step)
-        e, t = enroll_index[rows], test_index[rows]
-        raw_gram = np.matmul(
-            crops[e].astype(np.float64), crops[t].astype(np.float64).transpose(0, 2, 1)
-        )
-        gram = raw_gram * scale[e][:, :, None] * scale[t][:, None, :]  # scale the small result
-        squared = squared_norms[e][:, :, None] + squared_norms[t][:, None, :] - 2.0 * gram
-        scores[rows] = -np.sqrt(np.maximum(squared, 0.0)).mean(axis=(1, 2))
+    order = np.argsort(enroll_index, kind="stable")
+    group_starts = np.flatnonzero(np.diff(enroll_index[order], prepend=-1))
+    group_ends = np.append(group_starts[1:], order.size)
+    for group_start, group_end in zip(group_starts, group_ends, strict=True):
+        file = enroll_index[order[group_start]]
+        left = crops[file].astype(np.float64)
+        for start in range(group_start, group_end, step):
+            rows = order[start : min(start + step, group_end)]
+            t = test_index[rows]
+            right = crops[t].astype(np.float64).reshape(-1, dim)
+            # [trials, test crop, enrolment crop]; scaling the small result normalises both
+            gram = (right @ left.T).reshape(rows.size, n_crops, n_crops)
+            gram *= scale[t][:, :, None] * scale[file][None, None, :]
+            squared = squared_norms[t][:, :, None] + squared_norms[file][None, None, :] - 2 * gram
+            scores[rows] = -np.sqrt(np.maximum(squared, 0.0)).mean(axis=(1, 2))
     return scores
 
 
