@@ -91,3 +91,23 @@ def test_interrupted_embed_keeps_its_work_and_resumes(tmp_path):
     from xvec.embed import EmbeddingStore
 
     assert set(EmbeddingStore.load(output).vectors) == {*names, "bad.wav"}
+
+
+def test_vt_crops_compute_repeated_crops_once_with_the_same_embeddings(tmp_path):
+    # 0.5 s is shorter than a 1 s crop: padded one sample past it (as VT does), its 4 crops
+    # start at samples 0, 0, 0, 1, so 2 are distinct; 3 s gives 4 distinct crops
+    names = _voices(tmp_path, [0.5, 3.0])
+    model = _model().eval()
+    crops = Protocol("vt-crops", eval_frames=100, num_eval=4)
+    rows = []
+    hook = model.register_forward_hook(lambda _m, args, _o: rows.append(args[0].shape[0]))
+    result = embed_files(model, tmp_path, names, crops, batch_size=8, device="cpu")
+    hook.remove()
+    assert sum(rows) == 2 + 4  # not 8: the short file's repeated crops ran once
+    for name in names:
+        audio, _ = soundfile.read(str(tmp_path / name), dtype="float32")
+        direct = crops.file_input(audio)[0]
+        with torch.inference_mode():
+            expected = model(torch.from_numpy(direct)).numpy()
+        assert result[name].shape == (4, 16)
+        np.testing.assert_allclose(result[name], expected, rtol=1e-5, atol=1e-6)

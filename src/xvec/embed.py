@@ -218,6 +218,27 @@ def _maybe_checkpoint(
     return last_save
 
 
+def _model_outputs(
+    model: torch.nn.Module, waves: np.ndarray, device: torch.device, *, skip_repeats: bool
+) -> np.ndarray:
+    """The model's outputs for the rows of ``waves``.
+
+    With ``skip_repeats`` a row equal to the one before it is computed once: a file shorter than
+    a crop gives ``num_eval`` identical crops (about half of a corpus of short utterances), and
+    near-crop-length files give repeated crop starts.
+    """
+    import torch
+
+    if skip_repeats and len(waves) > 1:
+        repeat = np.zeros(len(waves), dtype=bool)
+        repeat[1:] = (waves[1:] == waves[:-1]).all(axis=1)
+        if repeat.any():
+            source = np.cumsum(~repeat) - 1
+            return _model_outputs(model, waves[~repeat], device, skip_repeats=False)[source]
+    with torch.inference_mode():
+        return model(torch.from_numpy(waves).to(device)).float().cpu().numpy()
+
+
 def embed_files(
     model: torch.nn.Module,
     root: str | Path,
@@ -265,8 +286,7 @@ def embed_files(
     try:
         for batch, waves, short in _prefetched(load, batches):
             names = [todo[i] for i in batch]
-            with torch.inference_mode():
-                output = model(torch.from_numpy(waves).to(device)).float().cpu().numpy()
+            output = _model_outputs(model, waves, device, skip_repeats=protocol.crops)
             output = output.reshape(len(names), protocol.crops_per_file, -1)
             _check_finite(output, names, root)
             results.update(zip(names, output if protocol.crops else output[:, 0], strict=True))
