@@ -36,9 +36,10 @@ def test_log_mel_equals_torchaudio(name: str, window: str, n_mels: int) -> None:
     ours = torch.log(vt_filterbank(n_mels, window)(REF["wave_16k"]) + 1e-6)
     expected = REF[f"logmel_{name}"]
     assert ours.shape == expected.shape
-    # the log of a near-zero mel band amplifies float32 FFT rounding, which differs between torch
-    # builds; 5e-5 absolute on log values is 0.005 % of the power (issue 14 asked 1e-5: open)
-    assert (ours - expected).abs().max() <= 5e-5
+    # float32 FFT rounding depends on the CPU's kernels: torchaudio 2.11.0 itself differs by up
+    # to 2.1e-5 from log-mels it computed on another x86-64 machine; the fixture was made on this
+    # project's machine kind (x86-64, AVX2), where xvec and torchaudio agree to 5e-7
+    assert (ours - expected).abs().max() <= 1e-5
 
 
 def test_vt_filterbank_state_dict_names_are_torchaudios() -> None:
@@ -80,7 +81,8 @@ def test_live_torchaudio_cross_check() -> None:
         n_mels=40,
         window_fn=torch.hamming_window,
     )
-    assert (vt_filterbank(40)(wave) - mel(wave)).abs().max() <= 1e-4
+    log_mel = torch.log(mel(wave) + 1e-6)  # same build, same CPU: equal to 1e-5 relative
+    assert (torch.log(vt_filterbank(40)(wave) + 1e-6) - log_mel).abs().max() <= 1e-5
     x = REF["resample_in_44100"]
     assert (
         torch.from_numpy(resample(x.numpy(), 44100, 16000))
