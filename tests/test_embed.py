@@ -111,3 +111,40 @@ def test_vt_crops_compute_repeated_crops_once_with_the_same_embeddings(tmp_path)
             expected = model(torch.from_numpy(direct)).numpy()
         assert result[name].shape == (4, 16)
         np.testing.assert_allclose(result[name], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_cpu_streams_give_the_embeddings_of_one_stream(tmp_path, monkeypatch):
+    import xvec.embed as embed
+
+    names = _voices(tmp_path, [1.0, 1.2, 1.4, 1.6, 1.8])
+    model = _model().eval()
+    exact = Protocol(length_tolerance=0.0)
+    monkeypatch.setattr(embed, "cpu_streams", lambda device: (1, 2))
+    one = embed_files(model, tmp_path, names, exact, batch_size=1, device="cpu")
+    monkeypatch.setattr(embed, "cpu_streams", lambda device: (3, 1))
+    three = embed_files(model, tmp_path, names, exact, batch_size=1, device="cpu")
+    for name in names:
+        np.testing.assert_allclose(three[name], one[name], rtol=1e-5, atol=1e-6)
+
+
+def test_streams_keep_order_and_finish_work_before_a_read_error():
+    import threading
+
+    from xvec.embed import _computed_in_order
+
+    def items():
+        yield from range(5)
+        raise XvecError("bad.wav: unreadable")
+
+    threads: set[int] = set()
+
+    def compute(item):
+        threads.add(threading.get_ident())
+        return item * 10
+
+    got = []
+    with pytest.raises(XvecError, match=r"bad\.wav"):
+        for value in _computed_in_order(compute, items(), streams=2, threads=1):
+            got.append(value)
+    assert got == [0, 10, 20, 30, 40]  # every item read before the error was computed and kept
+    assert threading.get_ident() not in threads

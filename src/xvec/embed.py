@@ -1,9 +1,9 @@
 """Batched embedding extraction and embedding files.
 
 Files are read, cut and batched as the :class:`~xvec.protocol.Protocol` says. Audio is decoded
-in a background thread while the model runs, under ``torch.inference_mode``. Each unique file is
-embedded once. Partial results are saved next to the output, so an interrupted ``xvec embed``
-resumes without recomputing.
+in a background thread while the model runs, under ``torch.inference_mode``; on the CPU several
+batches run at once, each on its own thread. Each unique file is embedded once. Partial results
+are saved next to the output, so an interrupted ``xvec embed`` resumes without recomputing.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -204,6 +205,59 @@ def _prefetched(load: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[An
             future.cancel()
 
 
+MAX_STREAMS = 4  # batches computed at once on the CPU: bounds the memory of batches in flight
+
+
+def cpu_streams(device: torch.device) -> tuple[int, int]:
+    """How many batches to compute at once on ``device``, and intra-op threads for each.
+
+    On the CPU, the threads torch may use are split into up to :data:`MAX_STREAMS` independent
+    streams: the small convolutions of speaker models keep two cores busier as two streams of
+    one thread than as one op split over two threads. CUDA (and MPS) get one stream.
+    """
+    import torch
+
+    if device.type != "cpu":
+        return 1, torch.get_num_threads()
+    threads = torch.get_num_threads()
+    streams = max(1, min(threads, MAX_STREAMS))
+    return streams, max(1, threads // streams)
+
+
+def _computed_in_order(
+    compute: Callable[[Any], Any], items: Iterable[Any], streams: int, threads: int
+) -> Iterator[Any]:
+    """``compute(item)`` for each item, in order, ``streams`` at once on threads that each use
+    ``threads`` intra-op threads (torch's thread count is per thread). When reading the next
+    item fails, the results already being computed are yielded before the error is raised."""
+    if streams <= 1:
+        yield from map(compute, items)
+        return
+    import torch
+
+    pool = ThreadPoolExecutor(streams, initializer=torch.set_num_threads, initargs=(threads,))
+    with pool:
+        pending: deque[Future[Any]] = deque()
+        source, failure = iter(items), None
+        try:
+            while failure is None:
+                try:
+                    pending.append(pool.submit(compute, next(source)))
+                except StopIteration:
+                    break
+                except Exception as exc:  # the finished work is kept; then the error
+                    failure = exc
+                if len(pending) > streams:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+            if failure is not None:
+                raise failure
+        finally:
+            for future in pending:
+                future.cancel()
+
+
 def _maybe_checkpoint(
     save: Callable[[dict[str, np.ndarray]], None],
     results: dict[str, np.ndarray],
@@ -282,11 +336,15 @@ def embed_files(
         waves, short = _load_inputs(root, names, [infos[i] for i in batch], protocol)
         return batch, waves, short
 
+    def compute(loaded: tuple[np.ndarray, np.ndarray, int]) -> tuple[np.ndarray, np.ndarray, int]:
+        batch, waves, short = loaded
+        return batch, _model_outputs(model, waves, device, skip_repeats=protocol.crops), short
+
+    computed = _computed_in_order(compute, _prefetched(load, batches), *cpu_streams(device))
     start = last_save = time.perf_counter()
     try:
-        for batch, waves, short in _prefetched(load, batches):
+        for batch, output, short in computed:
             names = [todo[i] for i in batch]
-            output = _model_outputs(model, waves, device, skip_repeats=protocol.crops)
             output = output.reshape(len(names), protocol.crops_per_file, -1)
             _check_finite(output, names, root)
             results.update(zip(names, output if protocol.crops else output[:, 0], strict=True))
