@@ -144,3 +144,45 @@ def test_readme_python_example_runs(tmp_path):
         .replace('"b.wav"', repr(str(b)))
     )
     exec(compile(code, "README.md", "exec"), {})
+
+
+@pytest.mark.parametrize(
+    ("name", "loss", "params"),
+    [
+        ("ResNetSE34L", "amsoftmax", {"margin": 0.2, "scale": 30}),
+        ("ResNetSE34V2", "angleproto", {}),
+        ("RawNet3", "aamsoftmax", {"margin": 0.2, "scale": 30}),
+    ],
+)
+def test_vt_export_is_read_back_by_import_vt_without_flags(tmp_path, name, loss, params):
+    model = small_model(name)
+    head = registry.build("loss", loss, params, embedding_dim=model.embedding_dim, num_classes=7)
+    ckpt = save_checkpoint(tmp_path / "m.safetensors", model, name, loss=head, loss_name=loss)
+    vt_file = tmp_path / "m.model"
+    xvec_cli = [sys.executable, "-m", "xvec"]
+    exported = subprocess.run(
+        [*xvec_cli, "export", str(ckpt), "-o", str(vt_file), "--format", "vt"],
+        capture_output=True,
+        text=True,
+    )
+    assert exported.returncode == 0, exported.stderr
+    assert "vt ->" in exported.stdout
+    state = torch.load(vt_file, weights_only=True)  # VT's SpeakerNet state dict
+    assert {k.split(".")[0] for k in state} == {"__S__", "__L__"}
+    back = tmp_path / "back.safetensors"
+    imported = subprocess.run(
+        [*xvec_cli, "import", "vt", str(vt_file), "-o", str(back)], capture_output=True, text=True
+    )
+    assert imported.returncode == 0, imported.stderr
+    wave = (0.1 * np.random.default_rng(0).standard_normal((1, 24000))).astype(np.float32)
+    original, again = xvec.load(ckpt, device="cpu"), xvec.load(back, device="cpu")
+    np.testing.assert_array_equal(again._embed_waveform(wave[0]), original._embed_waveform(wave[0]))
+
+
+def test_vt_export_refuses_other_architectures(tmp_path):
+    ckpt = save_checkpoint(tmp_path / "t.safetensors", small_model("TDNN"), "TDNN")
+    with pytest.raises(XvecError, match="not a voxceleb_trainer architecture"):
+        from xvec.export import export_checkpoint
+
+        export_checkpoint(ckpt, tmp_path / "t.model", "vt")
+    assert not (tmp_path / "t.model").exists()

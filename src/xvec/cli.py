@@ -564,6 +564,7 @@ def _run_import(
 class ExportFormat(str, Enum):
     onnx = "onnx"
     torchscript = "torchscript"
+    vt = "vt"
 
 
 @app.command("export")
@@ -576,7 +577,8 @@ def export_command(
         float, typer.Option(help="Largest allowed difference from the PyTorch model.")
     ] = 1e-4,
 ) -> None:
-    """Export a model (front end included: input is the 16 kHz waveform) and verify it."""
+    """Export a model and verify it: ONNX/TorchScript take the 16 kHz waveform (front end
+    included); vt writes voxceleb_trainer's .model file."""
     from xvec.export import export_checkpoint
 
     _check_min("--tolerance", tolerance, 0)

@@ -28,7 +28,8 @@ from xvec.checkpoint import load_model
 from xvec.errors import XvecError
 from xvec.files import atomic_write_bytes
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "torchscript", "vt")
+VT_MODELS = ("ResNetSE34L", "ResNetSE34V2", "VGGVox40", "RawNet3")  # voxceleb_trainer's own
 CHECK_SECONDS = (1.0, 2.37, 4.0)
 OPSET = 18
 SAMPLE_RATE = 16000
@@ -221,7 +222,7 @@ def export_model(
     tolerance: float = 1e-4,
 ) -> ExportReport:
     """Export ``model`` to ``output`` in ``fmt`` (onnx or torchscript) and verify it."""
-    if fmt not in FORMATS:
+    if fmt not in FORMATS[:2]:
         raise XvecError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
     output = Path(output)
     model = model.cpu().eval()
@@ -243,8 +244,56 @@ def export_model(
     return ExportReport(output, fmt, diff, tuple(w.shape[1] for w in waves))
 
 
+def export_voxceleb_trainer(
+    checkpoint: str | Path, output: str | Path, tolerance: float = 1e-4
+) -> ExportReport:
+    """Write an xvec checkpoint of a voxceleb_trainer architecture as VT's ``.model`` file.
+
+    The file is VT's ``SpeakerNet`` state dict (model weights under ``__S__.``, loss weights under
+    ``__L__.``), so VT's ``--initial_model`` and ``xvec import vt`` read it. It is verified by
+    importing it back and comparing embeddings with the original model.
+    """
+    from xvec.checkpoint import read_checkpoint
+    from xvec.importers.voxceleb_trainer import import_voxceleb_trainer
+
+    checkpoint, output = Path(checkpoint), Path(output)
+    ckpt = read_checkpoint(checkpoint)
+    model_record, loss_record = ckpt.meta["model"], ckpt.meta.get("loss") or {}
+    if model_record["name"] not in VT_MODELS:
+        raise XvecError(
+            f"{checkpoint}: {model_record['name']} is not a voxceleb_trainer architecture; "
+            f"--format vt takes {', '.join(VT_MODELS)}"
+        )
+    state = {f"__S__.{key}": value for key, value in ckpt.model_state.items()}
+    state.update({f"__L__.{key}": value for key, value in ckpt.loss_state.items()})
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(output, buffer.getvalue())
+    with tempfile.TemporaryDirectory() as tmp:
+        reimported = import_voxceleb_trainer(
+            output,
+            Path(tmp) / "reimported.safetensors",
+            model_name=model_record["name"],
+            model_params=model_record["params"],
+            loss_name=loss_record.get("name"),
+            loss_params=loss_record.get("params"),
+            num_classes=loss_record.get("num_classes"),
+        )
+        waves = _check_inputs(seed=1)
+        expected = _reference(load_model(checkpoint), waves)
+        got = _reference(load_model(reimported), waves)
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(expected, got, strict=True))
+    if not diff <= tolerance:
+        output.unlink(missing_ok=True)
+        raise XvecError(f"{output}: re-imported model differs by {diff:.2e}; the file was removed")
+    return ExportReport(output, "vt", diff, tuple(w.shape[1] for w in waves))
+
+
 def export_checkpoint(
     checkpoint: str | Path, output: str | Path, fmt: str = "onnx", tolerance: float = 1e-4
 ) -> ExportReport:
-    """Load an xvec checkpoint and export it (see :func:`export_model`)."""
+    """Load an xvec checkpoint and export it (see :func:`export_model`; ``vt``:
+    :func:`export_voxceleb_trainer`)."""
+    if fmt == "vt":
+        return export_voxceleb_trainer(checkpoint, output, tolerance)
     return export_model(load_model(checkpoint), output, fmt, tolerance)
