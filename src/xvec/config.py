@@ -98,9 +98,6 @@ class TrainConfig(Section):
     output_dir: Path = Path("runs/exp1")
     num_workers: int = Field(2, ge=0)
     mixed_precision: bool = True
-    channels_last: bool = Field(
-        True, description="2-D convolutions in channels-last layout (faster with oneDNN and AMP)"
-    )
     device: str = "auto"
     log_every: int = Field(10, gt=0, description="steps between JSON-lines log records")
     max_steps: int | None = Field(

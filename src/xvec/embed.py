@@ -329,7 +329,7 @@ def embed_files(
     import torch  # here, not at import time: embedding files and scoring need no torch
 
     device = pick_device(str(device)) if not isinstance(device, torch.device) else device
-    model = model.to(device, memory_format=torch.channels_last).eval()  # faster 2-D convolutions
+    model = model.to(device).eval()
 
     def load(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
         names = [todo[i] for i in batch]

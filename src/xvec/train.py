@@ -380,8 +380,6 @@ def _setup(recipe: Recipe, resume: bool, console: Any, lock: RunLock) -> _Run:
     model = registry.build("model", recipe.model.name, recipe.model.params)
     loss = _build_loss(recipe, model, train_list)
     net = SpeakerNet(model, loss).to(device)
-    if recipe.train.channels_last:  # only 4-D weights change layout: a no-op for 1-D models
-        net = net.to(memory_format=torch.channels_last)
     batches, loader = _build_loader(recipe, train_list, loss, rank, world, device)
     optimizer = make_optimizer(recipe, net.parameters())
     scheduler, schedule_unit = make_scheduler(recipe, optimizer, len(batches))
