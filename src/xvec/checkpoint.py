@@ -20,6 +20,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from xvec import __version__, registry
+from xvec.audio import SAMPLE_RATE
 from xvec.errors import XvecError
 from xvec.files import atomic_write_bytes, metadata_record, safetensors_metadata
 
@@ -77,7 +78,7 @@ def serialize(
         "xvec_version": __version__,
         "model": _component_record("model", model_name, getattr(model, "params", {})),
         "embedding_dim": int(getattr(model, "embedding_dim", 0) or 0),
-        "sample_rate": int(getattr(model, "sample_rate", 16000)),
+        "sample_rate": int(getattr(model, "sample_rate", SAMPLE_RATE)),
         "loss": None,
     }
     if loss is not None and loss_name is not None:

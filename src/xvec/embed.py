@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from xvec.audio import SAMPLE_RATE, AudioInfo, audio_info, read_audio
+from xvec.devices import parse_device
 from xvec.errors import XvecError
 from xvec.files import atomic_write_bytes, metadata_record, safetensors_metadata
 from xvec.protocol import Protocol
@@ -49,13 +50,6 @@ class EmbedStats:
     @property
     def files_per_second(self) -> float:
         return self.computed / self.seconds if self.seconds > 0 else float("nan")
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    """``auto`` means CUDA when available, else CPU; bad or absent devices are an XvecError."""
-    from xvec.devices import parse_device
-
-    return parse_device(device)
 
 
 def _load_inputs(
@@ -253,7 +247,7 @@ def embed_files(
     )
     import torch  # here, not at import time: embedding files and scoring need no torch
 
-    device = pick_device(str(device)) if not isinstance(device, torch.device) else device
+    device = parse_device(str(device)) if not isinstance(device, torch.device) else device
     model = model.to(device).eval()
 
     def load(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from xvec.audio import SAMPLE_RATE
 from xvec.checkpoint import load_model
 from xvec.errors import XvecError
 from xvec.files import atomic_write_bytes
@@ -31,7 +32,6 @@ from xvec.files import atomic_write_bytes
 FORMATS = ("onnx", "torchscript")
 CHECK_SECONDS = (1.0, 2.37, 4.0)
 OPSET = 18
-SAMPLE_RATE = 16000
 MIN_EXPORT_SAMPLES = SAMPLE_RATE  # exported graphs take >= 1 s; pad shorter audio before
 
 
@@ -47,7 +47,7 @@ class ExportReport:
     def __str__(self) -> str:
         return (
             f"{self.format} -> {self.path}; verified on {len(self.lengths)} waveforms of "
-            f"{', '.join(f'{n / 16000:.2f} s' for n in self.lengths)}: "
+            f"{', '.join(f'{n / SAMPLE_RATE:.2f} s' for n in self.lengths)}: "
             f"max |difference| {self.max_abs_diff:.2e}"
         )
 
@@ -55,7 +55,8 @@ class ExportReport:
 def _check_inputs(seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [
-        (0.1 * rng.standard_normal((2, int(s * 16000)))).astype(np.float32) for s in CHECK_SECONDS
+        (0.1 * rng.standard_normal((2, int(s * SAMPLE_RATE)))).astype(np.float32)
+        for s in CHECK_SECONDS
     ]
 
 
@@ -73,7 +74,7 @@ def model_metadata(model: torch.nn.Module) -> dict[str, str]:
         "xvec_model_params": json.dumps(record.get("params", {})),
         "xvec_version": str(meta.get("xvec_version", "")),
         "embedding_dim": str(int(model.embedding_dim)),
-        "sample_rate": str(int(getattr(model, "sample_rate", 16000))),
+        "sample_rate": str(int(getattr(model, "sample_rate", SAMPLE_RATE))),
         "input": "waveform float32 [batch, samples], mono, 16 kHz",
         "output": "embedding float32 [batch, embedding_dim]",
     }

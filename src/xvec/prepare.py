@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from xvec.audio import AUDIO_EXTENSIONS
 from xvec.errors import XvecError
-from xvec.files import atomic_write_bytes
+from xvec.files import write_text_atomic
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -31,12 +32,10 @@ __all__ = [
     "prepare_folder",
     "prepare_speechocean762",
     "prepare_voxceleb",
-    "write_text_atomic",
     "write_train_list",
     "write_trials",
 ]
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")  # what soundfile (libsndfile) can read
 UNREADABLE_EXTENSIONS = (".m4a", ".aac")  # VoxCeleb2's AAC: convert to wav first
 
 # VoxCeleb1's 40 test speakers (the VoxCeleb1-O trial list uses only these); the rest are "dev".
@@ -68,11 +67,6 @@ def check_overwrite(paths: Iterable[str | Path], force: bool) -> None:
     if existing:
         others = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
         raise XvecError(f"{existing[0]} exists{others}; give --force to overwrite it")
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write UTF-8 ``text`` so that ``path`` holds either its old content or all of the new."""
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _check_no_spaces(paths: Iterable[str], where: Path) -> None:
