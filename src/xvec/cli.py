@@ -611,8 +611,9 @@ def prepare_voxceleb_command(
 ) -> None:
     """VoxCeleb1/2 on disk: voxceleb2_train_list.txt (or voxceleb1_), trial lists checked."""
     from xvec.prepare import prepare_voxceleb
+    from xvec.report import prepared_text
 
-    out.print(prepare_voxceleb(vox1, vox2, out_dir, force=force))
+    out.print(prepared_text(prepare_voxceleb(vox1, vox2, out_dir, force=force)))
 
 
 @prepare_app.command("speechocean762")
@@ -626,8 +627,9 @@ def prepare_speechocean_command(
 ) -> None:
     """speechocean762: train list from its train part, trials from its test part."""
     from xvec.prepare import prepare_speechocean762
+    from xvec.report import prepared_text
 
-    out.print(prepare_speechocean762(root, out_dir, force=force))
+    out.print(prepared_text(prepare_speechocean762(root, out_dir, force=force)))
 
 
 @prepare_app.command("folder")
@@ -639,8 +641,9 @@ def prepare_folder_command(
 ) -> None:
     """Any SPEAKER/.../*.wav tree: a train list."""
     from xvec.prepare import prepare_folder
+    from xvec.report import prepared_text
 
-    out.print(prepare_folder(root, output, force=force))
+    out.print(prepared_text(prepare_folder(root, output, force=force)))
 
 
 def main() -> None:

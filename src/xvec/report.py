@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from xvec.prepare import FolderLists, SpeechoceanLists, VoxcelebLists
 
 PIPE_WIDTH = 160  # tables stay readable in logs and pipes, where rich would assume 80 columns
 
@@ -220,3 +223,32 @@ def write_table(path: Path, table: Table) -> None:
     buffer = io.StringIO()
     Console(file=buffer, width=PIPE_WIDTH, color_system=None).print(table)
     atomic_write_bytes(path, buffer.getvalue().encode())
+
+
+def prepared_text(lists: FolderLists | SpeechoceanLists | VoxcelebLists) -> str:
+    """What ``xvec prepare`` prints for the lists a preparer wrote."""
+    from xvec.prepare import FolderLists, SpeechoceanLists
+
+    train = lists.train
+    if isinstance(lists, FolderLists):
+        text = f"{train.speakers} speakers, {train.files} files -> {train.path}"
+        if lists.skipped:
+            text += f" ({lists.skipped} file(s) directly in {lists.root} skipped: "
+            text += "no speaker folder)"
+        return text
+    if isinstance(lists, SpeechoceanLists):
+        trials = lists.trials
+        text = (
+            f"{train.path}: {train.speakers} speakers, {train.files} files; "
+            f"{trials.path}: {trials.trials} trials ({trials.targets} target) "
+            f"over {trials.speakers} speakers, {trials.files} files; "
+            f"paths relative to {lists.audio}"
+        )
+        if lists.skipped:
+            text += f" ({lists.skipped} files of speakers not in {lists.table.name} skipped)"
+        return text
+    head = (
+        f"{train.path}: {train.speakers} speakers, {train.files} files from {lists.source} "
+        f"(train_path {lists.train_path})"
+    )
+    return "\n".join([head, *lists.notes])
