@@ -20,7 +20,7 @@ import numpy as np
 
 from xvec.data import Trials, check_files_exist, read_trials, require_both_labels
 from xvec.embed import EmbedStats, embed_files
-from xvec.errors import XvecError
+from xvec.errors import XvecError, check_at_least
 from xvec.files import write_json_atomic
 from xvec.metrics import DEFAULT_P_TARGETS, Metrics, compute_metrics
 from xvec.protocol import Protocol
@@ -221,8 +221,7 @@ def run_eval(
 
     if not models and not score_files:
         raise XvecError("give --model (one or more checkpoints) or --scores (score files)")
-    if batch_size < 1:
-        raise XvecError(f"--batch-size {batch_size}: must be a number >= 1")
+    check_at_least("--batch-size", batch_size, 1)
     dcf = dcf or DcfSettings()
     if models:
         from xvec.devices import parse_device

@@ -26,7 +26,7 @@ import torch
 
 from xvec.audio import SAMPLE_RATE
 from xvec.checkpoint import load_model
-from xvec.errors import XvecError
+from xvec.errors import XvecError, check_at_least
 from xvec.files import atomic_write_bytes
 
 FORMATS = ("onnx", "torchscript")
@@ -248,4 +248,5 @@ def export_checkpoint(
     checkpoint: str | Path, output: str | Path, fmt: str = "onnx", tolerance: float = 1e-4
 ) -> ExportReport:
     """Load an xvec checkpoint and export it (see :func:`export_model`)."""
+    check_at_least("--tolerance", tolerance, 0)
     return export_model(load_model(checkpoint), output, fmt, tolerance)

@@ -16,7 +16,7 @@ from typing import Any
 
 from xvec.errors import XvecError
 
-__all__ = ["FORMATS", "ImportSummary", "import_checkpoint", "parse_params"]
+__all__ = ["FORMATS", "ImportSummary", "import_checkpoint", "model_overrides", "parse_params"]
 
 # Format name -> (module under xvec.importers, what it reads).
 FORMATS: dict[str, tuple[str, str]] = {
@@ -60,6 +60,12 @@ def parse_params(items: list[str]) -> dict[str, Any]:
             raise XvecError(f"--param '{item}': expected NAME=VALUE, e.g. --param C=512")
         params[key.strip()] = _parse_value(value.strip())
     return params
+
+
+def model_overrides(items: list[str], **named: Any) -> dict[str, Any]:
+    """The model parameters a user gave: ``named`` ones that are not None, then ``NAME=VALUE``."""
+    given = {key: value for key, value in named.items() if value is not None}
+    return {**given, **parse_params(items)}
 
 
 def _format_module(fmt: str) -> Any:
