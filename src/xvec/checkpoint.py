@@ -39,10 +39,6 @@ class Checkpoint:
     loss_state: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
-    def model_name(self) -> str:
-        return self.meta["model"]["name"]
-
-    @property
     def model_params(self) -> dict[str, Any]:
         return self.meta["model"]["params"]
 
@@ -221,9 +217,7 @@ def build_loss(path: str | Path, ckpt: Checkpoint) -> torch.nn.Module | None:
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
     """Rebuild a model from a checkpoint's metadata alone, in eval mode, ready for inference."""
     ckpt = read_checkpoint(path)
-    model = build_model(path, ckpt)
-    model.checkpoint_meta = ckpt.meta  # type: ignore[attr-defined]
-    return model.to(device).eval()
+    return build_model(path, ckpt).to(device).eval()
 
 
 def load_state_strict(
