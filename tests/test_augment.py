@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile
 
-import xvec.augment as augment_module
+import xvec.audio as audio_module
 from xvec.augment import NOISE_SNR_DB, Augmenter, change_speed, mix_at_snr, reverberate
 from xvec.errors import XvecError
 
@@ -77,13 +77,13 @@ def test_musan_layout_speech_is_babble_of_distinct_files(tmp_path, monkeypatch):
     assert augmenter.kinds == ("music", "speech", "noise")
 
     reads: list[str] = []
-    real_read = augment_module.read_audio
+    real_read = audio_module.read_audio
 
     def spy(path, *args, **kwargs):
         reads.append(str(path))
         return real_read(path, *args, **kwargs)
 
-    monkeypatch.setattr(augment_module, "read_audio", spy)
+    monkeypatch.setattr(audio_module, "read_audio", spy)
     clean = clean_crop()
     files_per_call = set()
     for seed in range(12):

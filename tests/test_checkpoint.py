@@ -28,7 +28,7 @@ def test_round_trip_rebuilds_model_from_metadata_alone(tiny, tmp_path):
     loaded = checkpoint.load_model(path)
     wave = torch.randn(2, 16000)
     assert torch.equal(loaded(wave), tiny(wave))
-    meta = loaded.checkpoint_meta
+    meta = checkpoint.read_checkpoint(path).meta
     assert meta["model"] == {
         "name": "TinyModel",
         "params": {"nOut": 6, "hidden": 12, "batch_norm": True},

@@ -19,6 +19,7 @@ from xvec.prepare import (
     prepare_speechocean762,
     prepare_voxceleb,
 )
+from xvec.report import prepared_text
 
 from conftest import SPEECHOCEAN, requires_speechocean
 
@@ -45,7 +46,7 @@ def test_prepare_folder_lists_speaker_trees_sorted(tmp_path):
     (root / "alice" / "notes.txt").write_text("not audio")
     output = tmp_path / "lists" / "train_list.txt"
 
-    summary = prepare_folder(root, output)
+    summary = prepared_text(prepare_folder(root, output))
     assert output.read_text().splitlines() == [
         "alice alice/x.WAV",
         "alice alice/y.ogg",
@@ -136,7 +137,7 @@ def test_build_trials_prefers_same_gender_non_targets():
 
 @requires_speechocean
 def test_speechocean762_matches_the_shipped_lists(tmp_path):
-    summary = prepare_speechocean762(SPEECHOCEAN, tmp_path)
+    summary = prepared_text(prepare_speechocean762(SPEECHOCEAN, tmp_path))
     produced = (tmp_path / "train_list.txt").read_text().splitlines()
     shipped = (SPEECHOCEAN / "lists" / "train_list.txt").read_text().splitlines()
     assert sorted(produced) == produced
@@ -176,7 +177,7 @@ def test_speechocean762_original_kaldi_layout(tmp_path):
         (root / part / "wav.scp").write_text("\n".join(lines) + "\n")
     (root / "test" / "spk2gender").write_text("0003 m\n0004 f\n0005 m\n")
 
-    summary = prepare_speechocean762(root, tmp_path / "lists")
+    summary = prepared_text(prepare_speechocean762(root, tmp_path / "lists"))
     listing = read_train_list(tmp_path / "lists" / "train_list.txt")
     assert listing.speakers == ["SPEAKER0001", "SPEAKER0002"] and len(listing.files) == 6
     assert listing.files[0] == "SPEAKER0001/000010000.WAV"
@@ -228,7 +229,7 @@ GOOD_TRIALS = [
 def test_voxceleb1_only_trains_on_dev_and_checks_trials(tmp_path):
     fake_vox1(tmp_path / "vox1")
     write_veri(tmp_path / "lists" / "veri_test2.txt", GOOD_TRIALS)
-    summary = prepare_voxceleb(tmp_path / "vox1", None, tmp_path / "lists")
+    summary = prepared_text(prepare_voxceleb(tmp_path / "vox1", None, tmp_path / "lists"))
     listing = read_train_list(tmp_path / "lists" / "voxceleb1_train_list.txt")
     assert listing.speakers == ["id10001", "id10002"]  # the test speakers never train
     assert listing.files[0] == "id10001/vidA/00001.wav" and len(listing.files) == 8
@@ -263,7 +264,9 @@ def test_voxceleb2_dev_is_the_train_set_when_given(tmp_path):
         aac.parent.mkdir(parents=True)
         aac.write_bytes(b"\0" * 32)  # the original AAC, beside its converted wav
         write_tone(tmp_path / "vox2" / "dev" / "wav" / speaker / "v1" / "00001.wav", 300)
-    summary = prepare_voxceleb(tmp_path / "vox1", tmp_path / "vox2", tmp_path / "lists")
+    summary = prepared_text(
+        prepare_voxceleb(tmp_path / "vox1", tmp_path / "vox2", tmp_path / "lists")
+    )
     assert (tmp_path / "lists" / "voxceleb2_train_list.txt").read_text() == (
         "id00012 id00012/v1/00001.wav\nid00015 id00015/v1/00001.wav\n"
     )
@@ -289,7 +292,7 @@ def test_voxceleb_errors(tmp_path):
 
 def test_voxceleb_without_trial_lists_says_where_to_put_them(tmp_path):
     fake_vox1(tmp_path / "vox1")
-    summary = prepare_voxceleb(tmp_path / "vox1", None, tmp_path / "lists")
+    summary = prepared_text(prepare_voxceleb(tmp_path / "vox1", None, tmp_path / "lists"))
     assert "put veri_test2.txt" in summary
 
 

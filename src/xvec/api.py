@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from xvec.audio import SAMPLE_RATE
-from xvec.embed import embed_files, pick_device
+from xvec.devices import parse_device
+from xvec.embed import embed_files
 from xvec.protocol import EVAL_FRAMES, NUM_EVAL, Protocol, ProtocolName
 
 AudioInput = str | Path | np.ndarray
@@ -37,7 +38,7 @@ class Encoder:
         device: str | torch.device = "auto",
         batch_size: int = 32,
     ) -> None:
-        self.device = pick_device(str(device))
+        self.device = parse_device(str(device))
         self.model = model.to(self.device).eval()
         self.protocol = protocol or Protocol()
         self.batch_size = batch_size

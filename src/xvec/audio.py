@@ -15,6 +15,7 @@ import hashlib
 import math
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,8 @@ import soundfile
 from xvec.errors import XvecError
 from xvec.files import atomic_write
 
-SAMPLE_RATE = 16000
+SAMPLE_RATE = 16000  # every model's input rate; files at other rates are resampled on reading
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")  # what soundfile (libsndfile) can read
 HOP = 160  # samples per 10 ms frame at 16 kHz
 WINDOW_EXTRA = 240  # window length (400) minus hop: crop = frames * HOP + WINDOW_EXTRA
 
@@ -156,6 +158,11 @@ def wrap_pad(audio: np.ndarray, length: int) -> np.ndarray:
     return audio
 
 
+def wrap_crop(audio: np.ndarray, length: int) -> np.ndarray:
+    """The first ``length`` samples of ``audio``, wrap-padded first when it is shorter."""
+    return wrap_pad(audio, length)[:length]
+
+
 class DecodeCache:
     """Decoded 16 kHz mono samples on disk, one memory-mapped ``.npy`` per source file.
 
@@ -231,16 +238,29 @@ def train_crop(
     is drawn the same way, so the crop covers the same samples. (For Opus, libsndfile's seek
     can differ from the whole-file decode by a rounding step, ~1e-8, in a few files.)
     """
-    length = crop_samples(frames)
-    info = info or audio_info(path)
+    return read_crop(path, crop_samples(frames), rng.random, info or audio_info(path), cache)
+
+
+def read_crop(
+    path: str | Path,
+    length: int,
+    position: Callable[[], float],
+    info: AudioInfo,
+    cache: DecodeCache | None = None,
+) -> np.ndarray:
+    """``length`` samples of ``path`` from ``int(position() * (total - length))`` (VT's crop).
+
+    ``position`` (a draw in [0, 1)) is called only for a file longer than the crop; a shorter
+    one, or a read the header overstated, is wrap-padded as voxceleb_trainer does.
+    """
     total = info.frames_at(SAMPLE_RATE)
     stored = None
     if cache is not None and info.sample_rate == SAMPLE_RATE:
         stored = cache.signal(path, info)
     if total <= length:
         whole = read_audio(path, info=info) if stored is None else _as_float(stored)
-        return wrap_pad(whole, length)[:length]
-    start = int(rng.random() * (total - length))
+        return wrap_crop(whole, length)
+    start = int(position() * (total - length))
     if stored is None:
         audio = read_audio(path, start=start, frames=length, info=info)
     else:
@@ -248,7 +268,7 @@ def train_crop(
         if audio.size == 0:
             raise XvecError(f"{path}: no samples could be read (empty or truncated file)")
     if audio.shape[0] < length:  # header length can overstate decodable samples
-        audio = wrap_pad(audio, length)[:length]
+        audio = wrap_crop(audio, length)
     return audio
 
 

@@ -38,11 +38,10 @@ from pathlib import Path
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from xvec.audio import SAMPLE_RATE, AudioInfo, audio_info, read_audio, wrap_pad
+from xvec.audio import AUDIO_EXTENSIONS, AudioInfo, audio_info, read_audio, read_crop
 from xvec.errors import XvecError
 
 __all__ = [
-    "AUDIO_SUFFIXES",
     "NOISE_COUNTS",
     "NOISE_SNR_DB",
     "SPEED_FACTORS",
@@ -52,7 +51,6 @@ __all__ = [
     "reverberate",
 ]
 
-AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg"})
 MUSAN_CATEGORIES = ("music", "speech", "noise")
 # voxceleb_trainer's AugmentWAV: SNR range (dB) and number of files mixed per category.
 NOISE_SNR_DB: dict[str, tuple[float, float]] = {
@@ -72,10 +70,12 @@ def _audio_files(root: Path, field: str) -> list[Path]:
     if not root.is_dir():
         raise XvecError(f"{root}: {field} folder not found; fix the path in the recipe")
     files = sorted(
-        path for path in root.rglob("*") if path.suffix.lower() in AUDIO_SUFFIXES and path.is_file()
+        path
+        for path in root.rglob("*")
+        if path.suffix.lower() in AUDIO_EXTENSIONS and path.is_file()
     )
     if not files:
-        suffixes = "/".join(sorted(AUDIO_SUFFIXES))
+        suffixes = "/".join(sorted(AUDIO_EXTENSIONS))
         raise XvecError(f"{root}: {field} folder holds no audio files ({suffixes})")
     return files
 
@@ -274,15 +274,7 @@ class Augmenter:
 
     def _segment(self, path: str, length: int, offset: float) -> np.ndarray:
         """``length`` samples of ``path`` from relative position ``offset`` (VT's random crop)."""
-        info = self._info(path)
-        total = info.frames_at(SAMPLE_RATE)
-        if total <= length:
-            return wrap_pad(read_audio(path, info=info), length)[:length]
-        start = int(offset * (total - length))
-        segment = read_audio(path, start=start, frames=length, info=info)
-        if segment.shape[0] < length:  # the header can overstate decodable samples
-            segment = wrap_pad(segment, length)[:length]
-        return segment
+        return read_crop(path, length, lambda: offset, self._info(path))
 
     def _rir(self, path: str) -> np.ndarray:
         """The RIR scaled to unit L2 norm (as VT), from this process's LRU cache."""

@@ -20,6 +20,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from xvec import __version__, registry
+from xvec.audio import SAMPLE_RATE
 from xvec.errors import XvecError
 from xvec.files import atomic_write_bytes, metadata_record, safetensors_metadata
 
@@ -36,10 +37,6 @@ class Checkpoint:
     meta: dict[str, Any]
     model_state: dict[str, torch.Tensor]
     loss_state: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    @property
-    def model_name(self) -> str:
-        return self.meta["model"]["name"]
 
     @property
     def model_params(self) -> dict[str, Any]:
@@ -77,7 +74,7 @@ def serialize(
         "xvec_version": __version__,
         "model": _component_record("model", model_name, getattr(model, "params", {})),
         "embedding_dim": int(getattr(model, "embedding_dim", 0) or 0),
-        "sample_rate": int(getattr(model, "sample_rate", 16000)),
+        "sample_rate": int(getattr(model, "sample_rate", SAMPLE_RATE)),
         "loss": None,
     }
     if loss is not None and loss_name is not None:
@@ -220,9 +217,7 @@ def build_loss(path: str | Path, ckpt: Checkpoint) -> torch.nn.Module | None:
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
     """Rebuild a model from a checkpoint's metadata alone, in eval mode, ready for inference."""
     ckpt = read_checkpoint(path)
-    model = build_model(path, ckpt)
-    model.checkpoint_meta = ckpt.meta  # type: ignore[attr-defined]
-    return model.to(device).eval()
+    return build_model(path, ckpt).to(device).eval()
 
 
 def load_state_strict(

@@ -1,13 +1,15 @@
 """The ``xvec`` command: a thin Typer layer over the library.
 
-Each command parses its arguments, calls library functions and renders the result with rich.
-User errors (:class:`xvec.errors.XvecError`) become one line on stderr and a non-zero exit code;
-heavy modules are imported inside the commands so ``xvec --help`` stays fast.
+Each command parses its arguments, calls library functions (which check the inputs and
+return data) and renders the result with :mod:`xvec.report`. User errors
+(:class:`xvec.errors.XvecError`) become one line on stderr and a non-zero exit code; heavy
+modules (torch, matplotlib) are imported inside the commands so ``xvec --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import warnings
 from collections.abc import Callable
 from enum import Enum
@@ -16,9 +18,10 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from xvec import report
 from xvec.compat import check_torch_version, prefer_sleeping_threads
 from xvec.errors import XvecError
-from xvec.report import FileProgress, make_console
+from xvec.protocol import EVAL_FRAMES, LENGTH_TOLERANCE, NUM_EVAL
 
 app = typer.Typer(
     name="xvec",
@@ -37,8 +40,8 @@ prepare_app = typer.Typer(
 app.add_typer(plot_app, name="plot")
 app.add_typer(prepare_app, name="prepare")
 
-out = make_console()
-err = make_console(stderr=True)
+out = report.make_console()
+err = report.make_console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -56,14 +59,7 @@ def one_line_errors(func: F) -> F:
                 warnings.showwarning = _show_warning
                 return func(*args, **kwargs)
         except XvecError as exc:
-            from rich.markup import escape
-
-            err.print(
-                f"[bold red]error:[/] {escape(str(exc))}",
-                markup=True,
-                highlight=False,
-                soft_wrap=True,
-            )
+            report.print_error(err, str(exc))
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err.print("interrupted", highlight=False)
@@ -73,12 +69,8 @@ def one_line_errors(func: F) -> F:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    from rich.markup import escape
+    report.print_warning(err, str(message))
 
-    err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
-
-
-from xvec.protocol import EVAL_FRAMES, LENGTH_TOLERANCE, NUM_EVAL  # noqa: E402
 
 LENGTH_TOLERANCE_OPTION = typer.Option(
     help="full: batch files whose lengths differ by up to this fraction, trimming each to the "
@@ -86,44 +78,32 @@ LENGTH_TOLERANCE_OPTION = typer.Option(
 )
 
 
-class ProtocolName(str, Enum):
-    full = "full"
-    vt_crops = "vt-crops"
+def _choices(name: str, *values: str) -> Any:
+    """A ``str`` Enum Typer shows as a choice of ``values`` (member names: ``-`` as ``_``)."""
+    return Enum(name, {value.replace("-", "_"): value for value in values}, type=str)
 
 
-class NormName(str, Enum):
-    none = "none"
-    asnorm = "asnorm"
-    mean = "mean"
-
-
-def _check_min(option: str, value: float | None, low: float) -> None:
-    """One-line error for a numeric option below ``low`` (or not finite)."""
-    import math
-
-    if value is not None and not (math.isfinite(value) and value >= low):
-        raise XvecError(f"{option} {value}: must be a number >= {low}")
+ProtocolName = _choices("ProtocolName", "full", "vt-crops")
+NormName = _choices("NormName", "none", "asnorm", "mean")
+ImportFormat = _choices("ImportFormat", "vt", "wespeaker", "speechbrain")
+ExportFormat = _choices("ExportFormat", "onnx", "torchscript", "vt")
 
 
 # --------------------------------------------------------------------------- registry listings
 
 
-@app.command("models")
-@one_line_errors
-def models_command() -> None:
-    """List the installed model architectures and their parameters."""
-    from xvec.report import registry_table
+def _registry_command(kind: str, what: str) -> Callable[[], None]:
+    """``xvec models`` / ``xvec losses``: the entry points of one kind in a table."""
 
-    out.print(registry_table("model"))
+    def command() -> None:
+        out.print(report.registry_table(kind))
+
+    command.__doc__ = f"List the installed {what} and their parameters."
+    return one_line_errors(command)
 
 
-@app.command("losses")
-@one_line_errors
-def losses_command() -> None:
-    """List the installed training losses and their parameters."""
-    from xvec.report import registry_table
-
-    out.print(registry_table("loss"))
+app.command("models")(_registry_command("model", "model architectures"))
+app.command("losses")(_registry_command("loss", "training losses"))
 
 
 # --------------------------------------------------------------------------- lists
@@ -139,13 +119,12 @@ def count_classes(
 ) -> None:
     """Count speakers (nClasses) and utterances of a train list."""
     from xvec.data import class_summary, read_train_list
-    from xvec.report import class_table
 
     summary = class_summary(read_train_list(train_list))
     if plain:
         print(summary["speakers"])
         return
-    out.print(class_table(summary, str(train_list)))
+    out.print(report.class_table(summary, str(train_list)))
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -201,7 +180,6 @@ def eval_command(
     prefer_sleeping_threads()
     from xvec.evaluate import DcfSettings, run_eval
     from xvec.protocol import Protocol
-    from xvec.report import metrics_table, write_table
 
     run = run_eval(
         trials,
@@ -214,19 +192,11 @@ def eval_command(
         device=device,
         max_trials=max_trials,
         dcf=DcfSettings(tuple(p_target or ()), c_miss, c_fa),
-        progress_for=lambda path: FileProgress(f"embedding ({path.name})", err),
+        progress_for=lambda path: report.FileProgress(f"embedding ({path.name})", err),
     )
-    for note in run.notes:
-        err.print(f"note: {note}", highlight=False)
-    for written in run.written:
-        err.print("  ".join(f"{p.stem}: {p}" for p in written), highlight=False)
-    counted = f"{len(run.trials)} trials"
-    if run.subset:
-        counted = f"{len(run.trials)} of {run.total_trials} trials, stratified"
-    table = metrics_table(run.summaries, f"{trials} ({counted})")
-    out.print(table)
-    if out_dir is not None or model:
-        write_table((out_dir or Path("eval_out")) / "table.txt", table)
+    keep_table = out_dir is not None or bool(model)
+    table_file = (out_dir or Path("eval_out")) / "table.txt" if keep_table else None
+    report.print_eval(run, trials, out, err, table_file)
 
 
 @app.command("embed")
@@ -253,38 +223,21 @@ def embed_command(
 ) -> None:
     """Embed audio files to vectors (resumable: an interrupted run keeps what it computed)."""
     prefer_sleeping_threads()
-    from xvec.data import check_files_exist, read_file_list, read_trials
-    from xvec.devices import parse_device
-    from xvec.embed import embed_to_file, model_fingerprint
+    from xvec.embed import run_embed
     from xvec.protocol import Protocol
 
-    if (file_list is None) == (trials is None):
-        raise XvecError("give exactly one of --list or --trials")
-    _check_min("--batch-size", batch_size, 1)
-    parse_device(device)
-    model_fingerprint(model)  # a missing checkpoint fails before the audio is checked
-    source = file_list or trials
-    files = read_file_list(file_list) if file_list else read_trials(trials).files  # type: ignore[arg-type]
-    check_files_exist(audio_root, files, source)
-    with FileProgress("embedding", err) as bar:
-        run = embed_to_file(
-            model,
-            audio_root,
-            files,
-            output,
-            Protocol(protocol.value, max_seconds, eval_frames, num_eval, length_tolerance),
-            batch_size=batch_size,
-            device=device,
-            progress=bar,
-        )
-    if run.resumed:
-        err.print(f"resuming: {run.resumed} embeddings already computed were reused")
-    for note in run.stats.notes:
-        err.print(f"note: {note}", highlight=False)
-    out.print(
-        f"{run.count} embeddings ({run.stats.computed} computed, "
-        f"{run.stats.files_per_second:.1f} files/s) -> {output}"
+    run = run_embed(
+        model,
+        audio_root,
+        output,
+        file_list=file_list,
+        trials=trials,
+        protocol=Protocol(protocol.value, max_seconds, eval_frames, num_eval, length_tolerance),
+        batch_size=batch_size,
+        device=device,
+        progress=report.FileProgress("embedding", err),
     )
+    report.print_embed(run, out, err)
 
 
 @app.command("score")
@@ -300,13 +253,10 @@ def score_command(
     top_k: Annotated[int, typer.Option(help="Cohort size per side for AS-norm.")] = 300,
 ) -> None:
     """Score trials from stored embeddings (cosine, or voxceleb_trainer crops)."""
-    from xvec.data import read_trials
-    from xvec.scoring import score_stored, write_scores
+    from xvec.scoring import score_to_file
 
-    trial_list = read_trials(trials)
-    values = score_stored(embeddings, trial_list, norm=norm.value, cohort=cohort, top_k=top_k)
-    write_scores(output, values, trial_list.enroll_names(), trial_list.test_names())
-    out.print(f"{len(trial_list)} scores -> {output}")
+    count = score_to_file(embeddings, trials, output, norm=norm.value, cohort=cohort, top_k=top_k)
+    out.print(f"{count} scores -> {output}")
 
 
 # --------------------------------------------------------------------------- plots
@@ -323,22 +273,9 @@ def plot_hist(
     title: Annotated[str | None, typer.Option()] = None,
 ) -> None:
     """Target and non-target score histograms with the EER threshold."""
-    from xvec.data import read_trials, require_both_labels
-    from xvec.metrics import compute_metrics
-    from xvec.plots import plot_histogram
-    from xvec.scoring import read_scores_in_trial_order
+    from xvec.plots import plot_score_histogram
 
-    trial_list = read_trials(trials)
-    require_both_labels(trial_list)
-    values = read_scores_in_trial_order(scores, trial_list)
-    metrics = compute_metrics(values, trial_list.labels)
-    plot_histogram(
-        values,
-        trial_list.labels,
-        output,
-        threshold=metrics.eer_threshold,
-        title=title or scores.name,
-    )
+    metrics = plot_score_histogram(scores, trials, output, title)
     out.print(
         f"histogram -> {output} (EER {metrics.eer:.2f} %, threshold {metrics.eer_threshold:.4f})"
     )
@@ -352,19 +289,9 @@ def plot_det_command(
     output: Annotated[Path, typer.Option("--output", "-o")] = Path("det.png"),
 ) -> None:
     """DET curves (normal-deviate axes) of one or more score files."""
-    from xvec.data import read_trials
-    from xvec.plots import plot_det
-    from xvec.scoring import read_scores_in_trial_order
+    from xvec.plots import plot_det_files
 
-    trial_list = read_trials(trials)
-    curves = {
-        path.stem if path.stem != "scores" else str(path.parent): (
-            read_scores_in_trial_order(path, trial_list),
-            trial_list.labels,
-        )
-        for path in scores
-    }
-    plot_det(curves, output)
+    plot_det_files(scores, trials, output)
     out.print(f"DET curves -> {output}")
 
 
@@ -375,13 +302,9 @@ def plot_training_command(
     output: Annotated[Path | None, typer.Option("--output", "-o")] = None,
 ) -> None:
     """Loss, accuracy and EER curves from a run's JSON-lines log."""
-    from xvec.plots import plot_training
-    from xvec.train import read_log
+    from xvec.plots import plot_run
 
-    records = read_log(run_dir)
-    target = output or run_dir / "curves.png"
-    plot_training(records, target)
-    out.print(f"training curves -> {target}")
+    out.print(f"training curves -> {plot_run(run_dir, output)}")
 
 
 # --------------------------------------------------------------------------- training
@@ -424,147 +347,85 @@ def train_command(
 # --------------------------------------------------------------------------- import, data
 
 
-ImportFormat = Enum(  # type: ignore[misc]
-    "ImportFormat", {name: name for name in ("vt", "wespeaker", "speechbrain")}, type=str
-)
-ImportOutput = Annotated[Path, typer.Option("--output", "-o", help="xvec checkpoint to write.")]
-ImportConfig = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        help="Training config, checked against the weights (VT's YAML, WeSpeaker's config.yaml, "
-        "SpeechBrain's hyperparams.yaml).",
-    ),
-]
-ImportModel = Annotated[
-    str | None,
-    typer.Option("--model", help="Architecture (e.g. ResNetSE34L); default: read off the weights."),
-]
-ImportEncoder = Annotated[
-    str | None,
-    typer.Option("--encoder", "--encoder-type", help="VT pooling: SAP, ASP, TAP, MAX, ECA."),
-]
-ImportMels = Annotated[int | None, typer.Option("--n-mels", help="Mel bands (VT's --n_mels).")]
-ImportLog = Annotated[
-    bool | None,
-    typer.Option("--log-input/--no-log-input", help="VT's --log_input (log of the mel input)."),
-]
-ImportNout = Annotated[int | None, typer.Option("--nout", help="Embedding size (VT's --nOut).")]
-ImportLoss = Annotated[
-    str | None, typer.Option("--trainfunc", help="VT loss, to import its head too.")
-]
-ImportMargin = Annotated[float | None, typer.Option(help="Loss margin (VT's --margin).")]
-ImportScale = Annotated[float | None, typer.Option(help="Loss scale (VT's --scale).")]
-ImportParams = Annotated[
-    list[str] | None,
-    typer.Option("--param", help="Other model parameter NAME=VALUE (repeatable), e.g. C=512."),
-]
-
-
 @app.command("import")
 @one_line_errors
 def import_command(
     fmt: Annotated[ImportFormat, typer.Argument(metavar="FORMAT", help="Checkpoint format.")],
     source: Annotated[Path, typer.Argument(help="Checkpoint file to convert.")],
-    output: ImportOutput,
-    config: ImportConfig = None,
-    model: ImportModel = None,
-    encoder: ImportEncoder = None,
-    n_mels: ImportMels = None,
-    log_input: ImportLog = None,
-    nout: ImportNout = None,
-    trainfunc: ImportLoss = None,
-    margin: ImportMargin = None,
-    scale: ImportScale = None,
-    params: ImportParams = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="xvec checkpoint to write.")],
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="Training config, checked against the weights (VT's YAML, WeSpeaker's "
+            "config.yaml, SpeechBrain's hyperparams.yaml).",
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", help="Architecture (e.g. ResNetSE34L); default: read off the weights."
+        ),
+    ] = None,
+    encoder: Annotated[
+        str | None,
+        typer.Option("--encoder", "--encoder-type", help="VT pooling: SAP, ASP, TAP, MAX, ECA."),
+    ] = None,
+    n_mels: Annotated[
+        int | None, typer.Option("--n-mels", help="Mel bands (VT's --n_mels).")
+    ] = None,
+    log_input: Annotated[
+        bool | None,
+        typer.Option("--log-input/--no-log-input", help="VT's --log_input (log of the mel input)."),
+    ] = None,
+    nout: Annotated[
+        int | None, typer.Option("--nout", help="Embedding size (VT's --nOut).")
+    ] = None,
+    trainfunc: Annotated[
+        str | None, typer.Option("--trainfunc", help="VT loss, to import its head too.")
+    ] = None,
+    margin: Annotated[float | None, typer.Option(help="Loss margin (VT's --margin).")] = None,
+    scale: Annotated[float | None, typer.Option(help="Loss scale (VT's --scale).")] = None,
+    params: Annotated[
+        list[str] | None,
+        typer.Option("--param", help="Other model parameter NAME=VALUE (repeatable), e.g. C=512."),
+    ] = None,
 ) -> None:
     """Convert another toolkit's checkpoint to an xvec one, architecture read off the weights."""
-    _run_import(
+    from xvec.importers import import_checkpoint, model_overrides
+
+    overrides = model_overrides(
+        params or [], encoder_type=encoder, n_mels=n_mels, log_input=log_input, nOut=nout
+    )
+    summary = import_checkpoint(
         fmt.value,
         source,
         output,
-        config,
-        params,
-        model=model,
-        trainfunc=trainfunc,
-        margin=margin,
-        scale=scale,
-        encoder_type=encoder,
-        n_mels=n_mels,
-        log_input=log_input,
-        nOut=nout,
-    )
-
-
-@app.command("import-vt")
-@one_line_errors
-def import_vt(
-    source: Annotated[Path, typer.Argument(help="voxceleb_trainer .model file.")],
-    output: ImportOutput,
-    config: ImportConfig = None,
-    model: ImportModel = None,
-    encoder: ImportEncoder = None,
-    n_mels: ImportMels = None,
-    log_input: ImportLog = None,
-    nout: ImportNout = None,
-    trainfunc: ImportLoss = None,
-    margin: ImportMargin = None,
-    scale: ImportScale = None,
-    params: ImportParams = None,
-) -> None:
-    """Alias of 'xvec import vt': convert a voxceleb_trainer checkpoint."""
-    _run_import(
-        "vt",
-        source,
-        output,
-        config,
-        params,
-        model=model,
-        trainfunc=trainfunc,
-        margin=margin,
-        scale=scale,
-        encoder_type=encoder,
-        n_mels=n_mels,
-        log_input=log_input,
-        nOut=nout,
-    )
-
-
-def _run_import(
-    fmt: str,
-    source: Path,
-    output: Path,
-    config: Path | None,
-    params: list[str] | None,
-    *,
-    model: str | None,
-    trainfunc: str | None,
-    margin: float | None,
-    scale: float | None,
-    **named: object,
-) -> None:
-    """Both import commands: the named model options and --param become the overrides."""
-    from xvec.importers import import_checkpoint, parse_params
-
-    overrides = {key: value for key, value in named.items() if value is not None}
-    summary = import_checkpoint(
-        fmt,
-        source,
-        output,
         config=config,
-        overrides={**overrides, **parse_params(params or [])},
+        overrides=overrides,
         model=model,
         trainfunc=trainfunc,
         margin=margin,
         scale=scale,
     )
-    out.print(summary.describe(source, fmt), markup=False, highlight=False, soft_wrap=True)
+    out.print(summary.describe(source, fmt.value), markup=False, highlight=False, soft_wrap=True)
 
 
-class ExportFormat(str, Enum):
-    onnx = "onnx"
-    torchscript = "torchscript"
-    vt = "vt"
+def _vt_alias(command: Callable[..., None]) -> Callable[..., None]:
+    """``xvec import-vt``: ``command`` with FORMAT fixed to vt (Typer reads the signature)."""
+
+    def import_vt(**options: Any) -> None:
+        command(ImportFormat.vt, **options)  # type: ignore[attr-defined]
+
+    parameters = list(inspect.signature(command, eval_str=True).parameters.values())[1:]
+    source_help = typer.Argument(help="voxceleb_trainer .model file.")
+    parameters[0] = parameters[0].replace(annotation=Annotated[Path, source_help])
+    import_vt.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    import_vt.__doc__ = "Alias of 'xvec import vt': convert a voxceleb_trainer checkpoint."
+    return import_vt
+
+
+app.command("import-vt")(_vt_alias(import_command))
 
 
 @app.command("export")
@@ -581,7 +442,6 @@ def export_command(
     included); vt writes voxceleb_trainer's .model file."""
     from xvec.export import export_checkpoint
 
-    _check_min("--tolerance", tolerance, 0)
     out.print(str(export_checkpoint(model, output, fmt.value, tolerance)))
 
 
@@ -614,7 +474,7 @@ def prepare_voxceleb_command(
     """VoxCeleb1/2 on disk: voxceleb2_train_list.txt (or voxceleb1_), trial lists checked."""
     from xvec.prepare import prepare_voxceleb
 
-    out.print(prepare_voxceleb(vox1, vox2, out_dir, force=force))
+    out.print(report.prepared_text(prepare_voxceleb(vox1, vox2, out_dir, force=force)))
 
 
 @prepare_app.command("speechocean762")
@@ -629,7 +489,7 @@ def prepare_speechocean_command(
     """speechocean762: train list from its train part, trials from its test part."""
     from xvec.prepare import prepare_speechocean762
 
-    out.print(prepare_speechocean762(root, out_dir, force=force))
+    out.print(report.prepared_text(prepare_speechocean762(root, out_dir, force=force)))
 
 
 @prepare_app.command("folder")
@@ -642,7 +502,7 @@ def prepare_folder_command(
     """Any SPEAKER/.../*.wav tree: a train list."""
     from xvec.prepare import prepare_folder
 
-    out.print(prepare_folder(root, output, force=force))
+    out.print(report.prepared_text(prepare_folder(root, output, force=force)))
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -413,8 +413,3 @@ def class_summary(train_list: TrainList) -> dict[str, float]:
         "median_per_speaker": float(np.median(counts)),
         "max_per_speaker": int(counts.max()),
     }
-
-
-def unique(items: Sequence[str]) -> list[str]:
-    """Items in first-seen order without repeats."""
-    return list(dict.fromkeys(items))

@@ -8,12 +8,14 @@ are saved next to the output, so an interrupted ``xvec embed`` resumes without r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from xvec.audio import SAMPLE_RATE, AudioInfo, audio_info, read_audio
-from xvec.errors import XvecError
+from xvec.devices import parse_device
+from xvec.errors import XvecError, check_at_least
 from xvec.files import atomic_write_bytes, metadata_record, safetensors_metadata
 from xvec.protocol import Protocol
 
@@ -50,13 +53,6 @@ class EmbedStats:
     @property
     def files_per_second(self) -> float:
         return self.computed / self.seconds if self.seconds > 0 else float("nan")
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    """``auto`` means CUDA when available, else CPU; bad or absent devices are an XvecError."""
-    from xvec.devices import parse_device
-
-    return parse_device(device)
 
 
 def _load_inputs(
@@ -328,7 +324,7 @@ def embed_files(
     )
     import torch  # here, not at import time: embedding files and scoring need no torch
 
-    device = pick_device(str(device)) if not isinstance(device, torch.device) else device
+    device = parse_device(str(device)) if not isinstance(device, torch.device) else device
     model = model.to(device).eval()
 
     def load(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -370,6 +366,45 @@ class EmbedRun:
     count: int
     resumed: int
     stats: EmbedStats
+
+
+def run_embed(
+    model_path: Path,
+    audio_root: Path,
+    output: Path,
+    *,
+    file_list: Path | None = None,
+    trials: Path | None = None,
+    protocol: Protocol | None = None,
+    batch_size: int = 32,
+    device: str = "auto",
+    progress: AbstractContextManager[Callable[[int, int], None]] | None = None,
+) -> EmbedRun:
+    """``xvec embed``: the files of ``file_list`` or of ``trials``, every input checked first.
+
+    ``progress`` (e.g. a :class:`xvec.report.FileProgress`) is entered once the checks pass.
+    """
+    from xvec.data import check_files_exist, read_file_list, read_trials
+
+    if (file_list is None) == (trials is None):
+        raise XvecError("give exactly one of --list or --trials")
+    check_at_least("--batch-size", batch_size, 1)
+    parse_device(device)
+    model_fingerprint(model_path)  # a missing checkpoint fails before the audio is checked
+    source = file_list or trials
+    files = read_file_list(file_list) if file_list else read_trials(trials).files  # type: ignore[arg-type]
+    check_files_exist(audio_root, files, source)
+    with progress or contextlib.nullcontext() as bar:
+        return embed_to_file(
+            model_path,
+            audio_root,
+            files,
+            output,
+            protocol,
+            batch_size=batch_size,
+            device=device,
+            progress=bar,
+        )
 
 
 def embed_to_file(

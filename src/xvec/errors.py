@@ -6,6 +6,7 @@ without a traceback. Anything else escaping is a bug.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 
@@ -23,3 +24,9 @@ def where(path: str | Path, line: int | None = None, field: str | None = None) -
     if field:
         text += f": {field}"
     return text
+
+
+def check_at_least(option: str, value: float | None, low: float) -> None:
+    """One-line error for a numeric option below ``low`` (or not finite); None passes."""
+    if value is not None and not (math.isfinite(value) and value >= low):
+        raise XvecError(f"{option} {value}: must be a number >= {low}")

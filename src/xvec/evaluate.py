@@ -9,7 +9,6 @@ final evaluation uses too.
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -21,8 +20,8 @@ import numpy as np
 
 from xvec.data import Trials, check_files_exist, read_trials, require_both_labels
 from xvec.embed import EmbedStats, embed_files
-from xvec.errors import XvecError
-from xvec.files import atomic_write_bytes
+from xvec.errors import XvecError, check_at_least
+from xvec.files import write_json_atomic
 from xvec.metrics import DEFAULT_P_TARGETS, Metrics, compute_metrics
 from xvec.protocol import Protocol
 from xvec.scoring import read_scores_in_trial_order, write_scores
@@ -168,7 +167,7 @@ def write_eval_outputs(
             write_scores(folder / "scores.txt", scores, trials.enroll_names(), trials.test_names())
         )
     result = folder / "result.json"
-    atomic_write_bytes(result, (json.dumps(summary, indent=2) + "\n").encode())
+    write_json_atomic(result, summary)
     return [*written, result]
 
 
@@ -222,8 +221,7 @@ def run_eval(
 
     if not models and not score_files:
         raise XvecError("give --model (one or more checkpoints) or --scores (score files)")
-    if batch_size < 1:
-        raise XvecError(f"--batch-size {batch_size}: must be a number >= 1")
+    check_at_least("--batch-size", batch_size, 1)
     dcf = dcf or DcfSettings()
     if models:
         from xvec.devices import parse_device

@@ -24,15 +24,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from xvec.checkpoint import load_model
-from xvec.errors import XvecError
+from xvec.audio import SAMPLE_RATE
+from xvec.checkpoint import build_model, load_model, read_checkpoint
+from xvec.errors import XvecError, check_at_least
 from xvec.files import atomic_write_bytes
 
 FORMATS = ("onnx", "torchscript", "vt")
 VT_MODELS = ("ResNetSE34L", "ResNetSE34V2", "VGGVox40", "RawNet3")  # voxceleb_trainer's own
 CHECK_SECONDS = (1.0, 2.37, 4.0)
 OPSET = 18
-SAMPLE_RATE = 16000
 MIN_EXPORT_SAMPLES = SAMPLE_RATE  # exported graphs take >= 1 s; pad shorter audio before
 
 
@@ -48,7 +48,7 @@ class ExportReport:
     def __str__(self) -> str:
         return (
             f"{self.format} -> {self.path}; verified on {len(self.lengths)} waveforms of "
-            f"{', '.join(f'{n / 16000:.2f} s' for n in self.lengths)}: "
+            f"{', '.join(f'{n / SAMPLE_RATE:.2f} s' for n in self.lengths)}: "
             f"max |difference| {self.max_abs_diff:.2e}"
         )
 
@@ -56,7 +56,8 @@ class ExportReport:
 def _check_inputs(seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [
-        (0.1 * rng.standard_normal((2, int(s * 16000)))).astype(np.float32) for s in CHECK_SECONDS
+        (0.1 * rng.standard_normal((2, int(s * SAMPLE_RATE)))).astype(np.float32)
+        for s in CHECK_SECONDS
     ]
 
 
@@ -65,22 +66,27 @@ def _reference(model: torch.nn.Module, waves: list[np.ndarray]) -> list[np.ndarr
         return [model(torch.from_numpy(w)).float().numpy() for w in waves]
 
 
-def model_metadata(model: torch.nn.Module) -> dict[str, str]:
-    """String metadata for the exported file: architecture, parameters, embedding, rate."""
-    meta: dict[str, Any] = getattr(model, "checkpoint_meta", {}) or {}
+def model_metadata(
+    model: torch.nn.Module, checkpoint_meta: dict[str, Any] | None = None
+) -> dict[str, str]:
+    """String metadata for the exported file: architecture, parameters, embedding, rate.
+
+    ``checkpoint_meta`` is the record of the checkpoint the model came from, if any.
+    """
+    meta = checkpoint_meta or {}
     record = meta.get("model", {})
     return {
         "xvec_model": str(record.get("name", type(model).__name__)),
         "xvec_model_params": json.dumps(record.get("params", {})),
         "xvec_version": str(meta.get("xvec_version", "")),
         "embedding_dim": str(int(model.embedding_dim)),
-        "sample_rate": str(int(getattr(model, "sample_rate", 16000))),
+        "sample_rate": str(int(getattr(model, "sample_rate", SAMPLE_RATE))),
         "input": "waveform float32 [batch, samples], mono, 16 kHz",
         "output": "embedding float32 [batch, embedding_dim]",
     }
 
 
-def _export_onnx(model: torch.nn.Module, path: Path) -> None:
+def _export_onnx(model: torch.nn.Module, path: Path, metadata: dict[str, str]) -> None:
     try:
         import onnx  # noqa: F401 - the exporter needs it
         import onnxscript  # noqa: F401
@@ -101,7 +107,7 @@ def _export_onnx(model: torch.nn.Module, path: Path) -> None:
                 f"{type(model).__name__} cannot be exported to ONNX: {reason}; the TorchScript "
                 f"exporter fails too: {_first_line(exc)}"
             ) from exc
-    for key, value in model_metadata(model).items():
+    for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     atomic_write_bytes(path, proto.SerializeToString())
@@ -188,7 +194,7 @@ def _run_onnx(path: Path, waves: list[np.ndarray]) -> list[np.ndarray]:
     return outputs
 
 
-def _export_torchscript(model: torch.nn.Module, path: Path) -> None:
+def _export_torchscript(model: torch.nn.Module, path: Path, metadata: dict[str, str]) -> None:
     example = torch.from_numpy(_check_inputs()[0])
     try:
         try:
@@ -203,9 +209,7 @@ def _export_torchscript(model: torch.nn.Module, path: Path) -> None:
         ) from exc
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "model.pt"
-        torch.jit.save(
-            module, str(raw), _extra_files={"xvec.json": json.dumps(model_metadata(model))}
-        )
+        torch.jit.save(module, str(raw), _extra_files={"xvec.json": json.dumps(metadata)})
         atomic_write_bytes(path, raw.read_bytes())
 
 
@@ -220,19 +224,25 @@ def export_model(
     output: str | Path,
     fmt: str = "onnx",
     tolerance: float = 1e-4,
+    checkpoint_meta: dict[str, Any] | None = None,
 ) -> ExportReport:
-    """Export ``model`` to ``output`` in ``fmt`` (onnx or torchscript) and verify it."""
+    """Export ``model`` to ``output`` in ``fmt`` (onnx or torchscript) and verify it.
+
+    ``checkpoint_meta`` (from :func:`xvec.checkpoint.read_checkpoint`) names the architecture
+    and parameters in the file's metadata.
+    """
     if fmt not in FORMATS[:2]:
         raise XvecError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
     output = Path(output)
     model = model.cpu().eval()
     waves = _check_inputs(seed=1)
     expected = _reference(model, waves)
+    metadata = model_metadata(model, checkpoint_meta)
     if fmt == "onnx":
-        _export_onnx(model, output)
+        _export_onnx(model, output, metadata)
         got = _run_onnx(output, waves)
     else:
-        _export_torchscript(model, output)
+        _export_torchscript(model, output, metadata)
         got = _run_torchscript(output, waves)
     diff = max(float(np.abs(a - b).max()) for a, b in zip(expected, got, strict=True))
     if not diff <= tolerance:
@@ -253,7 +263,6 @@ def export_voxceleb_trainer(
     ``__L__.``), so VT's ``--initial_model`` and ``xvec import vt`` read it. It is verified by
     importing it back and comparing embeddings with the original model.
     """
-    from xvec.checkpoint import read_checkpoint
     from xvec.importers.voxceleb_trainer import import_voxceleb_trainer
 
     checkpoint, output = Path(checkpoint), Path(output)
@@ -294,6 +303,9 @@ def export_checkpoint(
 ) -> ExportReport:
     """Load an xvec checkpoint and export it (see :func:`export_model`; ``vt``:
     :func:`export_voxceleb_trainer`)."""
+    check_at_least("--tolerance", tolerance, 0)
     if fmt == "vt":
         return export_voxceleb_trainer(checkpoint, output, tolerance)
-    return export_model(load_model(checkpoint), output, fmt, tolerance)
+    ckpt = read_checkpoint(checkpoint)
+    model = build_model(checkpoint, ckpt)
+    return export_model(model, output, fmt, tolerance, checkpoint_meta=ckpt.meta)

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xvec.audio import SAMPLE_RATE
+
 __all__ = [
     "KaldiFbank",
     "LogFbank",
@@ -146,7 +148,7 @@ class MelSpectrogram(nn.Module):
 
     def __init__(
         self,
-        sample_rate: int = 16000,
+        sample_rate: int = SAMPLE_RATE,
         n_fft: int = 400,
         win_length: int | None = None,
         hop_length: int | None = None,
@@ -201,7 +203,7 @@ class LogFbank(nn.Module):
     def __init__(
         self,
         n_mels: int = 80,
-        sample_rate: int = 16000,
+        sample_rate: int = SAMPLE_RATE,
         n_fft: int = 512,
         win_length: int = 400,
         hop_length: int = 160,
@@ -245,7 +247,7 @@ def vt_filterbank(
     ``torchfb.1.spectrogram.window`` ...) load unchanged.
     """
     mel = MelSpectrogram(
-        sample_rate=16000,
+        sample_rate=SAMPLE_RATE,
         n_fft=VT_N_FFT,
         win_length=VT_WIN_LENGTH,
         hop_length=VT_HOP_LENGTH,
@@ -353,7 +355,7 @@ class SpeechBrainFbank(nn.Module):
     def __init__(
         self,
         n_mels: int = 40,
-        sample_rate: int = 16000,
+        sample_rate: int = SAMPLE_RATE,
         n_fft: int = 400,
         win_length_ms: float = 25.0,
         hop_length_ms: float = 10.0,
@@ -502,7 +504,7 @@ class KaldiFbank(nn.Module):
     def __init__(
         self,
         n_mels: int = 80,
-        sample_rate: int = 16000,
+        sample_rate: int = SAMPLE_RATE,
         frame_length_ms: float = 25.0,
         frame_shift_ms: float = 10.0,
         window: KaldiWindowName = "povey",

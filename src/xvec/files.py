@@ -15,7 +15,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from xvec.errors import XvecError
 
@@ -67,6 +67,16 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
 def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
     """Write ``payload`` to ``path`` atomically (see :func:`atomic_write`)."""
     atomic_write(path, lambda handle: handle.write(payload))
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write UTF-8 ``text`` so that ``path`` holds either its old content or all of the new."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | Path, record: Any) -> None:
+    """Write ``record`` as indented JSON with a final newline, atomically."""
+    write_text_atomic(path, json.dumps(record, indent=2) + "\n")
 
 
 def safetensors_metadata(data: bytes) -> dict[str, str]:

@@ -16,6 +16,8 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from xvec.audio import SAMPLE_RATE
+
 __all__ = ["Params", "SpeakerLoss", "SpeakerModel"]
 
 
@@ -33,7 +35,7 @@ class SpeakerModel(nn.Module):
     """
 
     Params: ClassVar[type[Params]] = Params
-    sample_rate: ClassVar[int] = 16000
+    sample_rate: ClassVar[int] = SAMPLE_RATE
 
     def __init__(self, params: Params | None = None) -> None:
         super().__init__()

@@ -1,10 +1,11 @@
 """List preparers: VoxCeleb-format train and trial lists for corpora already on disk.
 
 Each preparer scans a known layout, writes ``SPEAKER relative/path`` train lists (and trial lists
-``LABEL enroll test`` where the corpus has none), and returns a short summary for the CLI to
-print. Lists are sorted and written atomically, so a re-run gives identical bytes and an
-interrupted one never leaves half a list. Anything wrong with the input is one
-:class:`~xvec.errors.XvecError` naming the folder and what to do.
+``LABEL enroll test`` where the corpus has none), and returns a summary of what it wrote
+(:class:`FolderLists`, :class:`SpeechoceanLists`, :class:`VoxcelebLists`), which
+:func:`xvec.report.prepared_text` renders. Lists are sorted and written atomically, so a re-run
+gives identical bytes and an interrupted one never leaves half a list. Anything wrong with the
+input is one :class:`~xvec.errors.XvecError` naming the folder and what to do.
 """
 
 from __future__ import annotations
@@ -17,26 +18,30 @@ from pathlib import Path
 
 import numpy as np
 
+from xvec.audio import AUDIO_EXTENSIONS
 from xvec.errors import XvecError
-from xvec.files import atomic_write_bytes
+from xvec.files import write_text_atomic
 
 __all__ = [
     "AUDIO_EXTENSIONS",
     "VOX1_TRAIN_LIST",
     "VOX2_TRAIN_LIST",
+    "FolderLists",
+    "SpeechoceanLists",
+    "TrainListSummary",
+    "TrialListSummary",
     "TrialPairs",
+    "VoxcelebLists",
     "build_trials",
     "check_overwrite",
     "find_audio",
     "prepare_folder",
     "prepare_speechocean762",
     "prepare_voxceleb",
-    "write_text_atomic",
     "write_train_list",
     "write_trials",
 ]
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")  # what soundfile (libsndfile) can read
 UNREADABLE_EXTENSIONS = (".m4a", ".aac")  # VoxCeleb2's AAC: convert to wav first
 
 # VoxCeleb1's 40 test speakers (the VoxCeleb1-O trial list uses only these); the rest are "dev".
@@ -57,6 +62,62 @@ VOX2_TRAIN_LIST = "voxceleb2_train_list.txt"
 VOX1_TRAIN_LIST = "voxceleb1_train_list.txt"
 
 
+# --------------------------------------------------------------------------- summaries
+
+
+@dataclass(frozen=True)
+class TrainListSummary:
+    """A train list written: where, and how many speakers and files it holds."""
+
+    path: Path
+    speakers: int
+    files: int
+
+
+@dataclass(frozen=True)
+class TrialListSummary:
+    """A trial list written: trials (of which targets), and the speakers and files they use."""
+
+    path: Path
+    trials: int
+    targets: int
+    speakers: int
+    files: int
+
+
+@dataclass(frozen=True)
+class FolderLists:
+    """What :func:`prepare_folder` wrote; ``skipped`` audio files lay directly in ``root``."""
+
+    train: TrainListSummary
+    root: Path
+    skipped: int
+
+
+@dataclass(frozen=True)
+class SpeechoceanLists:
+    """What :func:`prepare_speechocean762` wrote; paths are relative to ``audio``.
+
+    ``skipped`` files belong to speakers missing from the speaker table ``table``.
+    """
+
+    train: TrainListSummary
+    trials: TrialListSummary
+    audio: Path
+    table: Path
+    skipped: int
+
+
+@dataclass(frozen=True)
+class VoxcelebLists:
+    """What :func:`prepare_voxceleb` wrote, from which ``source`` and folder, and its notes."""
+
+    train: TrainListSummary
+    source: str
+    train_path: Path
+    notes: tuple[str, ...]
+
+
 # --------------------------------------------------------------------------- writing lists
 
 
@@ -68,11 +129,6 @@ def check_overwrite(paths: Iterable[str | Path], force: bool) -> None:
     if existing:
         others = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
         raise XvecError(f"{existing[0]} exists{others}; give --force to overwrite it")
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write UTF-8 ``text`` so that ``path`` holds either its old content or all of the new."""
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _check_no_spaces(paths: Iterable[str], where: Path) -> None:
@@ -278,7 +334,7 @@ def build_trials(
 # --------------------------------------------------------------------------- generic folder
 
 
-def prepare_folder(root: str | Path, output: str | Path, force: bool = False) -> str:
+def prepare_folder(root: str | Path, output: str | Path, force: bool = False) -> FolderLists:
     """Train list of any ``SPEAKER/.../file.wav`` tree: the speaker is the first folder name.
 
     An existing ``output`` is replaced only with ``force``.
@@ -298,12 +354,8 @@ def prepare_folder(root: str | Path, output: str | Path, force: bool = False) ->
         raise _no_readable_audio(root, "(expected SPEAKER/.../file.wav)")
     _check_no_spaces((path for _, path in entries), root)
     count = write_train_list(output, entries)
-    speakers = len({speaker for speaker, _ in entries})
-    summary = f"{speakers} speakers, {count} files -> {output}"
-    loose = len(files) - count
-    if loose:
-        summary += f" ({loose} file(s) directly in {root} skipped: no speaker folder)"
-    return summary
+    train = TrainListSummary(output, len({speaker for speaker, _ in entries}), count)
+    return FolderLists(train, root, skipped=len(files) - count)
 
 
 # --------------------------------------------------------------------------- speechocean762
@@ -396,7 +448,9 @@ def _check_every_speaker_has_audio(table: _SpeakerTable, entries: list[tuple[str
         )
 
 
-def prepare_speechocean762(root: str | Path, out_dir: str | Path, force: bool = False) -> str:
+def prepare_speechocean762(
+    root: str | Path, out_dir: str | Path, force: bool = False
+) -> SpeechoceanLists:
     """speechocean762: ``train_list.txt`` from its train part, ``dev_trials.txt`` from the rest.
 
     ``root`` holds ``audio/SPEAKERxxxx/*`` and ``speakers.csv`` (xvec's shared copy), or the
@@ -419,13 +473,18 @@ def prepare_speechocean762(root: str | Path, out_dir: str | Path, force: bool = 
     dev_files = [p for _, p in dev]
     trials = build_trials([s for s, _ in dev], table.gender, per_file=5, same_gender=2 / 3)
     n_trials = write_trials(out_dir / "dev_trials.txt", trials, dev_files)
-    skipped = len(entries) - len(train) - len(dev)
-    return (
-        f"{out_dir / 'train_list.txt'}: {len({s for s, _ in train})} speakers, {n_train} files; "
-        f"{out_dir / 'dev_trials.txt'}: {n_trials} trials ({int(trials.labels.sum())} target) "
-        f"over {len({s for s, _ in dev})} speakers, {np.union1d(trials.enroll, trials.test).size} "
-        f"files; paths relative to {table.audio}"
-        + (f" ({skipped} files of speakers not in {table.source.name} skipped)" if skipped else "")
+    return SpeechoceanLists(
+        train=TrainListSummary(out_dir / "train_list.txt", len({s for s, _ in train}), n_train),
+        trials=TrialListSummary(
+            out_dir / "dev_trials.txt",
+            trials=n_trials,
+            targets=int(trials.labels.sum()),
+            speakers=len({s for s, _ in dev}),
+            files=int(np.union1d(trials.enroll, trials.test).size),
+        ),
+        audio=table.audio,
+        table=table.source,
+        skipped=len(entries) - len(train) - len(dev),
     )
 
 
@@ -501,7 +560,7 @@ def _check_vox1_trials(vox1: Path, out_dir: Path) -> tuple[list[str], list[str]]
 
 def prepare_voxceleb(
     vox1: Path | None, vox2: Path | None, out_dir: Path, force: bool = False
-) -> str:
+) -> VoxcelebLists:
     """VoxCeleb on disk: a train list and a check of the VoxCeleb1 trial lists in ``out_dir``.
 
     The train list is ``voxceleb2_train_list.txt`` from VoxCeleb2 dev (``dev/wav`` or ``dev/aac``
@@ -528,9 +587,5 @@ def prepare_voxceleb(
     if problems:
         raise XvecError("; ".join(problems))
     count = write_train_list(train_list, entries)
-    speakers = len({s for s, _ in entries})
-    lines = [
-        f"{train_list}: {speakers} speakers, {count} files from {source} (train_path {folder})",
-        *notes,
-    ]
-    return "\n".join(lines)
+    train = TrainListSummary(train_list, len({s for s, _ in entries}), count)
+    return VoxcelebLists(train, source, folder, tuple(notes))

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from xvec.audio import SAMPLE_RATE, eval_crops, wrap_pad
+from xvec.audio import SAMPLE_RATE, eval_crops, wrap_crop
 from xvec.errors import XvecError
 
 ProtocolName = Literal["full", "vt-crops"]
@@ -142,7 +142,7 @@ class Protocol:
         if self.read_frames > 0:
             audio = audio[: self.read_frames]
         if audio.shape[0] < MIN_SAMPLES:
-            return wrap_pad(audio, MIN_SAMPLES)[None, :MIN_SAMPLES], True
+            return wrap_crop(audio, MIN_SAMPLES)[None], True
         return audio[None], False
 
     def batch_input(self, audios: Sequence[np.ndarray]) -> tuple[np.ndarray, int]:

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from xvec.embed import EmbedRun
+    from xvec.evaluate import EvalRun
+    from xvec.prepare import FolderLists, SpeechoceanLists, VoxcelebLists
 
 PIPE_WIDTH = 160  # tables stay readable in logs and pipes, where rich would assume 80 columns
 
@@ -18,6 +23,22 @@ def make_console(stderr: bool = False) -> Console:
     if not console.is_terminal:
         console = Console(stderr=stderr, width=PIPE_WIDTH)
     return console
+
+
+def print_error(console: Console, message: str) -> None:
+    """A user error as one line: ``error: message``."""
+    from rich.markup import escape
+
+    console.print(
+        f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True
+    )
+
+
+def print_warning(console: Console, message: str) -> None:
+    """A warning as one line: ``warning: message``."""
+    from rich.markup import escape
+
+    console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def metrics_table(results: list[dict[str, Any]], title: str) -> Table:
@@ -55,6 +76,36 @@ def metrics_table(results: list[dict[str, Any]], title: str) -> Table:
             f"{r['files_per_second']:.1f}" if r.get("files_per_second") else "-",
         )
     return table
+
+
+def print_eval(
+    run: EvalRun, trials: Path, out: Console, err: Console, table_file: Path | None
+) -> None:
+    """``xvec eval``'s output: notes and files written on ``err``, the table on ``out`` (and in
+    ``table_file``), titled with the trial list and how many of its trials were used."""
+    for note in run.notes:
+        err.print(f"note: {note}", highlight=False)
+    for written in run.written:
+        err.print("  ".join(f"{p.stem}: {p}" for p in written), highlight=False)
+    counted = f"{len(run.trials)} trials"
+    if run.subset:
+        counted = f"{len(run.trials)} of {run.total_trials} trials, stratified"
+    table = metrics_table(run.summaries, f"{trials} ({counted})")
+    out.print(table)
+    if table_file is not None:
+        write_table(table_file, table)
+
+
+def print_embed(run: EmbedRun, out: Console, err: Console) -> None:
+    """``xvec embed``'s output: reuse and notes on ``err``; count, speed and file on ``out``."""
+    if run.resumed:
+        err.print(f"resuming: {run.resumed} embeddings already computed were reused")
+    for note in run.stats.notes:
+        err.print(f"note: {note}", highlight=False)
+    out.print(
+        f"{run.count} embeddings ({run.stats.computed} computed, "
+        f"{run.stats.files_per_second:.1f} files/s) -> {run.output}"
+    )
 
 
 def _dcf_caption(results: list[dict[str, Any]], p_targets: list[str]) -> str:
@@ -220,3 +271,32 @@ def write_table(path: Path, table: Table) -> None:
     buffer = io.StringIO()
     Console(file=buffer, width=PIPE_WIDTH, color_system=None).print(table)
     atomic_write_bytes(path, buffer.getvalue().encode())
+
+
+def prepared_text(lists: FolderLists | SpeechoceanLists | VoxcelebLists) -> str:
+    """What ``xvec prepare`` prints for the lists a preparer wrote."""
+    from xvec.prepare import FolderLists, SpeechoceanLists
+
+    train = lists.train
+    if isinstance(lists, FolderLists):
+        text = f"{train.speakers} speakers, {train.files} files -> {train.path}"
+        if lists.skipped:
+            text += f" ({lists.skipped} file(s) directly in {lists.root} skipped: "
+            text += "no speaker folder)"
+        return text
+    if isinstance(lists, SpeechoceanLists):
+        trials = lists.trials
+        text = (
+            f"{train.path}: {train.speakers} speakers, {train.files} files; "
+            f"{trials.path}: {trials.trials} trials ({trials.targets} target) "
+            f"over {trials.speakers} speakers, {trials.files} files; "
+            f"paths relative to {lists.audio}"
+        )
+        if lists.skipped:
+            text += f" ({lists.skipped} files of speakers not in {lists.table.name} skipped)"
+        return text
+    head = (
+        f"{train.path}: {train.speakers} speakers, {train.files} files from {lists.source} "
+        f"(train_path {lists.train_path})"
+    )
+    return "\n".join([head, *lists.notes])

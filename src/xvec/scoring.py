@@ -339,6 +339,24 @@ def read_scores_in_trial_order(score_file: str | Path, trials: Any) -> np.ndarra
 NORMS = ("none", "asnorm", "mean")
 
 
+def score_to_file(
+    embeddings: Path,
+    trials_path: Path,
+    output: Path,
+    *,
+    norm: str = "none",
+    cohort: Path | None = None,
+    top_k: int = 300,
+) -> int:
+    """``xvec score``: score a trial list from stored embeddings into ``output``; the count."""
+    from xvec.data import read_trials
+
+    trials = read_trials(trials_path)
+    values = score_stored(embeddings, trials, norm=norm, cohort=cohort, top_k=top_k)
+    write_scores(output, values, trials.enroll_names(), trials.test_names())
+    return len(trials)
+
+
 def score_stored(
     embeddings: Path,
     trials: Any,

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
+from xvec.audio import SAMPLE_RATE
 from xvec.errors import XvecError
 
 __all__ = [
@@ -47,7 +48,6 @@ __all__ = [
     "render_utterance",
 ]
 
-SAMPLE_RATE = 16000
 SYNTH_VERSION = 1  # bump whenever the generated audio changes: old corpora are then remade
 MIN_SECONDS, MAX_SECONDS = 1.5, 4.0
 
@@ -734,7 +734,7 @@ def make_corpus(
     written last records the settings, so an interrupted run is detected and redone.
     ``workers`` processes render speakers in parallel (default: one per available core).
     """
-    from xvec.prepare import write_text_atomic
+    from xvec.files import write_json_atomic, write_text_atomic
 
     out_dir = Path(out_dir)
     if speakers < 4:
@@ -780,7 +780,7 @@ def make_corpus(
         reused=False,
     )
     write_text_atomic(out_dir / "README.txt", _readme(params, info, test_ids))
-    write_text_atomic(marker, json.dumps({"params": params, "info": info.to_dict()}, indent=2))
+    write_json_atomic(marker, {"params": params, "info": info.to_dict()})
     (out_dir / PROGRESS_MARKER).unlink(missing_ok=True)
     return info
 

@@ -47,7 +47,7 @@ from xvec.data import (
 )
 from xvec.devices import parse_device
 from xvec.errors import XvecError
-from xvec.files import atomic_write_bytes
+from xvec.files import write_json_atomic
 from xvec.report import EpochProgress
 
 if TYPE_CHECKING:
@@ -784,7 +784,7 @@ def _prepare_run_dir(
                     f"{recorded}: the [{section}] section differs from the recipe being resumed; "
                     "resume with the same recipe (only [train] limits such as max_epoch may change)"
                 )
-    atomic_write_bytes(recorded, (json.dumps(current, indent=2) + "\n").encode())
+    write_json_atomic(recorded, current)
 
 
 class _Log:

@@ -16,7 +16,7 @@ from typing import Any
 
 from xvec.errors import XvecError
 
-__all__ = ["FORMATS", "ImportSummary", "import_checkpoint", "parse_params"]
+__all__ = ["FORMATS", "ImportSummary", "import_checkpoint", "model_overrides", "parse_params"]
 
 # Format name -> (module under xvec.importers, what it reads).
 FORMATS: dict[str, tuple[str, str]] = {
@@ -62,6 +62,12 @@ def parse_params(items: list[str]) -> dict[str, Any]:
     return params
 
 
+def model_overrides(items: list[str], **named: Any) -> dict[str, Any]:
+    """The model parameters a user gave: ``named`` ones that are not None, then ``NAME=VALUE``."""
+    given = {key: value for key, value in named.items() if value is not None}
+    return {**given, **parse_params(items)}
+
+
 def _format_module(fmt: str) -> Any:
     if fmt not in FORMATS:
         raise XvecError(f"unknown import format '{fmt}'; formats: {', '.join(FORMATS)}")
@@ -84,8 +90,6 @@ def import_checkpoint(
     are passed to the format's ``convert``; options left at None are not passed, and one the
     format does not take is an error naming it. Nothing is written unless everything checks.
     """
-    from xvec.checkpoint import save_checkpoint
-
     module = _format_module(fmt)
     options = {key: value for key, value in format_options.items() if value is not None}
     accepted = inspect.signature(module.convert).parameters
@@ -97,14 +101,7 @@ def import_checkpoint(
     converted = module.convert(
         Path(source), Path(config) if config is not None else None, dict(overrides or {}), **options
     )
-    path = save_checkpoint(
-        output,
-        converted.model,
-        converted.model_name,
-        loss=converted.loss,
-        loss_name=converted.loss_name,
-        extra=converted.extra,
-    )
+    path = converted.save(output)
     params = getattr(converted.model, "params", {})
     params = params.model_dump(mode="json") if hasattr(params, "model_dump") else dict(params)
     record = converted.extra.get("imported_from", {})

@@ -28,6 +28,19 @@ class Converted:
     loss: torch.nn.Module | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def save(self, output: str | Path) -> Path:
+        """Write it as a self-describing xvec checkpoint; returns the path."""
+        from xvec.checkpoint import save_checkpoint
+
+        return save_checkpoint(
+            output,
+            self.model,
+            self.model_name,
+            loss=self.loss,
+            loss_name=self.loss_name,
+            extra=self.extra,
+        )
+
 
 def read_torch_state(path: str | Path, what: str = "PyTorch checkpoint") -> Any:
     """Read a ``torch.save`` file with ``weights_only=True``: nothing in the pickle is executed.

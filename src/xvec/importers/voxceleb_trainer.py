@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from xvec import registry
-from xvec.checkpoint import load_state_strict, save_checkpoint
+from xvec.checkpoint import load_state_strict
 from xvec.errors import XvecError
 from xvec.importers.base import Converted, read_torch_state, tensor_dict, yaml_scalar
 
@@ -190,56 +190,74 @@ def _pooling(found: Inferred, fc: tuple[int, int] | None, features: int, what: s
         )
 
 
+def _infer_resnet34l(state: dict[str, torch.Tensor], found: Inferred) -> None:
+    _resnet_stages(state, found)
+    mels = _mel_bands(state, "torchfb.mel_scale.fb")
+    if mels:
+        found.set("n_mels", *mels)
+    channels = _shape(state, "sap_linear.weight", 2)
+    fc = _fc(state, "fc", found)
+    if channels:
+        _pooling(found, fc, channels[0], f"sap_linear.weight {channels} channels")
+
+
+def _infer_resnet34v2(state: dict[str, torch.Tensor], found: Inferred) -> None:
+    _resnet_stages(state, found)
+    attention = _shape(state, "attention.0.weight", 3)
+    mels = _mel_bands(state, "torchfb.1.mel_scale.fb")
+    if mels:
+        found.set("n_mels", *mels)
+    elif attention and found.params.get("num_filters"):
+        # VT's pooling width is num_filters[3] * int(n_mels / 8); its forward pass runs
+        # only when n_mels is a multiple of 8, so the width fixes n_mels.
+        bands, rest = divmod(attention[1], found.params["num_filters"][3])
+        if not rest:
+            found.set("n_mels", 8 * bands, f"attention.0.weight {attention} ({bands} bands)")
+    fc = _fc(state, "fc", found)
+    if attention:
+        _pooling(found, fc, attention[1], f"attention.0.weight {attention} channels")
+
+
+def _infer_vggvox40(state: dict[str, torch.Tensor], found: Inferred) -> None:
+    _fc(state, "fc", found)
+    if "sap_linear.weight" in state:
+        found.set("encoder_type", "SAP", "sap_linear.* (SAP's attention weights)")
+
+
+def _infer_rawnet3(state: dict[str, torch.Tensor], found: Inferred) -> None:
+    _fc(state, "fc6", found)
+    expand = _shape(state, "layer1.conv3.weight", 3)
+    if expand:
+        found.set("C", expand[0], f"layer1.conv3.weight {expand}")
+    scale = sum(1 for index in range(256) if f"layer1.convs.{index}.weight" in state)
+    if scale:
+        found.set("model_scale", scale + 1, f"{scale} layer1.convs.* (Res2Net groups - 1)")
+    first = _shape(state, "attention.0.weight", 3)
+    last = _shape(state, "attention.3.weight", 3)
+    aggregate = _shape(state, "layer4.weight", 3)
+    if first and aggregate:
+        context = {aggregate[0]: False, 3 * aggregate[0]: True}.get(first[1])
+        if context is not None:
+            found.set("context", context, f"attention.0.weight {first}")
+    if last and aggregate:
+        encoder = {aggregate[0]: "ECA", 1: "ASP"}.get(last[0])
+        if encoder:
+            found.set("encoder_type", encoder, f"attention.3.weight {last}")
+
+
+_INFER = {
+    "ResNetSE34L": _infer_resnet34l,
+    "ResNetSE34V2": _infer_resnet34v2,
+    "VGGVox40": _infer_vggvox40,
+    "RawNet3": _infer_rawnet3,
+}
+
+
 def infer_params(name: str, state: dict[str, torch.Tensor]) -> Inferred:
     """Every parameter of VT model ``name`` that the tensors in ``state`` determine."""
     found = Inferred()
-    if name == "ResNetSE34L":
-        _resnet_stages(state, found)
-        mels = _mel_bands(state, "torchfb.mel_scale.fb")
-        if mels:
-            found.set("n_mels", *mels)
-        channels = _shape(state, "sap_linear.weight", 2)
-        fc = _fc(state, "fc", found)
-        if channels:
-            _pooling(found, fc, channels[0], f"sap_linear.weight {channels} channels")
-    elif name == "ResNetSE34V2":
-        _resnet_stages(state, found)
-        attention = _shape(state, "attention.0.weight", 3)
-        mels = _mel_bands(state, "torchfb.1.mel_scale.fb")
-        if mels:
-            found.set("n_mels", *mels)
-        elif attention and found.params.get("num_filters"):
-            # VT's pooling width is num_filters[3] * int(n_mels / 8); its forward pass runs
-            # only when n_mels is a multiple of 8, so the width fixes n_mels.
-            bands, rest = divmod(attention[1], found.params["num_filters"][3])
-            if not rest:
-                found.set("n_mels", 8 * bands, f"attention.0.weight {attention} ({bands} bands)")
-        fc = _fc(state, "fc", found)
-        if attention:
-            _pooling(found, fc, attention[1], f"attention.0.weight {attention} channels")
-    elif name == "VGGVox40":
-        fc = _fc(state, "fc", found)
-        if "sap_linear.weight" in state:
-            found.set("encoder_type", "SAP", "sap_linear.* (SAP's attention weights)")
-    elif name == "RawNet3":
-        _fc(state, "fc6", found)
-        expand = _shape(state, "layer1.conv3.weight", 3)
-        if expand:
-            found.set("C", expand[0], f"layer1.conv3.weight {expand}")
-        scale = sum(1 for index in range(256) if f"layer1.convs.{index}.weight" in state)
-        if scale:
-            found.set("model_scale", scale + 1, f"{scale} layer1.convs.* (Res2Net groups - 1)")
-        first = _shape(state, "attention.0.weight", 3)
-        last = _shape(state, "attention.3.weight", 3)
-        aggregate = _shape(state, "layer4.weight", 3)
-        if first and aggregate:
-            context = {aggregate[0]: False, 3 * aggregate[0]: True}.get(first[1])
-            if context is not None:
-                found.set("context", context, f"attention.0.weight {first}")
-        if last and aggregate:
-            encoder = {aggregate[0]: "ECA", 1: "ASP"}.get(last[0])
-            if encoder:
-                found.set("encoder_type", encoder, f"attention.3.weight {last}")
+    if name in _INFER:
+        _INFER[name](state, found)
     return found
 
 
@@ -400,6 +418,81 @@ def _choose_loss(
     return candidates[0]
 
 
+@dataclass
+class _Options:
+    """What the user asked for, from the command line over ``--config``, with its origins."""
+
+    given: dict[str, Any]  # model parameters
+    origins: dict[str, str]  # parameter -> the option or config line that set it
+    model: str | None
+    model_origin: str
+    trainfunc: str | None
+    loss_origin: str
+    loss_params: dict[str, Any]  # --margin/--scale and loss_params
+    loss_config: dict[str, Any]  # margin/scale from --config, where no option overrides them
+    settings: dict[str, Any]  # the whole config
+
+
+def _options(
+    config: Path | None,
+    overrides: dict[str, Any],
+    model: str | None,
+    trainfunc: str | None,
+    loss_params: dict[str, Any],
+) -> _Options:
+    """Merge the options with the VT config: an option wins over the config's value."""
+    settings = read_vt_config(Path(config)) if config is not None else {}
+    given: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for key in CONFIG_MODEL_KEYS:
+        if key in settings:
+            given[key], origins[key] = settings[key], f"{config}: {key}"
+    for key, value in overrides.items():
+        given[key], origins[key] = value, _flag(key)
+    if isinstance(given.get("encoder_type"), str):
+        given["encoder_type"] = given["encoder_type"].upper()
+    loss_config = {
+        key: settings[key] for key in LOSS_FLAGS if key in settings and key not in loss_params
+    }
+    return _Options(
+        given=given,
+        origins=origins,
+        model=model if model is not None else settings.get("model"),
+        model_origin="--model" if model is not None else f"{config}: model",
+        trainfunc=trainfunc if trainfunc is not None else settings.get("trainfunc"),
+        loss_origin="--trainfunc" if trainfunc is not None else f"{config}: trainfunc",
+        loss_params=loss_params,
+        loss_config=loss_config,
+        settings=settings,
+    )
+
+
+def _build_loss(
+    source: Path,
+    loss_name: str,
+    loss_state: dict[str, torch.Tensor],
+    options: _Options,
+    embedding_dim: int,
+    num_classes: int | None,
+) -> torch.nn.Module:
+    """The loss head ``loss_name`` with VT's weights; classes from the weights or nClasses."""
+    loss_class = registry.get_class("loss", loss_name)
+    fields = loss_class.Params.model_fields
+    from_config = {k: v for k, v in options.loss_config.items() if k in fields}
+    classes = num_classes if num_classes is not None else _infer_num_classes(loss_state)
+    if classes is None and options.settings.get("nClasses") and loss_class.needs_classes:
+        classes = int(options.settings["nClasses"])
+    loss = registry.build(
+        "loss",
+        loss_name,
+        {**from_config, **options.loss_params},
+        embedding_dim=embedding_dim,
+        num_classes=classes,
+    )
+    load_state_strict(loss, loss_state, f"{source} (loss part)")
+    return loss
+
+
 def convert(
     source: Path,
     config: Path | None,
@@ -419,30 +512,15 @@ def convert(
     them contradicting the weights is an error naming the option.
     """
     source = Path(source)
-    settings = read_vt_config(Path(config)) if config is not None else {}
-    given: dict[str, Any] = {}
-    origins: dict[str, str] = {}
-    for key in CONFIG_MODEL_KEYS:
-        if key in settings:
-            given[key], origins[key] = settings[key], f"{config}: {key}"
-    for key, value in overrides.items():
-        given[key], origins[key] = value, _flag(key)
-    model_origin = "--model" if model is not None else f"{config}: model"
-    model = model if model is not None else settings.get("model")
-    loss_origin = "--trainfunc" if trainfunc is not None else f"{config}: trainfunc"
-    trainfunc = trainfunc if trainfunc is not None else settings.get("trainfunc")
-    if isinstance(given.get("encoder_type"), str):
-        given["encoder_type"] = given["encoder_type"].upper()
-    loss_params = dict(loss_params or {})
-    from_config = {key: settings[key] for key in LOSS_FLAGS if key in settings}
-    for key, value in (("margin", margin), ("scale", scale)):
-        if value is not None:
-            loss_params[key] = value
-            from_config.pop(key, None)
+    given_loss = dict(loss_params or {})
+    given_loss.update((k, v) for k, v in (("margin", margin), ("scale", scale)) if v is not None)
+    options = _options(config, overrides, model, trainfunc, given_loss)
 
     model_state, loss_state = split_voxceleb_trainer(read_voxceleb_trainer(source))
-    model_name = _resolve_model(source, model_state, model, model_origin)
-    params, assumed, found = _model_params(source, model_name, model_state, given, origins)
+    model_name = _resolve_model(source, model_state, options.model, options.model_origin)
+    params, assumed, found = _model_params(
+        source, model_name, model_state, options.given, options.origins
+    )
     speaker_model = registry.build("model", model_name, params)
     model_state = type(speaker_model).from_voxceleb_trainer(model_state)
     if model_name in VT_MODELS:
@@ -455,27 +533,18 @@ def convert(
         for name, value in assumed.items()
     ]
     loss_name = _choose_loss(
-        source, loss_state, trainfunc, {**from_config, **loss_params}, loss_origin, notes
+        source,
+        loss_state,
+        options.trainfunc,
+        {**options.loss_config, **options.loss_params},
+        options.loss_origin,
+        notes,
     )
     loss = None
     if loss_name is not None:
-        fields = registry.get_class("loss", loss_name).Params.model_fields
-        loss_params = {**{k: v for k, v in from_config.items() if k in fields}, **loss_params}
-        classes = num_classes if num_classes is not None else _infer_num_classes(loss_state)
-        if (
-            classes is None
-            and settings.get("nClasses")
-            and registry.get_class("loss", loss_name).needs_classes
-        ):
-            classes = int(settings["nClasses"])
-        loss = registry.build(
-            "loss",
-            loss_name,
-            loss_params,
-            embedding_dim=speaker_model.embedding_dim,
-            num_classes=classes,
+        loss = _build_loss(
+            source, loss_name, loss_state, options, speaker_model.embedding_dim, num_classes
         )
-        load_state_strict(loss, loss_state, f"{source} (loss part)")
     extra = {
         "imported_from": {
             "format": "voxceleb_trainer",
@@ -507,11 +576,4 @@ def import_voxceleb_trainer(
         loss_params=loss_params,
         num_classes=num_classes,
     )
-    return save_checkpoint(
-        output,
-        converted.model,
-        converted.model_name,
-        loss=converted.loss,
-        loss_name=converted.loss_name,
-        extra=converted.extra,
-    )
+    return converted.save(output)

@@ -14,6 +14,7 @@ from pydantic import Field
 from torch import nn
 
 from xvec.features import LogFbank
+from xvec.models.layers import ConvReluBn, mean_std, weighted_mean_std
 from xvec.plugin import Params, SpeakerModel
 
 __all__ = [
@@ -31,27 +32,6 @@ SE_BOTTLENECK = 128
 ATTENTION_BOTTLENECK = 128
 AGGREGATE_CHANNELS = 1536
 VARIANCE_FLOOR = 1e-8
-
-
-class ConvReluBn(nn.Module):
-    """``batchnorm(relu(conv1d(x)))``; a TDNN layer when ``dilation`` spreads the kernel."""
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int = 1,
-        dilation: int = 1,
-        padding: int = 0,
-    ) -> None:
-        super().__init__()
-        self.conv = nn.Conv1d(
-            in_channels, out_channels, kernel_size, dilation=dilation, padding=padding
-        )
-        self.bn = nn.BatchNorm1d(out_channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(torch.relu(self.conv(x)))
 
 
 class Res2Conv(nn.Module):
@@ -126,15 +106,11 @@ class AttentiveStatsPooling(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         frames = x.shape[-1]
-        variance, mean = torch.var_mean(x.float(), dim=-1, keepdim=True, correction=0)
-        std = variance.clamp(min=VARIANCE_FLOOR).sqrt()
+        mean, std = mean_std(x.float(), dim=-1, floor=VARIANCE_FLOOR, keepdim=True)
         context = torch.cat([mean, std], dim=1).to(x.dtype).expand(-1, -1, frames)
         scores = self.score(torch.tanh(self.hidden(torch.cat([x, context], dim=1))))
         weights = torch.softmax(scores.float(), dim=-1)
-        x = x.float()
-        weighted_mean = (weights * x).sum(dim=-1)
-        weighted_var = (weights * x.square()).sum(dim=-1) - weighted_mean.square()
-        weighted_std = weighted_var.clamp(min=VARIANCE_FLOOR).sqrt()
+        weighted_mean, weighted_std = weighted_mean_std(x.float(), weights, -1, VARIANCE_FLOOR)
         return torch.cat([weighted_mean, weighted_std], dim=1)
 
 

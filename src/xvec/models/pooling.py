@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xvec.models.layers import weighted_mean_std
+
 __all__ = [
     "attention_vector",
     "attentive_pool",
@@ -53,11 +55,10 @@ def attentive_pool(
     ``weights`` broadcasts against ``frames`` and sums to 1 along ``dim``. The variance
     ``E[x^2] - E[x]^2`` is floored at 1e-5 so the std has a finite gradient for constant input.
     """
-    mean = torch.sum(frames * weights, dim=dim)
     if not with_std:
-        return mean
-    variance = torch.sum(frames.square() * weights, dim=dim) - mean.square()
-    return torch.cat([mean, torch.sqrt(variance.clamp(min=STD_FLOOR))], dim=1)
+        return torch.sum(frames * weights, dim=dim)
+    mean, std = weighted_mean_std(frames, weights, dim, STD_FLOOR)
+    return torch.cat([mean, std], dim=1)
 
 
 def channel_attention(channels: int, hidden: int = 128) -> nn.Sequential:

@@ -19,6 +19,7 @@ from pydantic import field_validator, model_validator
 from torch import nn
 
 from xvec.features import PreEmphasis
+from xvec.models.layers import weighted_mean_std
 from xvec.plugin import Params, SpeakerModel
 
 __all__ = ["AFMS", "Bottle2neck", "ParamSincFB", "RawNet3", "RawNet3Params", "SincEncoder"]
@@ -310,9 +311,7 @@ class RawNet3(SpeakerModel):
         else:
             attention_in = x
         weights = self.attention(attention_in).float()
-        x = x.float()
-        mu = (x * weights).sum(dim=2)
-        sigma = ((x.square() * weights).sum(dim=2) - mu.square()).clamp(STAT_MIN, STAT_MAX).sqrt()
+        mu, sigma = weighted_mean_std(x.float(), weights, 2, STAT_MIN, STAT_MAX)
         return torch.cat([mu, sigma], dim=1)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ from pydantic import Field
 from torch import nn
 
 from xvec.features import LogFbank
-from xvec.models.ecapa import ConvReluBn
+from xvec.models.layers import ConvReluBn, mean_std
 from xvec.plugin import Params, SpeakerModel
 
 __all__ = ["TDNN", "TDNNParams", "stats_pooling"]
@@ -31,8 +31,8 @@ def stats_pooling(x: torch.Tensor) -> torch.Tensor:
     The variance is floored (as Kaldi's statistics pooling does) so constant channels give a
     finite standard deviation and no gradient blow-up.
     """
-    variance, mean = torch.var_mean(x.float(), dim=-1, correction=0)
-    return torch.cat([mean, variance.clamp(min=VARIANCE_FLOOR).sqrt()], dim=1)
+    mean, std = mean_std(x.float(), dim=-1, floor=VARIANCE_FLOOR)
+    return torch.cat([mean, std], dim=1)
 
 
 class TDNNParams(Params):
