@@ -27,6 +27,14 @@ FAMILIES = {
     "RawNet3": {"C": 64, "nOut": 32},
     "ECAPA-TDNN": {"channels": 64, "embedding_size": 32},
     "TDNN": {"hidden": 64, "stats_dim": 128, "embedding_size": 32},
+    "WeSpeakerResNet": {"depth": 18, "m_channels": 8, "embed_dim": 32},
+    "CAMPPlus": {"growth_rate": 8, "init_channels": 32, "embed_dim": 32},
+    "SpeechBrainECAPA": {
+        "channels": [64, 64, 64, 64, 192],
+        "attention_channels": 16,
+        "se_channels": 16,
+        "lin_neurons": 32,
+    },
 }
 
 
