@@ -29,7 +29,8 @@ from xvec.checkpoint import build_model, load_model, read_checkpoint
 from xvec.errors import XvecError, check_at_least
 from xvec.files import atomic_write_bytes
 
-FORMATS = ("onnx", "torchscript", "vt")
+GRAPH_FORMATS = ("onnx", "torchscript")  # the front end included, input: the waveform
+FORMATS = (*GRAPH_FORMATS, "vt")  # vt: voxceleb_trainer's .model state dict
 VT_MODELS = ("ResNetSE34L", "ResNetSE34V2", "VGGVox40", "RawNet3")  # voxceleb_trainer's own
 CHECK_SECONDS = (1.0, 2.37, 4.0)
 OPSET = 18
@@ -231,7 +232,7 @@ def export_model(
     ``checkpoint_meta`` (from :func:`xvec.checkpoint.read_checkpoint`) names the architecture
     and parameters in the file's metadata.
     """
-    if fmt not in FORMATS[:2]:
+    if fmt not in GRAPH_FORMATS:
         raise XvecError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
     output = Path(output)
     model = model.cpu().eval()
