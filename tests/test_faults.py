@@ -143,6 +143,7 @@ def test_stop_signal_prints_exact_resume_command_which_works_on_the_run_folder(
     _, stderr = proc.communicate(timeout=60)
     assert time.monotonic() - sent < 5
     assert proc.returncode == 130 and "Traceback" not in stderr
+    assert "stop requested: the run is saved at the next step" in stderr
     expected = shlex.join(["xvec", "train", str(path), *sets, "--resume"])
     assert f"Resume with: {expected}" in stderr
     assert (tmp_path / "o r" / "state.safetensors").is_file()

@@ -242,6 +242,13 @@ class _StopFlag:
         if self.requested:  # second Ctrl-C: stop now
             raise KeyboardInterrupt
         self.requested = True
+        if os.environ.get("RANK", "0") == "0":  # said at once: an evaluation may run first
+            print(
+                "stop requested: the run is saved at the next step, after an evaluation in "
+                "progress; Ctrl-C again stops at once",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
