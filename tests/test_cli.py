@@ -126,3 +126,18 @@ def test_losses_table_says_which_losses_need_several_utterances_per_speaker():
         assert ">= 2" in rows[name], name
     for name in ("softmax", "amsoftmax", "aamsoftmax"):
         assert rows[name].rstrip("│ ").endswith("any"), name
+
+
+def test_file_progress_writes_nothing_into_a_log():
+    """Redirected output (a log, CI) gets no progress bar and no blank line in its place."""
+    import io
+
+    from rich.console import Console
+
+    from xvec.report import FileProgress
+
+    log = io.StringIO()
+    with FileProgress("embedding", Console(file=log)) as bar:
+        bar(2, 4)
+        bar(2, 4)
+    assert log.getvalue() == ""

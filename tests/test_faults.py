@@ -143,7 +143,7 @@ def test_stop_signal_prints_exact_resume_command_which_works_on_the_run_folder(
     _, stderr = proc.communicate(timeout=60)
     assert time.monotonic() - sent < 5
     assert proc.returncode == 130 and "Traceback" not in stderr
-    assert "stop requested: the run is saved at the next step" in stderr
+    assert "stop requested: the run is saved at the next step (an evaluation" in stderr
     expected = shlex.join(["xvec", "train", str(path), *sets, "--resume"])
     assert f"Resume with: {expected}" in stderr
     assert (tmp_path / "o r" / "state.safetensors").is_file()
@@ -161,6 +161,49 @@ def test_stop_signal_prints_exact_resume_command_which_works_on_the_run_folder(
     assert f"resuming {tmp_path / 'o r'} at epoch " in resumed.stderr
     assert f"(step {step})" in resumed.stderr
     assert (tmp_path / "o r" / "curves.png").is_file()
+
+
+def test_stop_during_an_evaluation_cuts_it_short_and_resume_redoes_it(
+    tmp_path, tone_corpus, tiny_model_dist, monkeypatch
+):
+    """SIGTERM while the end-of-epoch evaluation embeds files: it stops after the batch in
+    hand, the state says the evaluation is pending, and --resume does it before training on;
+    the run ends as one never stopped (weights, evaluations)."""
+    import xvec.embed
+
+    one_file_batches = "\n[eval]\nbatch_size = 1\n"  # 8 trial files: 8 batches
+    straight = recipe_file(tmp_path, tone_corpus, "straight", one_file_batches)
+    train(load_recipe(straight))
+    computed, model_outputs = [], xvec.embed._model_outputs
+
+    def signal_at_first_batch(*args, **kwargs):
+        if not computed:
+            os.kill(os.getpid(), signal.SIGTERM)
+        computed.append(1)
+        return model_outputs(*args, **kwargs)
+
+    monkeypatch.setattr(xvec.embed, "_model_outputs", signal_at_first_batch)
+    recipe = load_recipe(recipe_file(tmp_path, tone_corpus, "stopped", one_file_batches))
+    with pytest.raises(XvecError, match="interrupted at epoch 2, step 4"):
+        train(recipe)
+    assert 1 <= len(computed) < 8  # cut short: not every file was embedded
+    run = tmp_path / "stopped"
+    meta = json.loads(load_file_meta(run / "state.safetensors"))
+    assert meta["position"]["pending_eval"] == 1 and meta["position"]["epoch"] == 2
+    assert [r for r in read_log(run) if r["kind"] == "eval"] == []
+    assert not (run / "last.safetensors").exists()
+    monkeypatch.undo()
+
+    train(recipe, resume=True)
+
+    def evaluations(folder: Path) -> list[tuple[int, int, float]]:
+        return [(r["epoch"], r["step"], r["eer"]) for r in read_log(folder) if r["kind"] == "eval"]
+
+    assert evaluations(run) == evaluations(tmp_path / "straight")
+    assert len(evaluations(run)) == 2
+    a = load_file(str(tmp_path / "straight" / "last.safetensors"))
+    b = load_file(str(run / "last.safetensors"))
+    assert a.keys() == b.keys() and all(a[key].equal(b[key]) for key in a)
 
 
 # --------------------------------------------------------------------------- 9: worker errors

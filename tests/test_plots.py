@@ -147,10 +147,11 @@ def test_det_axes_cover_high_error_rates_and_the_legend_sits_below(tmp_path) -> 
     assert high == pytest.approx(probit(0.995)) and axes.get_ylim()[1] == high
     assert low == pytest.approx(probit(0.0005))
     assert [t.get_text() for t in axes.get_xticklabels()][-3:] == ["90", "95", "99"]
-    legend = axes.get_legend()
+    (legend,) = figure.legends
     assert [t.get_text()[:4] for t in legend.get_texts()] == ["poor", "good"]
     renderer = figure.canvas.get_renderer()
     assert legend.get_window_extent(renderer).y1 < axes.get_window_extent(renderer).y0
+    assert axes.title.get_window_extent(renderer).y1 <= figure.bbox.y1  # the title is not cut
     figure = plot_det({"good": (good, labels)}, tmp_path / "det_good.png")
     assert figure.axes[0].get_xlim()[1] == pytest.approx(probit(0.6))  # a good system: 60 %
 

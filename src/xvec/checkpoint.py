@@ -254,12 +254,17 @@ def load_state_strict(
 
 @dataclass
 class Position:
-    """Where training stands: the next batch to run is ``batch`` of ``epoch``."""
+    """Where training stands: the next batch to run is ``batch`` of ``epoch``.
+
+    ``pending_eval`` is the epoch whose closing evaluation was started but not finished (a stop
+    or a kill during it); a resumed run does that evaluation first.
+    """
 
     epoch: int = 1
     batch: int = 0
     step: int = 0
     best_eer: float | None = None
+    pending_eval: int | None = None
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -202,7 +202,7 @@ def plot_det(curves: Mapping[str, tuple[ArrayLike, ArrayLike]], path: str | Path
     axes.set_xlabel("false acceptance rate (%)")
     axes.set_ylabel("false rejection rate (%)")
     axes.set_title("DET curve")
-    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), frameon=False)
+    figure.legend(loc="outside lower center", frameon=False)  # laid out: the title stays in
     _save(figure, path)
     return figure
 

@@ -201,7 +201,12 @@ class FileProgress:
         from rich.progress import Progress
 
         console = console or make_console(stderr=True)
-        self.progress = Progress(*_progress_columns(), console=console, transient=True)
+        self.progress = Progress(
+            *_progress_columns(),
+            console=console,
+            transient=True,
+            disable=not console.is_terminal,  # a log gets no bar (rich would add a blank line)
+        )
         self.description = description
         self.task = None
         self.count = 0

@@ -244,8 +244,8 @@ class _StopFlag:
         self.requested = True
         if os.environ.get("RANK", "0") == "0":  # said at once: an evaluation may run first
             print(
-                "stop requested: the run is saved at the next step, after an evaluation in "
-                "progress; Ctrl-C again stops at once",
+                "stop requested: the run is saved at the next step (an evaluation in progress "
+                "stops and is redone on --resume); Ctrl-C again stops at once",
                 file=sys.stderr,
                 flush=True,
             )
@@ -308,14 +308,19 @@ def train(
     try:
         run = _setup(recipe, resume, console, lock)
         with _StopFlag() as stop:
-            while not run.finished():
-                stopped = _train_epoch(run, stop, stop_when)
-                if stopped:
-                    if stop.requested:
-                        raise _interrupted(run, recipe_path, overrides or [])
-                    return None
-                if _end_of_epoch(run):
-                    break
+            try:
+                if run.position.pending_eval is not None:  # a stop or kill cut it short
+                    _close_epoch(run, run.position.pending_eval, stop)
+                while not run.finished():
+                    stopped = _train_epoch(run, stop, stop_when)
+                    if stopped:
+                        if stop.requested:
+                            raise _interrupted(run, recipe_path, overrides or [])
+                        return None
+                    if _end_of_epoch(run, stop):
+                        break
+            except _EvalStopped:
+                raise _interrupted(run, recipe_path, overrides or []) from None
         text = run.result_text
         if run.is_main and text is None:  # resumed a finished run: complete what is missing
             text = _complete(run)
@@ -432,6 +437,11 @@ def _setup(recipe: Recipe, resume: bool, console: Any, lock: RunLock) -> _Run:
             console.print(
                 f"resuming {run_dir} at epoch {position.epoch}, batch {position.batch} "
                 f"(step {position.step})"
+                + (
+                    f"; evaluating epoch {position.pending_eval} first"
+                    if position.pending_eval is not None
+                    else ""
+                )
             )
     return run
 
@@ -640,8 +650,8 @@ def _train_epoch(run: _Run, stop: _StopFlag, stop_when: Callable[[Position], boo
     return False
 
 
-def _end_of_epoch(run: _Run) -> bool:
-    """Schedule, evaluate when due, save last/best checkpoints and the state; True at the end.
+def _end_of_epoch(run: _Run, stop: _StopFlag) -> bool:
+    """Schedule, then close the epoch (:func:`_close_epoch`); True at the end of training.
 
     An epoch cut short by ``max_steps`` is not counted as done (resuming with a higher cap
     continues it), but is evaluated and saved as the end of training.
@@ -653,12 +663,28 @@ def _end_of_epoch(run: _Run) -> bool:
             run.scheduler.step()
         position.epoch += 1
         position.batch = 0
+    due = epoch % recipe.train.test_interval == 0 or run.finished()
+    position.pending_eval = epoch if run.trials is not None and due else None
+    return _close_epoch(run, epoch, stop)
+
+
+def _close_epoch(run: _Run, epoch: int, stop: _StopFlag) -> bool:
+    """Evaluate when pending, save last/best checkpoints and the state; True at the end.
+
+    The state is saved before a pending evaluation, marked pending: a stop (which cuts the
+    evaluation short) or a kill during it resumes with that evaluation, not a repeated epoch.
+    """
+    position, recipe = run.position, run.recipe
     last_epoch = run.finished()
+    evaluate = position.pending_eval is not None
+    if evaluate and run.is_main:
+        run.save_state()
+    position.pending_eval = None
     if run.is_main:
         meta = {"recipe": recipe.to_dict(), "epoch": epoch, "step": position.step}
-        due = epoch % recipe.train.test_interval == 0 or last_epoch
-        result = _periodic_eval(run) if run.trials and due else None
-        if result is not None:
+        result = None
+        if evaluate:
+            result = _periodic_eval(run, stop)
             run.log.write(
                 kind="eval",
                 epoch=epoch,
@@ -809,27 +835,46 @@ class _Log:
             handle.write(json.dumps(record) + "\n")
 
 
-def _periodic_eval(run: _Run) -> EvalResult:
-    """Evaluate the model on the recipe's trial list with the recipe's protocol."""
+class _EvalStopped(Exception):
+    """A stop was requested during a periodic evaluation (which is then redone on resume)."""
+
+
+def _periodic_eval(run: _Run, stop: _StopFlag | None = None) -> EvalResult:
+    """Evaluate the model on the recipe's trial list with the recipe's protocol.
+
+    A progress bar shows the files embedded; a requested ``stop`` ends the evaluation after
+    the batch in hand (:class:`_EvalStopped`).
+    """
     from xvec.evaluate import evaluate_model
     from xvec.protocol import Protocol
+    from xvec.report import FileProgress
 
     recipe, model = run.recipe, run.model
     protocol = Protocol.from_recipe(recipe)
     p_targets = tuple(dict.fromkeys((recipe.eval.dcf_p_target, 0.05, 0.01)))
     was_training = model.training
-    result = evaluate_model(
-        model,
-        run.trials,  # type: ignore[arg-type]  # evaluated only with a trial list
-        recipe.data.test_path,
-        protocol,
-        batch_size=recipe.eval.batch_size,
-        device=run.device,
-        p_targets=p_targets,
-        c_miss=recipe.eval.dcf_c_miss,
-        c_fa=recipe.eval.dcf_c_fa,
-    )
-    model.train(was_training)
+    with FileProgress("  evaluating", run.console) as bar:
+
+        def progress(advance: int, total: int) -> None:
+            bar(advance, total)
+            if stop is not None and stop.requested:
+                raise _EvalStopped
+
+        try:
+            result = evaluate_model(
+                model,
+                run.trials,  # type: ignore[arg-type]  # evaluated only with a trial list
+                recipe.data.test_path,
+                protocol,
+                batch_size=recipe.eval.batch_size,
+                device=run.device,
+                p_targets=p_targets,
+                c_miss=recipe.eval.dcf_c_miss,
+                c_fa=recipe.eval.dcf_c_fa,
+                progress=progress,
+            )
+        finally:
+            model.train(was_training)
     run.console.print(
         f"  eval: EER {result.metrics.eer:.3f} %  minDCF({recipe.eval.dcf_p_target}) "
         f"{result.metrics.min_dcf[recipe.eval.dcf_p_target]:.4f}  ({result.seconds:.1f} s)"
