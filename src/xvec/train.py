@@ -224,7 +224,8 @@ def _cpu_has_bf16() -> bool:
 
 
 class _StopFlag:
-    """SIGINT/SIGTERM set a flag; the loop saves at the next step boundary and exits 130."""
+    """SIGINT/SIGTERM set a flag; the loop saves at the next step boundary (an evaluation stops
+    after its batch in hand) and exits 130."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -242,7 +243,7 @@ class _StopFlag:
         if self.requested:  # second Ctrl-C: stop now
             raise KeyboardInterrupt
         self.requested = True
-        if os.environ.get("RANK", "0") == "0":  # said at once: an evaluation may run first
+        if os.environ.get("RANK", "0") == "0":  # said at once, before the step or batch ends
             print(
                 "stop requested: the run is saved at the next step (an evaluation in progress "
                 "stops and is redone on --resume); Ctrl-C again stops at once",
