@@ -75,7 +75,9 @@ def audio_info(path: str | Path) -> AudioInfo:
 
 
 @functools.lru_cache(maxsize=16)
-def _sinc_kernel(orig: int, new: int, zero_crossings: int = 6, rolloff: float = 0.99):
+def _sinc_kernel(
+    orig: int, new: int, dtype: str = "float32", zero_crossings: int = 6, rolloff: float = 0.99
+):
     """Hann-windowed sinc filters ``[new, 1, taps]`` for rates already divided by their gcd.
 
     One filter per output phase: output ``j`` of every block of ``new`` samples reads the input
@@ -86,20 +88,22 @@ def _sinc_kernel(orig: int, new: int, zero_crossings: int = 6, rolloff: float = 
 
     cutoff = min(orig, new) * rolloff
     half_width = math.ceil(zero_crossings * orig / cutoff)
-    taps = torch.arange(-half_width, half_width + orig, dtype=torch.float32)[None, None] / orig
-    phases = torch.arange(0, -new, -1, dtype=torch.float32)[:, None, None] / new
+    kind = getattr(torch, dtype)
+    taps = torch.arange(-half_width, half_width + orig, dtype=kind)[None, None] / orig
+    phases = torch.arange(0, -new, -1, dtype=kind)[:, None, None] / new
     t = ((phases + taps) * cutoff).clamp_(-zero_crossings, zero_crossings)
     window = torch.cos(t * math.pi / zero_crossings / 2) ** 2
     t *= math.pi
-    sinc = torch.where(t == 0, torch.tensor(1.0), t.sin() / t)
+    sinc = torch.where(t == 0, torch.tensor(1.0, dtype=kind), t.sin() / t)
     return sinc * (window * (cutoff / orig)), half_width
 
 
 def resample(audio: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
-    """Band-limited (windowed-sinc) resampling of a 1-D float32 signal.
+    """Band-limited (windowed-sinc) resampling of a 1-D float32 (or float64) signal.
 
     The same computation as torchaudio's default ``functional.resample``, in plain torch; the
-    output has ``ceil(len * new_rate / orig_rate)`` samples.
+    output has ``ceil(len * new_rate / orig_rate)`` samples. A float64 signal is resampled in
+    float64 (as torchaudio does), which the parity tests use; anything else in float32.
     """
     if orig_rate == new_rate:
         return audio
@@ -107,8 +111,9 @@ def resample(audio: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
 
     gcd = math.gcd(int(orig_rate), int(new_rate))
     orig, new = int(orig_rate) // gcd, int(new_rate) // gcd
-    kernel, half_width = _sinc_kernel(orig, new)
-    signal = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
+    dtype = "float64" if audio.dtype == np.float64 else "float32"
+    kernel, half_width = _sinc_kernel(orig, new, dtype)
+    signal = torch.from_numpy(np.ascontiguousarray(audio, dtype=dtype))
     length = signal.shape[-1]
     padded = torch.nn.functional.pad(signal.view(1, 1, -1), (half_width, half_width + orig))
     out = torch.nn.functional.conv1d(padded, kernel, stride=orig)  # [1, new, blocks]

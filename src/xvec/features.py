@@ -410,27 +410,38 @@ def _kaldi_mel(freq: torch.Tensor) -> torch.Tensor:
     return 1127.0 * (1.0 + freq / 700.0).log()
 
 
-def kaldi_window(window: KaldiWindowName, size: int) -> torch.Tensor:
-    """Kaldi's symmetric analysis windows; "povey" is a Hann window raised to the power 0.85."""
+def kaldi_window(
+    window: KaldiWindowName, size: int, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Kaldi's symmetric analysis windows; "povey" is a Hann window raised to the power 0.85.
+
+    ``dtype`` is the precision the window is computed in (torchaudio uses the input's).
+    """
     if window == "hamming":
-        return torch.hamming_window(size, periodic=False, alpha=0.54, beta=0.46)
+        return torch.hamming_window(size, periodic=False, alpha=0.54, beta=0.46, dtype=dtype)
     if window == "povey":
-        return torch.hann_window(size, periodic=False).pow(0.85)
+        return torch.hann_window(size, periodic=False, dtype=dtype).pow(0.85)
     if window == "hanning":
-        return torch.hann_window(size, periodic=False)
+        return torch.hann_window(size, periodic=False, dtype=dtype)
     if window == "rectangular":
-        return torch.ones(size)
+        return torch.ones(size, dtype=dtype)
     raise ValueError(f"unknown Kaldi window '{window}'")
 
 
 def kaldi_mel_banks(
-    n_mels: int, fft_size: int, sample_rate: int, low_freq: float = 20.0, high_freq: float = 0.0
+    n_mels: int,
+    fft_size: int,
+    sample_rate: int,
+    low_freq: float = 20.0,
+    high_freq: float = 0.0,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Kaldi's triangular mel filters ``[n_mels, fft_size // 2 + 1]`` (the Nyquist bin gets 0).
 
     Triangles are equally spaced on the mel scale ``1127 ln(1 + f / 700)`` between ``low_freq``
     and ``high_freq`` (``<= 0``: offset from Nyquist), and are triangular in mel, not in Hz.
-    Computed in float32 in the order Kaldi/torchaudio use, so the filters agree to the last bit.
+    Computed in ``dtype`` (torchaudio: the default dtype, float32) in the order Kaldi/torchaudio
+    use, so the filters agree to the last bit on the same CPU kernels.
     """
     nyquist = 0.5 * sample_rate
     if high_freq <= 0.0:
@@ -440,13 +451,11 @@ def kaldi_mel_banks(
     mel_low = 1127.0 * math.log(1.0 + low_freq / 700.0)
     mel_high = 1127.0 * math.log(1.0 + high_freq / 700.0)
     step = (mel_high - mel_low) / (n_mels + 1)
-    index = torch.arange(n_mels, dtype=torch.float32).unsqueeze(1)
+    index = torch.arange(n_mels, dtype=dtype).unsqueeze(1)
     left = mel_low + index * step
     centre = mel_low + (index + 1.0) * step
     right = mel_low + (index + 2.0) * step
-    bin_mel = _kaldi_mel(
-        (sample_rate / fft_size) * torch.arange(fft_size // 2, dtype=torch.float32)
-    )
+    bin_mel = _kaldi_mel((sample_rate / fft_size) * torch.arange(fft_size // 2, dtype=dtype))
     rising = (bin_mel - left) / (centre - left)
     falling = (right - bin_mel) / (right - centre)
     banks = torch.clamp(torch.minimum(rising, falling), min=0.0)
