@@ -147,7 +147,7 @@ def test_readme_python_example_runs(tmp_path):
     a, b, _ = _write_voices(tmp_path)
     code = (
         block.group(1)
-        .replace('"model.safetensors"', repr(str(path)))
+        .replace('"runs/demo/best.safetensors"', repr(str(path)))
         .replace('"a.wav"', repr(str(a)))
         .replace('"b.wav"', repr(str(b)))
     )

@@ -116,6 +116,19 @@ class TrainConfig(Section):
         return name
 
     save_every_steps: int = Field(0, ge=0, description="also save the training state every N steps")
+    threads: int | Literal["auto"] = Field(
+        "auto",
+        description="CPU intra-op threads; auto follows the cores actually free "
+        "(probed from step times, xvec.cpu_threads)",
+    )
+
+    @field_validator("threads")
+    @classmethod
+    def _positive_threads(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be 'auto' or at least 1")
+        return value
+
     deterministic: bool = Field(
         False, description="bit-identical reruns and resumes (slower: 1 CPU thread)"
     )

@@ -34,6 +34,7 @@ from torch import nn
 from xvec import registry
 from xvec.checkpoint import Position, load_state, save_checkpoint, save_state
 from xvec.config import Recipe
+from xvec.cpu_threads import ThreadTuner
 from xvec.data import (
     EpochBatches,
     TrainDataset,
@@ -358,6 +359,7 @@ class _Run:
     log: _Log
     console: Any
     result_text: str | None = None
+    thread_tuner: ThreadTuner | None = None
 
     @property
     def state_path(self) -> Path:
@@ -428,6 +430,7 @@ def _setup(recipe: Recipe, resume: bool, console: Any, lock: RunLock) -> _Run:
         position=Position(),
         log=_Log(run_dir / LOG_FILE if is_main else None),
         console=console,
+        thread_tuner=_thread_tuner(recipe, device, world),
     )
     if resume:
         if not run.state_path.is_file():
@@ -485,7 +488,17 @@ def _init_device(recipe: Recipe, world: int, local_rank: int) -> torch.device:
         torch.use_deterministic_algorithms(True)
         if device.type == "cpu":
             torch.set_num_threads(1)
+    elif device.type == "cpu" and isinstance(recipe.train.threads, int):
+        torch.set_num_threads(recipe.train.threads)
     return device
+
+
+def _thread_tuner(recipe: Recipe, device: torch.device, world: int) -> ThreadTuner | None:
+    """Threads that follow the free cores: CPU, one process, ``train.threads = "auto"``."""
+    cfg_train = recipe.train
+    if device.type != "cpu" or world > 1 or cfg_train.deterministic or cfg_train.threads != "auto":
+        return None
+    return ThreadTuner(torch.get_num_threads())
 
 
 def _build_loss(recipe: Recipe, model: nn.Module, train_list: TrainList) -> nn.Module:
@@ -619,8 +632,12 @@ def _train_epoch(run: _Run, stop: _StopFlag, stop_when: Callable[[Position], boo
         position.batch,
         enabled=run.is_main,
     ) as progress:
+        if run.thread_tuner is not None:
+            run.thread_tuner.restart_clock()
         for waves, labels in _unwrapped(run.loader):
             loss, accuracy = _step(run, waves, labels)
+            if run.thread_tuner is not None:
+                run.thread_tuner.step_done()
             progress.advance(loss, accuracy, waves.shape[0] * waves.shape[1] * run.world)
             if position.step % cfg_train.log_every == 0:
                 run.log.write(
@@ -631,6 +648,7 @@ def _train_epoch(run: _Run, stop: _StopFlag, stop_when: Callable[[Position], boo
                     accuracy=round(accuracy, 4),
                     lr=run.optimizer.param_groups[0]["lr"],
                     utt_per_s=round(progress.rate, 2),
+                    threads=torch.get_num_threads(),
                 )
             stopping = stop.requested or (stop_when is not None and stop_when(position))
             if run.capped and not stopping:
