@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -10,6 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
+    from rich.console import Group
+
     from xvec.embed import EmbedRun
     from xvec.evaluate import EvalRun
     from xvec.prepare import FolderLists, SpeechoceanLists, VoxcelebLists
@@ -18,9 +21,10 @@ PIPE_WIDTH = 160  # tables stay readable in logs and pipes, where rich would ass
 
 
 def make_console(stderr: bool = False) -> Console:
-    """A rich console; when output is not a terminal, wide enough for the metrics table."""
+    """A rich console; when output is not a terminal and ``COLUMNS`` is not set, wide enough
+    for the metrics table."""
     console = Console(stderr=stderr)
-    if not console.is_terminal:
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
         console = Console(stderr=stderr, width=PIPE_WIDTH)
     return console
 
@@ -41,12 +45,54 @@ def print_warning(console: Console, message: str) -> None:
     console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
-def metrics_table(results: list[dict[str, Any]], title: str) -> Table:
+def metrics_table(results: list[dict[str, Any]], title: str, width: int | None = None) -> Table:
     """One row per system: trial counts, EER, minDCF, threshold and speed; best EER in green.
 
     There is a minDCF column per p_target found in the results; the caption gives the costs.
+    Given the terminal ``width``, a table that would not fit drops to :func:`_narrow_table`
+    (system, EER, minDCF, threshold), then to one small table per system, so the numbers are
+    never cut; system names are shortened from the left (``…/demo/best.safetensors``).
     """
     p_targets = list(dict.fromkeys(key for r in results for key in r["min_dcf"]))
+    table = _wide_table(results, title, p_targets)
+    if width is None or rendered_width(table) <= width:
+        return table
+    narrow = _narrow_table(results, title, p_targets, width)
+    if narrow is not None:
+        return narrow
+    return _stacked_tables(results, title, p_targets, width)
+
+
+def rendered_width(renderable: Any) -> int:
+    """The widest line ``renderable`` prints when nothing limits its width."""
+    import io
+
+    buffer = io.StringIO()
+    Console(file=buffer, width=10_000, color_system=None).print(renderable)
+    return max((len(line) for line in buffer.getvalue().splitlines()), default=0)
+
+
+def shorten_left(text: str, width: int) -> str:
+    """``text`` cut from the left to ``width`` characters with a leading ``…``."""
+    return text if len(text) <= width else "…" + text[len(text) - width + 1 :]
+
+
+def _scores(r: dict[str, Any], p_targets: list[str], best: float | None) -> list[str]:
+    """EER (green when best), one minDCF per p_target, the EER threshold."""
+    eer = f"{r['eer']:.4f}"
+    dcf = r["min_dcf"]
+    return [
+        f"[bold green]{eer}[/]" if best is not None and r["eer"] == best else eer,
+        *(f"{dcf[p]:.4f}" if p in dcf else "-" for p in p_targets),
+        f"{r['eer_threshold']:.4f}",
+    ]
+
+
+def _best_eer(results: list[dict[str, Any]]) -> float | None:
+    return min(r["eer"] for r in results) if len(results) > 1 else None
+
+
+def _wide_table(results: list[dict[str, Any]], title: str, p_targets: list[str]) -> Table:
     table = Table(title=title, caption=_dcf_caption(results, p_targets))
     for column, justify in [
         ("system", "left"),
@@ -60,22 +106,71 @@ def metrics_table(results: list[dict[str, Any]], title: str) -> Table:
         ("files/s", "right"),
     ]:
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    best = min(r["eer"] for r in results) if len(results) > 1 else None
+    best = _best_eer(results)
     for r in results:
-        dcf = r["min_dcf"]
-        eer = f"{r['eer']:.4f}"
         table.add_row(
             r["name"],
             str(r["n_trials"]),
             str(r["n_target"]),
             str(r["n_nontarget"]),
-            f"[bold green]{eer}[/]" if best is not None and r["eer"] == best else eer,
-            *(f"{dcf[p]:.4f}" if p in dcf else "-" for p in p_targets),
-            f"{r['eer_threshold']:.4f}",
+            *_scores(r, p_targets, best),
             f"{r['seconds']:.1f}" if r.get("seconds") is not None else "-",
             f"{r['files_per_second']:.1f}" if r.get("files_per_second") else "-",
         )
     return table
+
+
+def _counts_line(results: list[dict[str, Any]]) -> str:
+    """The trial counts, once when every system scored the same trials."""
+    counts = {(r["n_trials"], r["n_target"], r["n_nontarget"]) for r in results}
+    if len(counts) != 1:
+        return ""
+    trials, target, nontarget = counts.pop()
+    return f"{trials} trials: {target} target, {nontarget} non-target. "
+
+
+def _narrow_table(
+    results: list[dict[str, Any]], title: str, p_targets: list[str], width: int
+) -> Table | None:
+    """System, EER, minDCF and threshold only (counts in the caption); None if even that
+    leaves the system column under 12 characters."""
+    headers = ["EER %", *(f"minDCF {p}" for p in p_targets), "threshold"]
+    rows = [_scores(r, p_targets, None) for r in results]
+    columns = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
+    room = width - sum(columns) - 3 * len(headers) - 4  # borders and padding
+    if room < 12:
+        return None
+    caption = _counts_line(results) + _dcf_caption(results, p_targets)
+    table = Table(title=title, caption=caption, width=None)
+    longest = max(len(r["name"]) for r in results)
+    table.add_column("system", no_wrap=True, min_width=min(room, max(longest, 6)))
+    for header in headers:
+        table.add_column(header, justify="right", no_wrap=True)
+    best = _best_eer(results)
+    for r in results:
+        table.add_row(shorten_left(r["name"], room), *_scores(r, p_targets, best))
+    return table
+
+
+def _stacked_tables(
+    results: list[dict[str, Any]], title: str, p_targets: list[str], width: int
+) -> Group:
+    """One two-column table per system: each number on its own row."""
+    from rich.console import Group
+
+    tables = []
+    best = _best_eer(results)
+    for r in results:
+        name = shorten_left(r["name"], max(min(width, 38) - 2, 8))  # the table's own width
+        table = Table(title=name, show_header=False)
+        table.add_column("metric", no_wrap=True)
+        table.add_column("value", justify="right", no_wrap=True)
+        names = ["EER %", *(f"minDCF {p}" for p in p_targets), "EER threshold"]
+        for name, value in zip(names, _scores(r, p_targets, best), strict=True):
+            table.add_row(name, value)
+        table.add_row("trials", f"{r['n_trials']} ({r['n_target']} target)")
+        tables.append(table)
+    return Group(title, *tables)
 
 
 def print_eval(
@@ -86,14 +181,14 @@ def print_eval(
     for note in run.notes:
         err.print(f"note: {note}", highlight=False)
     for written in run.written:
-        err.print("  ".join(f"{p.stem}: {p}" for p in written), highlight=False)
+        err.print("  ".join(f"{p.stem}: {p}" for p in written), highlight=False, soft_wrap=True)
     counted = f"{len(run.trials)} trials"
     if run.subset:
         counted = f"{len(run.trials)} of {run.total_trials} trials, stratified"
-    table = metrics_table(run.summaries, f"{trials} ({counted})")
-    out.print(table)
+    title = f"{trials} ({counted})"
+    out.print(metrics_table(run.summaries, title, width=out.width))
     if table_file is not None:
-        write_table(table_file, table)
+        write_table(table_file, metrics_table(run.summaries, title))
 
 
 def print_embed(run: EmbedRun, out: Console, err: Console) -> None:
@@ -104,7 +199,8 @@ def print_embed(run: EmbedRun, out: Console, err: Console) -> None:
         err.print(f"note: {note}", highlight=False)
     out.print(
         f"{run.count} embeddings ({run.stats.computed} computed, "
-        f"{run.stats.files_per_second:.1f} files/s) -> {run.output}"
+        f"{run.stats.files_per_second:.1f} files/s) -> {run.output}",
+        soft_wrap=True,
     )
 
 

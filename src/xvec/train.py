@@ -918,7 +918,11 @@ def _finish(run: _Run, result: EvalResult | None) -> str:
             title=f"{run_dir.name}: EER {result.metrics.eer:.2f} %",
         )
         run.console.print(
-            metrics_table([result.summary()], f"final evaluation ({len(trials)} trials)")
+            metrics_table(
+                [result.summary()],
+                f"final evaluation ({len(trials)} trials)",
+                width=run.console.width,
+            )
         )
     records = read_log(run_dir) if (run_dir / LOG_FILE).is_file() else []
     if not any(r.get("kind") == "train" for r in records):  # fewer steps than log_every
