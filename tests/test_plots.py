@@ -179,7 +179,7 @@ def test_training_curves_are_in_epochs_with_both_eval_metrics_visible(tmp_path) 
 
 def test_training_curves_say_na_for_a_loss_without_accuracy(tmp_path) -> None:
     records = [
-        {**r, "acc": 0.0} if r.get("kind") == "train" else r
+        {**r, "acc": None} if r.get("kind") == "train" else r  # reports_accuracy = False
         for r in training_records(with_eval=True)
     ]
     figure = plot_training(records, tmp_path / "curves.png")
@@ -190,5 +190,17 @@ def test_training_curves_say_na_for_a_loss_without_accuracy(tmp_path) -> None:
     no_accuracy = [{k: v for k, v in r.items() if k != "acc"} for r in records]
     figure = plot_training(no_accuracy, tmp_path / "absent.png")
     assert figure.axes[1].texts and not figure.axes[1].get_lines()
+
+
+def test_training_curves_draw_an_accuracy_of_zero(tmp_path) -> None:
+    """AM-softmax's accuracy is 0 for the first epochs: drawn, not called n/a."""
+    records = [
+        {**r, "acc": 0.0} if r.get("kind") == "train" else r
+        for r in training_records(with_eval=True)
+    ]
+    accuracy_axes = plot_training(records, tmp_path / "curves.png").axes[1]
+    assert not accuracy_axes.texts
+    (line,) = accuracy_axes.get_lines()
+    assert set(line.get_ydata()) == {0.0}
     steps_only = [{k: v for k, v in r.items() if k != "epoch"} for r in records]
     assert plot_training(steps_only, tmp_path / "steps.png").axes[2].get_xlabel() == "step"

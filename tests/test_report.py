@@ -7,13 +7,21 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 from rich.console import Console
 
+from xvec import report
 from xvec.metrics import compute_metrics
-from xvec.report import metrics_table, shorten_left
+from xvec.report import (
+    EpochProgress,
+    TrainingStart,
+    metrics_table,
+    shorten_left,
+    training_start_text,
+)
 
 from conftest import ROOT
 
@@ -107,3 +115,48 @@ def test_eval_at_80_columns_shows_eer_and_min_dcf_whole(tmp_path) -> None:
         assert f"{value:.4f}" in done.stdout
     assert max(len(line) for line in done.stdout.splitlines()) <= 80
     assert str(out) in done.stderr.replace("\n", "")  # paths printed whole, not folded
+
+
+def test_epoch_progress_shows_no_numbers_before_the_first_step_and_an_eta_after_two() -> None:
+    progress = EpochProgress(Console(file=io.StringIO()), 1, 3, 10, 0, enabled=True)
+    assert progress.stats() == "" and progress.seconds_left() is None
+    progress.advance(2.5, 0.0, 64)
+    assert progress.stats().startswith("loss 2.5000 acc 0.00%") and "left" not in progress.stats()
+    time.sleep(0.02)
+    progress.advance(2.3, 10.0, 64)
+    left = progress.seconds_left()
+    assert left is not None and 0.1 < left < 1.0  # 8 steps of ~20 ms to go
+    assert "0:00:00 left" in progress.stats() and "acc 5.00%" in progress.stats()
+
+
+def test_epoch_progress_in_a_log_prints_plain_lines(monkeypatch) -> None:
+    monkeypatch.setattr(report, "LOG_PROGRESS_SECONDS", 0.0)
+    buffer = io.StringIO()
+    log = Console(file=buffer, width=200)  # a file: not a terminal
+    with EpochProgress(log, 2, 5, 3, 0, enabled=True) as progress:
+        assert buffer.getvalue() == ""
+        for step in range(3):
+            progress.advance(1.0 - step / 10, 50.0, 32)
+    lines = buffer.getvalue().splitlines()
+    assert lines[0].startswith("epoch 2/5 step 1/3 loss 1.0000 acc 50.00%")
+    assert lines[-1].startswith("epoch 2/5 step 3/3 loss 0.9000")
+    assert len(lines) == 4  # one per step, then the end of the epoch
+
+
+def test_training_start_text_names_model_data_device_and_folder(tmp_path) -> None:
+    start = TrainingStart(
+        model="ResNetSE34L",
+        parameters=1_437_080,
+        loss="amsoftmax",
+        classes=45,
+        utterances=900,
+        trials=2588,
+        device="cpu",
+        threads="1-2 threads following the free cores",
+        run_dir=tmp_path,
+        resumed=False,
+    )
+    text = training_start_text(start)
+    assert text.startswith("training ResNetSE34L (1.44 M parameters) with amsoftmax on 45 ")
+    assert "900 utterances, 2588 test trials; cpu, 1-2 threads" in text
+    assert text.endswith(f"run folder {tmp_path}")

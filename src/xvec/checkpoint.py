@@ -22,7 +22,12 @@ from safetensors.torch import save as st_save
 from xvec import __version__, registry
 from xvec.audio import SAMPLE_RATE
 from xvec.errors import XvecError
-from xvec.files import atomic_write_bytes, metadata_record, safetensors_metadata
+from xvec.files import (
+    atomic_write_bytes,
+    metadata_record,
+    require_checkpoint_file,
+    safetensors_metadata,
+)
 
 FORMAT = "xvec-checkpoint"
 FORMAT_VERSION = 1
@@ -102,10 +107,7 @@ def save_checkpoint(
 def read_checkpoint(path: str | Path) -> Checkpoint:
     """Read and check a checkpoint file; anything that is not one gives a one-line error."""
     path = Path(path)
-    if not path.is_file():
-        what = "checkpoint file not found"
-        what = "is a folder, not a checkpoint file" if path.is_dir() else what
-        raise XvecError(f"{path}: {what}")
+    require_checkpoint_file(path)
     try:
         data = path.read_bytes()
     except OSError as exc:

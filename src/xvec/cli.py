@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 import warnings
 from collections.abc import Callable
 from enum import Enum
@@ -171,7 +172,9 @@ def eval_command(
     ] = None,
     p_target: Annotated[
         list[float] | None,
-        typer.Option("--p-target", help="minDCF prior; repeat for several [default: 0.05, 0.01]."),
+        typer.Option(
+            "--p-target", help="minDCF prior; repeat for several (default: 0.05 and 0.01)."
+        ),
     ] = None,
     c_miss: Annotated[float, typer.Option(help="minDCF cost of a miss.")] = 1.0,
     c_fa: Annotated[float, typer.Option(help="minDCF cost of a false acceptance.")] = 1.0,
@@ -498,13 +501,102 @@ def prepare_folder_command(
     root: Annotated[Path, typer.Argument(help="SPEAKER/.../*.wav tree.")],
     output: Annotated[Path, typer.Option("--output", "-o")] = Path("lists/train_list.txt"),
     force: Annotated[bool, FORCE_OPTION] = False,
+    exclude_trials: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--exclude-trials",
+            help="Trial list whose speakers are left out (paths relative to ROOT); repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """Any SPEAKER/.../*.wav tree: a train list."""
     from xvec.prepare import prepare_folder
 
-    out.print(report.prepared_text(prepare_folder(root, output, force=force)))
+    lists = prepare_folder(root, output, force=force, exclude_trials=exclude_trials or [])
+    for trials, shared in lists.overlaps:
+        report.print_warning(
+            err,
+            f"{shared} speaker(s) of {trials} are in the training list {output}: a model "
+            f"trained on it is tested on its own speakers; pass --exclude-trials {trials}",
+        )
+    out.print(report.prepared_text(lists))
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the ``xvec`` command line on ``argv`` (default: ``sys.argv[1:]``); the exit code.
+
+    Usage errors of the parser (unknown or missing options, extra arguments, bad values) are
+    one line, ``error: ...``, with exit code 2, like every other error of xvec's.
+    """
+    args = sys.argv[1:] if argv is None else list(argv)
+    command = typer.main.get_command(app)
+    _readable_metavars(command)
+    try:
+        code = command.main(args=args, prog_name="xvec", standalone_mode=False)
+    except Exception as exc:
+        if getattr(exc, "exit_code", None) != 2 or not hasattr(exc, "format_message"):
+            raise
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare ``xvec`` or ``xvec plot``
+            err.print(exc.format_message(), highlight=False, markup=False)
+        else:
+            report.print_error(err, _usage_message(exc, args))
+        return 2
+    return code if isinstance(code, int) else 0
 
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    sys.exit(run())
+
+
+def _usage_message(exc: Exception, args: list[str]) -> str:
+    """A parser error as one line: the command, the problem, the fix where one is clear."""
+    context = getattr(exc, "ctx", None)
+    where = context.command_path if context is not None else "xvec"
+    message = exc.format_message().rstrip(".")  # type: ignore[attr-defined]
+    for index, arg in enumerate(args[:-1]):
+        if arg == "--set" and "=" not in args[index + 1]:
+            field = args[index + 1]
+            value = args[index + 2] if index + 2 < len(args) else "VALUE"
+            return (
+                f"{where}: --set takes section.field=value in one argument, e.g. "
+                f"--set {field}={value} (got '--set {field}')"
+            )
+    return f"{where}: {message}; see '{where} --help'"
+
+
+_METAVARS = {"path": "PATH", "float": "FLOAT", "int": "INTEGER", "str": "TEXT", "bool": "BOOL"}
+
+
+def _readable_type(shown: str | None) -> str:
+    """``<path>`` -> PATH, ``<list[float]>`` -> FLOAT (repeatable: the help says so),
+    ``<full|vt-crops>`` -> ``[full|vt-crops]``."""
+    name = str(shown or "").strip("<>")
+    name = name[5:-1] if name.startswith("list[") else name
+    if "|" in name:
+        return f"[{name}]"
+    return _METAVARS.get(name.lower(), name.upper())
+
+
+def _readable_metavars(command: Any) -> None:
+    """Show PATH, FLOAT, INTEGER, TEXT or the choices ``[a|b]`` in help, not Python types;
+    nothing after a flag (``--help`` included); arguments by their name (RECIPE)."""
+    make_help_option = command.get_help_option
+
+    def help_option(ctx: Any) -> Any:
+        option = make_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = help_option
+    for param in getattr(command, "params", []):
+        if param.param_type_name == "argument":
+            readable = _readable_type(param.display_type(ctx=None))
+            param.metavar = param.name.upper()
+            param.display_type_rich = lambda ctx, shown=readable: shown
+        elif param.param_type_name == "option":
+            flag = getattr(param, "is_flag", False)
+            param.metavar = "" if flag else _readable_type(param.display_type_rich(ctx=None))
+    for sub in getattr(command, "commands", {}).values():
+        _readable_metavars(sub)

@@ -24,6 +24,10 @@ _COMMENT = re.compile(r"(?:^|\s)#")  # a '#' at the start or after whitespace be
 def _lines(path: Path, what: str) -> Iterator[tuple[int, list[str]]]:
     """Yield (line number, fields) of the non-blank, non-comment lines of a list file."""
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.txt"))[:3]
+        hint = f" (it holds {', '.join(inside)})" if inside else ""
+        raise XvecError(f"{path}: is a folder, not a {what} file; give the file itself{hint}")
     if not path.is_file():
         raise XvecError(f"{path}: {what} not found")
     number = 0
@@ -66,6 +70,11 @@ def read_train_list(path: str | Path) -> TrainList:
     lines: list[int] = []
     seen: dict[str, tuple[str, int]] = {}
     for number, fields in _lines(path, "train list"):
+        if len(fields) == 3 and fields[0] in ("0", "1"):
+            raise XvecError(
+                f"{path}:{number}: this looks like a trial list ('LABEL enroll test'); a train "
+                "list has 'SPEAKER relative/path' lines (xvec prepare folder writes one)"
+            )
         if len(fields) != 2:
             raise XvecError(
                 f"{path}:{number}: expected 2 columns 'SPEAKER relative/path', got {len(fields)}"

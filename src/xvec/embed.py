@@ -25,7 +25,12 @@ import numpy as np
 from xvec.audio import SAMPLE_RATE, AudioInfo, audio_info, read_audio
 from xvec.devices import parse_device
 from xvec.errors import XvecError, check_at_least
-from xvec.files import atomic_write_bytes, metadata_record, safetensors_metadata
+from xvec.files import (
+    atomic_write_bytes,
+    metadata_record,
+    require_checkpoint_file,
+    safetensors_metadata,
+)
 from xvec.protocol import Protocol
 
 if TYPE_CHECKING:
@@ -148,9 +153,7 @@ class EmbeddingStore:
 def model_fingerprint(path: str | Path) -> str:
     """A short content hash of a checkpoint, so partial results are reused only for it."""
     path = Path(path)
-    if not path.is_file():
-        what = "is a folder, not a" if path.is_dir() else "not found:"
-        raise XvecError(f"{path}: {what} checkpoint file")
+    require_checkpoint_file(path)
     digest = hashlib.sha256()
     try:
         with path.open("rb") as handle:

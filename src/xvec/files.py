@@ -107,3 +107,17 @@ def metadata_record(path: str | Path, raw: str, key: str, what: str) -> dict:
             "object; the file is damaged"
         )
     return record
+
+
+RUN_CHECKPOINTS = ("best.safetensors", "last.safetensors")  # what a training run folder holds
+
+
+def require_checkpoint_file(path: Path) -> None:
+    """An XvecError unless ``path`` is a file; a run folder's error names its checkpoint."""
+    if path.is_dir():
+        inside = [path / name for name in RUN_CHECKPOINTS if (path / name).is_file()]
+        hint = f"; give {inside[0]}" if inside else ""
+        kind = "a run folder" if inside else "a folder"
+        raise XvecError(f"{path}: is {kind}, not a checkpoint file{hint}")
+    if not path.is_file():
+        raise XvecError(f"{path}: checkpoint file not found")

@@ -275,16 +275,15 @@ def plot_training(records: Sequence[Mapping[str, Any]], path: str | Path) -> Any
     and ``{"kind": "eval", "epoch", "step", "eer", "min_dcf", ...}``; the x axis is in epochs
     (steps when the records have no epoch). The learning rate is drawn on the loss panel's right
     axis, minDCF on the EER panel's, each with a legend. Without evaluations the EER panel is
-    left out; a loss that reports no accuracy (absent or all zero, as metric losses may) gets
-    "n/a" in its accuracy panel instead of a flat line. Returns the matplotlib figure.
+    left out; a loss that reports no accuracy (the key absent or null in every record) gets
+    "n/a" in its accuracy panel; an accuracy of zero is drawn. Returns the matplotlib figure.
     """
     loss = _series(records, "train", "loss")
     accuracy = _series(records, "train", "acc", "accuracy")
     learning_rate = _series(records, "train", "lr")
     eer = _series(records, "eval", "eer")
     min_dcf = _series(records, "eval", "min_dcf")
-    if len(loss) and not (accuracy[:, 1] != 0).any():
-        accuracy = np.empty((0, 2))  # no accuracy to show: the panel says n/a
+    if len(loss) and not len(accuracy):  # no accuracy to show: the panel says n/a
         panels = [("loss", loss), ("accuracy (%)", accuracy)]
     else:
         panels = [(n, d) for n, d in (("loss", loss), ("accuracy (%)", accuracy)) if len(d)]

@@ -69,13 +69,16 @@ class SpeakerLoss(nn.Module):
     Class attributes tell the trainer what the loss needs, so a recipe is checked up front:
     ``needs_classes`` (the number of training speakers), ``min_per_speaker`` and
     ``distinct_speakers`` (every row of a batch a different speaker, as metric losses that
-    treat the other rows as negatives need).
+    treat the other rows as negatives need). A loss with no accuracy to report sets
+    ``reports_accuracy = False`` (and returns any number): its log records and curves then say
+    so instead of showing zeros.
     """
 
     Params: ClassVar[type[Params]] = Params
     needs_classes: ClassVar[bool] = False
     min_per_speaker: ClassVar[int] = 1
     distinct_speakers: ClassVar[bool] = False
+    reports_accuracy: ClassVar[bool] = True
 
     def __init__(
         self, params: Params | None, embedding_dim: int, num_classes: int | None = None

@@ -13,12 +13,13 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from xvec.audio import AUDIO_EXTENSIONS
+from xvec.data import read_trials
 from xvec.errors import XvecError
 from xvec.files import write_text_atomic
 
@@ -92,6 +93,8 @@ class FolderLists:
     train: TrainListSummary
     root: Path
     skipped: int
+    excluded_speakers: int = 0  # left out: they are in an ``exclude_trials`` list
+    overlaps: list[tuple[Path, int]] = field(default_factory=list)  # trial lists beside it
 
 
 @dataclass(frozen=True)
@@ -334,13 +337,27 @@ def build_trials(
 # --------------------------------------------------------------------------- generic folder
 
 
-def prepare_folder(root: str | Path, output: str | Path, force: bool = False) -> FolderLists:
+def prepare_folder(
+    root: str | Path,
+    output: str | Path,
+    force: bool = False,
+    exclude_trials: Sequence[str | Path] = (),
+) -> FolderLists:
     """Train list of any ``SPEAKER/.../file.wav`` tree: the speaker is the first folder name.
 
-    An existing ``output`` is replaced only with ``force``.
+    Speakers with files in an ``exclude_trials`` list (paths relative to ``root``) are left
+    out, so a model is never trained on its test speakers. Trial lists lying beside
+    ``output`` whose speakers are in the written list are reported in ``overlaps``. An
+    existing ``output`` is replaced only with ``force``.
     """
     root, output = Path(root), Path(output)
     check_overwrite([output], force)
+    excluded = set()
+    for trials in exclude_trials:
+        speakers = _trial_speakers(Path(trials))
+        if not speakers:
+            raise XvecError(f"{trials}: no trial paths of the form SPEAKER/.../file")
+        excluded |= speakers
     if not root.is_dir():
         raise XvecError(f"{root}: folder not found (expected SPEAKER/.../file.wav under it)")
     files = find_audio(root)
@@ -353,9 +370,46 @@ def prepare_folder(root: str | Path, output: str | Path, force: bool = False) ->
             )
         raise _no_readable_audio(root, "(expected SPEAKER/.../file.wav)")
     _check_no_spaces((path for _, path in entries), root)
-    count = write_train_list(output, entries)
-    train = TrainListSummary(output, len({speaker for speaker, _ in entries}), count)
-    return FolderLists(train, root, skipped=len(files) - count)
+    speakers = {speaker for speaker, _ in entries}
+    if excluded and not excluded & speakers:
+        raise XvecError(
+            f"{', '.join(map(str, exclude_trials))}: none of its speakers is a folder of {root}; "
+            "its paths must be relative to that folder"
+        )
+    kept = [(speaker, path) for speaker, path in entries if speaker not in excluded]
+    if not kept:
+        raise XvecError(f"{root}: every speaker is in the excluded trial list(s)")
+    count = write_train_list(output, kept)
+    written = {speaker for speaker, _ in kept}
+    train = TrainListSummary(output, len(written), count)
+    return FolderLists(
+        train,
+        root,
+        skipped=len(files) - len(entries),
+        excluded_speakers=len(speakers & excluded),
+        overlaps=_trial_overlaps(output, written),
+    )
+
+
+def _trial_speakers(trials: Path) -> set[str]:
+    """The speakers (first path component) of the files of a trial list."""
+    return {speaker for speaker, _ in _speaker_entries(read_trials(trials).files)}
+
+
+def _trial_overlaps(output: Path, speakers: set[str]) -> list[tuple[Path, int]]:
+    """(trial list, shared speakers) for trial lists beside ``output`` that share speakers."""
+    overlaps = []
+    for candidate in sorted(output.parent.glob("*.txt")):
+        if candidate.resolve() == output.resolve():
+            continue
+        try:
+            trial_speakers = _trial_speakers(candidate)
+        except XvecError:  # not a trial list
+            continue
+        shared = len(trial_speakers & speakers)
+        if shared:
+            overlaps.append((candidate, shared))
+    return overlaps
 
 
 # --------------------------------------------------------------------------- speechocean762

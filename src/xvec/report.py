@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -215,35 +216,40 @@ def _dcf_caption(results: list[dict[str, Any]], p_targets: list[str]) -> str:
     return f"minDCF: normalised minimum detection cost at p_target = {priors}; {cost_text}"
 
 
+LOG_PROGRESS_SECONDS = 30.0  # in a log file (no terminal), one progress line this often
+
+
 class EpochProgress:
-    """A rich progress bar for one epoch: loss, accuracy, utterances/s, ETA."""
+    """One epoch's progress: loss, accuracy, utterances/s and the time left, shown only once
+    a step has run; the time left is the mean step time so far (after the first step, which
+    pays for warm-up) times the steps to go. On a terminal a live bar; in a log file one
+    plain line every :data:`LOG_PROGRESS_SECONDS` and at the end of the epoch."""
 
     def __init__(
         self, console: Any, epoch: int, max_epoch: int, total: int, done: int, enabled: bool
     ) -> None:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, Progress, TextColumn
 
         self.enabled = enabled
+        self.console = console
+        self.label = f"epoch {epoch}/{max_epoch}"
+        self.total, self.done = total, done
         self.rate = 0.0
         self._utterances = 0
-        self._start = time.perf_counter()
+        self._start = self._last_line = time.perf_counter()
+        self._first_step_end: float | None = None
         self._loss = self._acc = 0.0
         self._steps = 0
+        self.live = enabled and getattr(console, "is_terminal", False)
         self.progress = Progress(
-            TextColumn(f"epoch {epoch}/{max_epoch}"),
+            TextColumn(self.label),
             BarColumn(),
             TextColumn("{task.completed}/{task.total}"),
-            TextColumn(
-                "loss {task.fields[loss]:.4f} acc {task.fields[acc]:.2f}% "
-                "{task.fields[rate]:.1f} utt/s"
-            ),
-            TimeRemainingColumn(),
+            TextColumn("{task.fields[stats]}"),
             console=console,
-            disable=not enabled,
+            disable=not self.live,
         )
-        self.task = self.progress.add_task(
-            "train", total=total, completed=done, loss=0.0, acc=0.0, rate=0.0
-        )
+        self.task = self.progress.add_task("train", total=total, completed=done, stats="")
 
     def __enter__(self) -> EpochProgress:
         self.progress.__enter__()
@@ -251,6 +257,8 @@ class EpochProgress:
 
     def __exit__(self, *exc: object) -> None:
         self.progress.__exit__(*exc)
+        if self.enabled and not self.live and self._steps and exc[0] is None:
+            self._print_line()
 
     @property
     def mean_loss(self) -> float:
@@ -262,13 +270,74 @@ class EpochProgress:
         """This call's mean accuracy over the epoch's steps."""
         return self._acc
 
+    def seconds_left(self) -> float | None:
+        """The epoch's remaining time from the mean step time after the first step."""
+        if self._first_step_end is None or self._steps < 2:
+            return None
+        per_step = (time.perf_counter() - self._first_step_end) / (self._steps - 1)
+        return per_step * (self.total - self.done)
+
+    def stats(self) -> str:
+        left = self.seconds_left()
+        eta = "" if left is None else f" {_clock(left)} left"
+        return (
+            f"loss {self._loss:.4f} acc {self._acc:.2f}% {self.rate:.1f} utt/s{eta}"
+            if self._steps
+            else ""
+        )
+
     def advance(self, loss: float, accuracy: float, utterances: int) -> None:
+        now = time.perf_counter()
         self._steps += 1
+        self.done += 1
+        if self._steps == 1:
+            self._first_step_end = now
         self._loss += (loss - self._loss) / self._steps
         self._acc += (accuracy - self._acc) / self._steps
         self._utterances += utterances
-        self.rate = self._utterances / max(time.perf_counter() - self._start, 1e-9)
-        self.progress.update(self.task, advance=1, loss=self._loss, acc=self._acc, rate=self.rate)
+        self.rate = self._utterances / max(now - self._start, 1e-9)
+        self.progress.update(self.task, advance=1, stats=self.stats())
+        if self.enabled and not self.live and now - self._last_line >= LOG_PROGRESS_SECONDS:
+            self._print_line()
+
+    def _print_line(self) -> None:
+        self._last_line = time.perf_counter()
+        self.console.print(
+            f"{self.label} step {self.done}/{self.total} {self.stats()}", highlight=False
+        )
+
+
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}"
+
+
+@dataclass(frozen=True)
+class TrainingStart:
+    """What a training run is about to do, shown before its first step."""
+
+    model: str
+    parameters: int
+    loss: str
+    classes: int
+    utterances: int
+    trials: int | None
+    device: str
+    threads: str
+    run_dir: Path
+    resumed: bool
+
+
+def training_start_text(start: TrainingStart) -> str:
+    """The start-of-training summary: model, data, device and run folder."""
+    trials = f", {start.trials} test trials" if start.trials is not None else ", no test list"
+    verb = "resuming" if start.resumed else "training"
+    return (
+        f"{verb} {start.model} ({start.parameters / 1e6:.2f} M parameters) with {start.loss} "
+        f"on {start.classes} speakers, {start.utterances} utterances{trials}; "
+        f"{start.device}, {start.threads}; run folder {start.run_dir}"
+    )
 
 
 def _progress_columns():
@@ -384,6 +453,8 @@ def prepared_text(lists: FolderLists | SpeechoceanLists | VoxcelebLists) -> str:
         if lists.skipped:
             text += f" ({lists.skipped} file(s) directly in {lists.root} skipped: "
             text += "no speaker folder)"
+        if lists.excluded_speakers:
+            text += f"; {lists.excluded_speakers} speaker(s) of the trial list(s) left out"
         return text
     if isinstance(lists, SpeechoceanLists):
         trials = lists.trials

@@ -49,7 +49,7 @@ from xvec.data import (
 from xvec.devices import parse_device
 from xvec.errors import XvecError
 from xvec.files import write_json_atomic
-from xvec.report import EpochProgress
+from xvec.report import EpochProgress, TrainingStart, training_start_text
 
 if TYPE_CHECKING:
     from xvec.evaluate import EvalResult
@@ -309,6 +309,8 @@ def train(
     lock = RunLock()
     try:
         run = _setup(recipe, resume, console, lock)
+        if run.is_main and run.start is not None and not run.finished():
+            run.console.print(training_start_text(run.start), highlight=False, soft_wrap=True)
         with _StopFlag() as stop:
             try:
                 if run.position.pending_eval is not None:  # a stop or kill cut it short
@@ -360,6 +362,7 @@ class _Run:
     console: Any
     result_text: str | None = None
     thread_tuner: ThreadTuner | None = None
+    start: TrainingStart | None = None
 
     @property
     def state_path(self) -> Path:
@@ -432,6 +435,18 @@ def _setup(recipe: Recipe, resume: bool, console: Any, lock: RunLock) -> _Run:
         console=console,
         thread_tuner=_thread_tuner(recipe, device, world),
     )
+    run.start = TrainingStart(
+        model=recipe.model.name,
+        parameters=sum(p.numel() for p in model.parameters()),
+        loss=recipe.loss.name,  # type: ignore[union-attr]
+        classes=train_list.num_classes,
+        utterances=len(train_list.files),
+        trials=len(trials) if trials is not None else None,
+        device=str(device),
+        threads=_threads_text(recipe, device, run.thread_tuner),
+        run_dir=run_dir,
+        resumed=resume,
+    )
     if resume:
         if not run.state_path.is_file():
             raise XvecError(f"{run_dir}: nothing to resume (no {STATE_FILE}); run without --resume")
@@ -458,6 +473,12 @@ def _read_data(recipe: Recipe) -> tuple[TrainList, Trials | None]:
     if cfg_data.train_list is None:
         raise XvecError(
             "the recipe has no data.train_list; set it or use --set data.train_list=..."
+        )
+    if not Path(cfg_data.train_list).exists():
+        raise XvecError(
+            f"{cfg_data.train_list}: train list not found (data.train_list); point the recipe "
+            "at your data with --set data.train_list=LIST --set data.train_path=AUDIO_DIR "
+            "(xvec prepare voxceleb or xvec prepare folder writes the list)"
         )
     train_list = read_train_list(cfg_data.train_list)
     if cfg_train.nClasses is not None and cfg_train.nClasses != train_list.num_classes:
@@ -491,6 +512,16 @@ def _init_device(recipe: Recipe, world: int, local_rank: int) -> torch.device:
     elif device.type == "cpu" and isinstance(recipe.train.threads, int):
         torch.set_num_threads(recipe.train.threads)
     return device
+
+
+def _threads_text(recipe: Recipe, device: torch.device, tuner: ThreadTuner | None) -> str:
+    """How many CPU threads compute, for the start-of-training summary."""
+    if device.type != "cpu":
+        return f"{recipe.train.num_workers} loader worker(s)"
+    if tuner is not None:
+        return f"1-{max(tuner.candidates)} threads following the free cores"
+    threads = torch.get_num_threads()
+    return f"{threads} thread{'s' if threads > 1 else ''}"
 
 
 def _thread_tuner(recipe: Recipe, device: torch.device, world: int) -> ThreadTuner | None:
@@ -645,7 +676,7 @@ def _train_epoch(run: _Run, stop: _StopFlag, stop_when: Callable[[Position], boo
                     epoch=epoch,
                     step=position.step,
                     loss=round(loss, 6),
-                    accuracy=round(accuracy, 4),
+                    accuracy=round(accuracy, 4) if type(run.loss).reports_accuracy else None,
                     lr=run.optimizer.param_groups[0]["lr"],
                     utt_per_s=round(progress.rate, 2),
                     threads=torch.get_num_threads(),
@@ -664,7 +695,7 @@ def _train_epoch(run: _Run, stop: _StopFlag, stop_when: Callable[[Position], boo
         epoch=epoch,
         step=position.step,
         loss=round(progress.mean_loss, 6),
-        accuracy=round(progress.mean_accuracy, 4),
+        accuracy=(round(progress.mean_accuracy, 4) if type(run.loss).reports_accuracy else None),
     )
     return False
 
