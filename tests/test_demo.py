@@ -6,9 +6,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 
+@pytest.mark.slow
 def test_demo_recipe_runs_end_to_end_on_a_small_synthetic_corpus(tmp_path):
     corpus = tmp_path / "demo"
     made = subprocess.run(

@@ -18,7 +18,8 @@ from test_train import _env_with, _wait_for_log_lines, _xvec_train, recipe_file
 
 from xvec.config import load_recipe
 from xvec.errors import XvecError
-from xvec.train import read_log, train
+from xvec.runlog import read_log
+from xvec.train import train
 
 from conftest import after_steps, make_distribution
 
@@ -34,6 +35,7 @@ def _dead_pid() -> int:
 # --------------------------------------------------------------------------- 1: the lock
 
 
+@pytest.mark.slow
 def test_second_train_on_same_folder_fails_naming_the_holder(
     tmp_path, tone_corpus, tiny_model_dist
 ):
@@ -336,6 +338,7 @@ def load_file_meta(path: Path) -> str:
     return safetensors_metadata(path.read_bytes())["xvec_state"]
 
 
+@pytest.mark.slow
 def test_max_steps_loads_state_file(tmp_path, tone_corpus, tiny_model_dist):
     """A max_steps run mid-epoch resumes with a higher cap and reaches the same weights."""
     straight = recipe_file(tmp_path, tone_corpus, "straight")

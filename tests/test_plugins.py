@@ -189,6 +189,7 @@ def test_recipe_parameters_are_checked_against_the_plugin_schema(
         load_recipe(path, ["loss.K=0"])
 
 
+@pytest.mark.slow
 def test_train_evaluate_then_uninstall(installed_plugin, tmp_path, tone_corpus, tiny_model_dist):
     path = _recipe(tmp_path, tone_corpus)
     overrides = ["--set", "train.max_epoch=2", "--set", "loss.margin=0.1"]
@@ -241,6 +242,7 @@ def test_train_evaluate_then_uninstall(installed_plugin, tmp_path, tone_corpus, 
     assert checkpoint.load_model(best).embedding_dim == 8
 
 
+@pytest.mark.slow
 def test_example_plugin_own_tests_pass():
     """The package's own tests (run from its folder, importing it from src/) pass in CI too."""
     result = subprocess.run(

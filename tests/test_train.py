@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 
 from xvec.config import load_recipe
 from xvec.errors import XvecError
-from xvec.train import read_log, train
+from xvec.runlog import read_log
+from xvec.train import train
 
 from conftest import after_steps, make_distribution
 
@@ -242,6 +243,7 @@ def test_sigint_saves_state_and_says_how_to_resume(tmp_path, tone_corpus, tiny_m
     assert (tmp_path / "run" / "state.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_equal_one_process(tmp_path, tone_corpus, tiny_model_dist):
     """DDP deals each global batch out to the ranks: same batches, same crops, same steps."""
     env = _env_with(tiny_model_dist)

@@ -7,13 +7,11 @@ Names are imported lazily so ``xvec --help`` does not pay for torch.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-try:
-    __version__ = version("xvec")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
+from xvec.compat import xvec_version
+
+__version__ = xvec_version()
 
 if TYPE_CHECKING:
     from xvec.api import Encoder, load

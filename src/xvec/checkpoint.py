@@ -19,8 +19,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from xvec import __version__, registry
+from xvec import registry
 from xvec.audio import SAMPLE_RATE
+from xvec.compat import xvec_version
 from xvec.errors import XvecError
 from xvec.files import (
     atomic_write_bytes,
@@ -76,7 +77,7 @@ def serialize(
     meta: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "xvec_version": __version__,
+        "xvec_version": xvec_version(),
         "model": _component_record("model", model_name, getattr(model, "params", {})),
         "embedding_dim": int(getattr(model, "embedding_dim", 0) or 0),
         "sample_rate": int(getattr(model, "sample_rate", SAMPLE_RATE)),

@@ -12,17 +12,59 @@ import functools
 import inspect
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from typer.core import TyperGroup
 
 from xvec import report
 from xvec.compat import check_torch_version, prefer_sleeping_threads
 from xvec.errors import XvecError
 from xvec.protocol import EVAL_FRAMES, LENGTH_TOLERANCE, NUM_EVAL
+
+
+class XvecGroup(TyperGroup):
+    """The ``xvec`` command group: readable metavars in help, parser errors in one line.
+
+    Usage errors (unknown or missing options, extra arguments, bad values) print
+    ``error: ...`` on stderr and exit with code 2, through the console script and
+    ``typer.testing.CliRunner`` alike.
+    """
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        argv = sys.argv[1:] if args is None else list(args)
+        _readable_metavars(self)
+        try:
+            code = super().main(argv, prog_name or "xvec", complete_var, False, **extra)
+        except typer.Abort:
+            if not standalone_mode:
+                raise
+            report.print_error(err, "aborted")
+            code = 1
+        except Exception as exc:
+            if getattr(exc, "exit_code", None) != 2 or not hasattr(exc, "format_message"):
+                raise
+            if type(exc).__name__ == "NoArgsIsHelpError":  # bare ``xvec`` or ``xvec plot``
+                if exc.format_message().strip():  # rich help is printed, not returned
+                    err.print(exc.format_message(), highlight=False, markup=False)
+            else:
+                report.print_error(err, _usage_message(exc, argv))
+            code = 2
+        code = code if isinstance(code, int) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
 
 app = typer.Typer(
     name="xvec",
@@ -31,6 +73,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
+    cls=XvecGroup,
 )
 plot_app = typer.Typer(
     help="Plots: score histograms, DET curves, training curves.", no_args_is_help=True
@@ -256,7 +299,7 @@ def score_command(
     top_k: Annotated[int, typer.Option(help="Cohort size per side for AS-norm.")] = 300,
 ) -> None:
     """Score trials from stored embeddings (cosine, or voxceleb_trainer crops)."""
-    from xvec.scoring import score_to_file
+    from xvec.workflows.score import score_to_file
 
     count = score_to_file(embeddings, trials, output, norm=norm.value, cohort=cohort, top_k=top_k)
     out.print(f"{count} scores -> {output}")
@@ -522,26 +565,14 @@ def prepare_folder_command(
     out.print(report.prepared_text(lists))
 
 
-def run(argv: list[str] | None = None) -> int:
+def run(argv: Sequence[str] | None = None) -> int:
     """Run the ``xvec`` command line on ``argv`` (default: ``sys.argv[1:]``); the exit code.
 
     Usage errors of the parser (unknown or missing options, extra arguments, bad values) are
     one line, ``error: ...``, with exit code 2, like every other error of xvec's.
     """
-    args = sys.argv[1:] if argv is None else list(argv)
     command = typer.main.get_command(app)
-    _readable_metavars(command)
-    try:
-        code = command.main(args=args, prog_name="xvec", standalone_mode=False)
-    except Exception as exc:
-        if getattr(exc, "exit_code", None) != 2 or not hasattr(exc, "format_message"):
-            raise
-        if type(exc).__name__ == "NoArgsIsHelpError":  # bare ``xvec`` or ``xvec plot``
-            err.print(exc.format_message(), highlight=False, markup=False)
-        else:
-            report.print_error(err, _usage_message(exc, args))
-        return 2
-    return code if isinstance(code, int) else 0
+    return command.main(args=argv, prog_name="xvec", standalone_mode=False)
 
 
 def main() -> None:
@@ -555,7 +586,7 @@ def _usage_message(exc: Exception, args: list[str]) -> str:
     where = context.command_path if context is not None else "xvec"
     message = exc.format_message().rstrip(".")  # type: ignore[attr-defined]
     for index, arg in enumerate(args[:-1]):
-        if arg == "--set" and "=" not in args[index + 1]:
+        if "extra argument" in message and arg == "--set" and "=" not in args[index + 1]:
             field = args[index + 1]
             value = args[index + 2] if index + 2 < len(args) else "VALUE"
             return (
@@ -565,7 +596,13 @@ def _usage_message(exc: Exception, args: list[str]) -> str:
     return f"{where}: {message}; see '{where} --help'"
 
 
-_METAVARS = {"path": "PATH", "float": "FLOAT", "int": "INTEGER", "str": "TEXT", "bool": "BOOL"}
+_METAVARS = {
+    "path": "PATH",
+    "float": "FLOAT",
+    "int": "INTEGER",
+    "str": "TEXT",
+    "bool": "[true|false]",
+}
 
 
 def _readable_type(shown: str | None) -> str:
@@ -581,6 +618,9 @@ def _readable_type(shown: str | None) -> str:
 def _readable_metavars(command: Any) -> None:
     """Show PATH, FLOAT, INTEGER, TEXT or the choices ``[a|b]`` in help, not Python types;
     nothing after a flag (``--help`` included); arguments by their name (RECIPE)."""
+    if getattr(command, "readable_metavars", False):
+        return
+    command.readable_metavars = True
     make_help_option = command.get_help_option
 
     def help_option(ctx: Any) -> Any:
@@ -593,7 +633,7 @@ def _readable_metavars(command: Any) -> None:
     for param in getattr(command, "params", []):
         if param.param_type_name == "argument":
             readable = _readable_type(param.display_type(ctx=None))
-            param.metavar = param.name.upper()
+            param.metavar = (param.metavar or param.name).upper()
             param.display_type_rich = lambda ctx, shown=readable: shown
         elif param.param_type_name == "option":
             flag = getattr(param, "is_flag", False)

@@ -18,6 +18,14 @@ TORCH_BELOW = (2, 16)  # first unsupported release
 TORCH_RANGE = f">={TORCH_MIN[0]}.{TORCH_MIN[1]},<{TORCH_BELOW[0]}.{TORCH_BELOW[1]}"
 
 
+def xvec_version() -> str:
+    """xvec's installed version, recorded in every file it writes ("0.0.0" in a bare tree)."""
+    try:
+        return version("xvec")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0.0.0"
+
+
 def installed_torch() -> str | None:
     """The installed torch distribution's version, read from its metadata (torch not imported)."""
     try:

@@ -27,7 +27,7 @@ def _lines(path: Path, what: str) -> Iterator[tuple[int, list[str]]]:
     if path.is_dir():
         inside = sorted(p.name for p in path.glob("*.txt"))[:3]
         hint = f" (it holds {', '.join(inside)})" if inside else ""
-        raise XvecError(f"{path}: is a folder, not a {what} file; give the file itself{hint}")
+        raise XvecError(f"{path}: is a folder, not a list file; give the {what} itself{hint}")
     if not path.is_file():
         raise XvecError(f"{path}: {what} not found")
     number = 0
@@ -73,7 +73,8 @@ def read_train_list(path: str | Path) -> TrainList:
         if len(fields) == 3 and fields[0] in ("0", "1"):
             raise XvecError(
                 f"{path}:{number}: this looks like a trial list ('LABEL enroll test'); a train "
-                "list has 'SPEAKER relative/path' lines (xvec prepare folder writes one)"
+                "list (data.train_list) needs 'SPEAKER relative/path' lines (xvec prepare "
+                "folder writes one)"
             )
         if len(fields) != 2:
             raise XvecError(

@@ -95,6 +95,8 @@ class EmbeddingStore:
         from safetensors.numpy import load
 
         path = Path(path)
+        if path.is_dir():
+            raise XvecError(f"{path}: is a folder, not an embeddings file (from xvec embed)")
         if not path.is_file():
             raise XvecError(f"{path}: embeddings file not found")
         data = path.read_bytes()

@@ -14,7 +14,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from xvec.data import read_trials, require_both_labels
 from xvec.errors import XvecError
+from xvec.files import atomic_write
+from xvec.metrics import compute_metrics, det_curve
+from xvec.runlog import read_log
+from xvec.scoring import read_scores_in_trial_order
 
 __all__ = ["plot_det", "plot_histogram", "plot_training", "probit"]
 
@@ -68,7 +73,6 @@ def _new_figure(width: float, height: float) -> Any:
 
 def _save(figure: Any, path: str | Path) -> None:
     """Save by the file's extension (PNG when it has none), atomically."""
-    from xvec.files import atomic_write
 
     path = Path(path)
     file_format = path.suffix.lstrip(".").lower() or "png"
@@ -136,9 +140,6 @@ def plot_score_histogram(
     scores: Path, trials_path: Path, path: str | Path, title: str | None = None
 ) -> Any:
     """``xvec plot hist``: a score file's histograms on a trial list; returns its metrics."""
-    from xvec.data import read_trials, require_both_labels
-    from xvec.metrics import compute_metrics
-    from xvec.scoring import read_scores_in_trial_order
 
     trials = read_trials(trials_path)
     require_both_labels(trials)
@@ -166,7 +167,6 @@ def plot_det(curves: Mapping[str, tuple[ArrayLike, ArrayLike]], path: str | Path
     never covers a curve, shows each EER. The axes reach 60 %, or 99.5 % once an EER passes 20 %.
     Returns the matplotlib figure.
     """
-    from xvec.metrics import compute_metrics, det_curve
 
     if not curves:
         raise XvecError("no score sets given for the DET plot")
@@ -210,8 +210,6 @@ def plot_det(curves: Mapping[str, tuple[ArrayLike, ArrayLike]], path: str | Path
 def plot_det_files(scores: Sequence[Path], trials_path: Path, path: str | Path) -> Any:
     """``xvec plot det``: DET curves of score files on one trial list, each named by its file
     (``scores.txt`` files by their folder)."""
-    from xvec.data import read_trials
-    from xvec.scoring import read_scores_in_trial_order
 
     trials = read_trials(trials_path)
     curves = {
@@ -339,7 +337,6 @@ def plot_training(records: Sequence[Mapping[str, Any]], path: str | Path) -> Any
 
 def plot_run(run_dir: Path, path: Path | None = None) -> Path:
     """``xvec plot training``: a run folder's curves, by default to ``curves.png`` in it."""
-    from xvec.train import read_log
 
     target = path or run_dir / "curves.png"
     plot_training(read_log(run_dir), target)

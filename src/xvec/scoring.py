@@ -25,7 +25,6 @@ __all__ = [
     "mean_norm",
     "read_scores",
     "read_scores_in_trial_order",
-    "score_stored",
     "vt_crop_scores",
     "write_scores",
 ]
@@ -266,6 +265,8 @@ def read_scores(path: str | Path) -> tuple[np.ndarray, list[str] | None, list[st
     :class:`~xvec.errors.XvecError` naming ``file:line``.
     """
     path = Path(path)
+    if path.is_dir():
+        raise XvecError(f"{path}: is a folder, not a score file; give the score file itself")
     values = array("d")
     enroll: list[str] = []
     test: list[str] = []
@@ -334,67 +335,3 @@ def read_scores_in_trial_order(score_file: str | Path, trials: Any) -> np.ndarra
             f"{score_file}: trial names differ from {trials.path}; use the same trial list"
         )
     return values
-
-
-NORMS = ("none", "asnorm", "mean")
-
-
-def score_to_file(
-    embeddings: Path,
-    trials_path: Path,
-    output: Path,
-    *,
-    norm: str = "none",
-    cohort: Path | None = None,
-    top_k: int = 300,
-) -> int:
-    """``xvec score``: score a trial list from stored embeddings into ``output``; the count."""
-    from xvec.data import read_trials
-
-    trials = read_trials(trials_path)
-    values = score_stored(embeddings, trials, norm=norm, cohort=cohort, top_k=top_k)
-    write_scores(output, values, trials.enroll_names(), trials.test_names())
-    return len(trials)
-
-
-def score_stored(
-    embeddings: Path,
-    trials: Any,
-    *,
-    norm: str = "none",
-    cohort: Path | None = None,
-    top_k: int = 300,
-) -> np.ndarray:
-    """Scores of a trial list from an embeddings file of ``xvec embed``, optionally normalised.
-
-    The file's recorded protocol decides the raw score (cosine or voxceleb_trainer crops).
-    ``asnorm`` and ``mean`` need a ``cohort`` embeddings file of the same model; with crops
-    they normalise the mean crop embedding.
-    """
-    from xvec.embed import EmbeddingStore
-    from xvec.protocol import Protocol
-
-    if norm not in NORMS:
-        raise XvecError(f"unknown --norm '{norm}'; choose one of {', '.join(NORMS)}")
-    if top_k < 1:
-        raise XvecError(f"--top-k {top_k}: must be a number >= 1")
-    store = EmbeddingStore.load(embeddings)
-    matrix = store.matrix(trials.files, trials.path)
-    if norm == "none":
-        return Protocol(store.meta.get("protocol", "full")).score_trials(matrix, trials)
-    if cohort is None:
-        raise XvecError(f"--norm {norm} needs --cohort (an embeddings file of cohort speakers)")
-    cohort_matrix = EmbeddingStore.load(cohort).cohort_matrix()
-    if cohort_matrix.shape[-1] != matrix.shape[-1]:
-        raise XvecError(
-            f"{cohort}: cohort embeddings have dimension {cohort_matrix.shape[-1]} but "
-            f"{embeddings} has {matrix.shape[-1]}; embed the cohort with the same model"
-        )
-    if matrix.ndim == 3:
-        matrix = matrix.mean(1)
-    if cohort_matrix.ndim == 3:
-        cohort_matrix = cohort_matrix.mean(1)
-    if norm == "asnorm":
-        raw = cosine_scores(matrix, trials.enroll, trials.test)
-        return as_norm(raw, trials.enroll, trials.test, matrix, cohort_matrix, top_k=top_k)
-    return mean_norm(matrix, trials.enroll, trials.test, cohort_matrix)

@@ -22,7 +22,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,13 +48,13 @@ from xvec.data import (
 from xvec.devices import parse_device
 from xvec.errors import XvecError
 from xvec.files import write_json_atomic
-from xvec.report import EpochProgress, TrainingStart, training_start_text
+from xvec.report import EpochProgress, training_start_text
+from xvec.runlog import LOG_FILE, RunLog, read_log
 
 if TYPE_CHECKING:
     from xvec.evaluate import EvalResult
 
 STATE_FILE = "state.safetensors"
-LOG_FILE = "log.jsonl"
 LOCK_FILE = "train.lock"
 
 
@@ -83,7 +82,8 @@ class RunLock:
                         "for it to end or set train.output_dir (remove the lock if it is gone)"
                     ) from None
                 console.print(
-                    f"warning: {path}: taking over a stale lock (pid {holder[0]} is not running)"
+                    f"warning: {path}: taking over a stale lock (pid {holder[0]} is not running)",
+                    soft_wrap=True,
                 )
                 path.unlink(missing_ok=True)
                 continue
@@ -136,23 +136,6 @@ class SpeakerNet(nn.Module):
         rows, per_speaker, samples = waves.shape
         embeddings = self.model(waves.reshape(rows * per_speaker, samples))
         return self.loss(embeddings.reshape(rows, per_speaker, -1).float(), labels)
-
-
-def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The JSON-lines records of a run (a missing log is an error naming the folder)."""
-    path = Path(run_dir) / LOG_FILE
-    if not path.is_file():
-        raise XvecError(f"{run_dir}: no {LOG_FILE} here; is this a training run folder?")
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                if number == len(path.read_text().splitlines()):
-                    break  # a record cut by a crash
-                raise XvecError(f"{path}:{number}: not a JSON record") from exc
-    return records
 
 
 # --------------------------------------------------------------------------- helpers
@@ -310,7 +293,9 @@ def train(
     try:
         run = _setup(recipe, resume, console, lock)
         if run.is_main and run.start is not None and not run.finished():
-            run.console.print(training_start_text(run.start), highlight=False, soft_wrap=True)
+            run.console.print(
+                training_start_text(run.start), highlight=False, markup=False, soft_wrap=True
+            )
         with _StopFlag() as stop:
             try:
                 if run.position.pending_eval is not None:  # a stop or kill cut it short
@@ -333,6 +318,24 @@ def train(
         return text
     finally:
         lock.release()
+
+
+@dataclass(frozen=True)
+class TrainingStart:
+    """What a training call is about to do, for the summary shown before its first step."""
+
+    model: str
+    parameters: int
+    loss: str
+    classes: int
+    utterances: int
+    trials: int | None  # test trials; None without a trial list
+    device: str
+    threads: int | None  # CPU threads computing (the most, when they follow the free cores)
+    threads_follow_free_cores: bool
+    loader_workers: int
+    run_dir: Path
+    resumed: bool
 
 
 @dataclass
@@ -358,7 +361,7 @@ class _Run:
     amp_dtype: torch.dtype
     trials: Trials | None
     position: Position
-    log: _Log
+    log: RunLog
     console: Any
     result_text: str | None = None
     thread_tuner: ThreadTuner | None = None
@@ -431,7 +434,7 @@ def _setup(recipe: Recipe, resume: bool, console: Any, lock: RunLock) -> _Run:
         amp_dtype=amp_dtype,
         trials=trials,
         position=Position(),
-        log=_Log(run_dir / LOG_FILE if is_main else None),
+        log=RunLog(run_dir / LOG_FILE if is_main else None),
         console=console,
         thread_tuner=_thread_tuner(recipe, device, world),
     )
@@ -443,7 +446,9 @@ def _setup(recipe: Recipe, resume: bool, console: Any, lock: RunLock) -> _Run:
         utterances=len(train_list.files),
         trials=len(trials) if trials is not None else None,
         device=str(device),
-        threads=_threads_text(recipe, device, run.thread_tuner),
+        threads=_compute_threads(device, run.thread_tuner),
+        threads_follow_free_cores=run.thread_tuner is not None,
+        loader_workers=recipe.train.num_workers,
         run_dir=run_dir,
         resumed=resume,
     )
@@ -460,7 +465,8 @@ def _setup(recipe: Recipe, resume: bool, console: Any, lock: RunLock) -> _Run:
                     f"; evaluating epoch {position.pending_eval} first"
                     if position.pending_eval is not None
                     else ""
-                )
+                ),
+                soft_wrap=True,
             )
     return run
 
@@ -514,14 +520,11 @@ def _init_device(recipe: Recipe, world: int, local_rank: int) -> torch.device:
     return device
 
 
-def _threads_text(recipe: Recipe, device: torch.device, tuner: ThreadTuner | None) -> str:
-    """How many CPU threads compute, for the start-of-training summary."""
+def _compute_threads(device: torch.device, tuner: ThreadTuner | None) -> int | None:
+    """The CPU threads that compute (the most the tuner may use); None off the CPU."""
     if device.type != "cpu":
-        return f"{recipe.train.num_workers} loader worker(s)"
-    if tuner is not None:
-        return f"1-{max(tuner.candidates)} threads following the free cores"
-    threads = torch.get_num_threads()
-    return f"{threads} thread{'s' if threads > 1 else ''}"
+        return None
+    return max(tuner.candidates) if tuner is not None else torch.get_num_threads()
 
 
 def _thread_tuner(recipe: Recipe, device: torch.device, world: int) -> ThreadTuner | None:
@@ -814,9 +817,11 @@ def _complete(run: _Run) -> str:
     wanted = FINAL_OUTPUTS + (EVAL_OUTPUTS if trials is not None else ())
     missing = [name for name in wanted if not (run_dir / name).is_file()]
     if not missing:
-        console.print(f"{run_dir}: the run is complete; nothing to do")
+        console.print(f"{run_dir}: the run is complete; nothing to do", soft_wrap=True)
         return _summary_lines(run_dir, trials is not None)
-    console.print(f"{run_dir}: training is done; writing the missing {', '.join(missing)}")
+    console.print(
+        f"{run_dir}: training is done; writing the missing {', '.join(missing)}", soft_wrap=True
+    )
     return _finish(run, _periodic_eval(run) if trials else None)
 
 
@@ -868,21 +873,6 @@ def _prepare_run_dir(
                     "resume with the same recipe (only [train] limits such as max_epoch may change)"
                 )
     write_json_atomic(recorded, current)
-
-
-class _Log:
-    """Append-only JSON-lines log (flushed per record; only rank 0 writes)."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        self.start = time.time()
-
-    def write(self, **record: Any) -> None:
-        if self.path is None:
-            return
-        record["time"] = round(time.time() - self.start, 3)
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
 
 
 class _EvalStopped(Exception):
