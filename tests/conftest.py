@@ -1,8 +1,16 @@
-"""Shared test helpers: where the real data and voxceleb_trainer fixtures live."""
+"""Shared test helpers: where the real data and voxceleb_trainer fixtures live, and ``run_cli``
+to run the ``xvec`` command line in-process."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import sys
+import traceback
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -27,6 +35,122 @@ def _few_threads():
 
     torch.set_num_threads(2)
     yield
+
+
+@dataclass
+class CliResult:
+    """What ``xvec ARGS`` did, named like :class:`subprocess.CompletedProcess`."""
+
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(
+    *args: object,
+    site: Path | None = None,
+    cwd: Path | None = None,
+    env: dict[str, str | None] | None = None,
+) -> CliResult:
+    """Run ``xvec ARGS`` in this process as the console script does (``xvec.cli.run``).
+
+    Usage errors are one line with exit 2, as with ``CliRunner.invoke(app)``.
+    stdin is empty, stdout and stderr are captured apart (``typer.testing.CliRunner``); an
+    uncaught exception becomes exit 1 with its traceback on stderr, as in a real process.
+    ``site`` puts a test distribution (see :func:`make_distribution`) on the path for this
+    call only, as ``PYTHONPATH`` does for a subprocess; ``env`` sets (None: removes)
+    variables for this call. What a command changes in the process (environment variables
+    such as ``OMP_WAIT_POLICY``, torch threads and deterministic mode, SIGINT/SIGTERM
+    handlers, warning filters, the working directory) is put back afterwards. Output that C
+    code writes straight to file descriptor 2 is not captured: tests of that, of signals and
+    of a fresh interpreter's start-up spawn ``python -m xvec``.
+    """
+    from typer.testing import CliRunner
+
+    from xvec.cli import run
+
+    argv = [str(arg) for arg in args]
+    with _process_state_kept(), plugin_on_path(site):
+        if cwd is not None:
+            os.chdir(cwd)
+        with CliRunner().isolation(env=env) as (stdout, stderr, _):
+            try:
+                code = run(argv)
+            except SystemExit as exc:  # as the interpreter turns it into an exit status
+                code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+                if not isinstance(exc.code, int | None):
+                    print(exc.code, file=sys.stderr)
+            except Exception:
+                traceback.print_exc()
+                code = 1
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            out, err = stdout.getvalue(), stderr.getvalue()
+    return CliResult(argv, code, out.decode(), err.decode())
+
+
+# What a fresh interpreter starts with (``python -W``-free): pytest shows DeprecationWarnings,
+# which a command (whose warnings become ``warning:`` lines) would then print.
+_DEFAULT_WARNING_FILTERS = [
+    ("default", DeprecationWarning, "__main__"),
+    ("ignore", DeprecationWarning, ""),
+    ("ignore", PendingDeprecationWarning, ""),
+    ("ignore", ImportWarning, ""),
+    ("ignore", ResourceWarning, ""),
+]
+
+
+@contextlib.contextmanager
+def _process_state_kept() -> Iterator[None]:
+    """Put back what an in-process command may change in the process."""
+    import torch
+
+    environ = dict(os.environ)
+    cwd = os.getcwd()
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with warnings.catch_warnings():
+            warnings.resetwarnings()
+            for action, category, module in _DEFAULT_WARNING_FILTERS:
+                warnings.filterwarnings(action, category=category, module=module, append=True)
+            yield
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.set_num_threads(threads)
+        os.chdir(cwd)
+        for key in set(os.environ) - set(environ):
+            del os.environ[key]
+        for key, value in environ.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
+def plugin_on_path(site: Path | None) -> Iterator[None]:
+    """Make the test distribution in ``site`` importable and registered, then forget it."""
+    if site is None:
+        yield
+        return
+    from xvec import registry
+
+    before = set(sys.modules)
+    sys.path.insert(0, str(site))
+    registry.refresh()
+    try:
+        yield
+    finally:
+        sys.path.remove(str(site))
+        for name in set(sys.modules) - before:
+            if str(getattr(sys.modules[name], "__file__", "") or "").startswith(str(site)):
+                del sys.modules[name]
+        registry.refresh()
 
 
 def make_distribution(

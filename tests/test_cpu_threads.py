@@ -36,6 +36,11 @@ class FakeMachine:
         cores = os.cpu_count() or 1
         return self.now * self.idle_cores, self.now * cores
 
+    def hooks(self) -> dict:
+        """ThreadTuner's clock, thread setter and idle-core reader: this machine's, never the
+        real machine's (whose load would decide the probes)."""
+        return {"clock": self.clock, "set_threads": self.set_threads, "idle_cpus": self.cpu_times}
+
     def set_threads(self, threads: int) -> None:
         self.threads = threads
         self.switches.append(threads)
@@ -54,7 +59,7 @@ def test_candidates_are_all_half_and_one_core() -> None:
 
 def test_keeps_all_cores_on_a_quiet_machine_and_drops_to_one_under_load() -> None:
     machine = FakeMachine({2: 0.10, 1: 0.17})  # quiet: two threads are faster
-    tuner = ThreadTuner(2, retune_seconds=5.0, clock=machine.clock, set_threads=machine.set_threads)
+    tuner = ThreadTuner(2, retune_seconds=5.0, **machine.hooks())
     machine.run(tuner, 20)
     assert tuner.history[0][1] == 2 and machine.threads == 2
     assert 1 in machine.switches  # one thread was probed
@@ -69,9 +74,7 @@ def test_keeps_all_cores_on_a_quiet_machine_and_drops_to_one_under_load() -> Non
 
 def test_a_much_slower_count_costs_one_step_per_probe_and_probes_grow_rarer() -> None:
     machine = FakeMachine({2: 3.0, 1: 0.4})  # two threads under heavy load
-    tuner = ThreadTuner(
-        2, retune_seconds=10.0, clock=machine.clock, set_threads=machine.set_threads
-    )
+    tuner = ThreadTuner(2, retune_seconds=10.0, **machine.hooks())
     slow_steps = 0
     for _ in range(2000):  # about 800 s
         slow_steps += machine.threads == 2
@@ -83,13 +86,7 @@ def test_a_much_slower_count_costs_one_step_per_probe_and_probes_grow_rarer() ->
 
 def test_no_larger_count_is_tried_without_a_free_core() -> None:
     machine = FakeMachine({2: 3.0, 1: 0.4}, idle_cores=0.1)  # other jobs fill every core
-    tuner = ThreadTuner(
-        2,
-        retune_seconds=10.0,
-        clock=machine.clock,
-        set_threads=machine.set_threads,
-        idle_cpus=machine.cpu_times,
-    )
+    tuner = ThreadTuner(2, retune_seconds=10.0, **machine.hooks())
     machine.run(tuner, 2000)
     assert machine.switches == [1] and len(tuner.history) >= 5
     machine.idle_cores = 1.2  # a core is free again: two threads are probed and kept
@@ -110,7 +107,7 @@ def test_cpu_times_are_read_from_proc_stat() -> None:
 
 def test_a_small_difference_does_not_switch() -> None:
     machine = FakeMachine({2: 0.098, 1: 0.100})  # 2 % faster: within the 5 % margin
-    tuner = ThreadTuner(2, clock=machine.clock, set_threads=machine.set_threads)
+    tuner = ThreadTuner(2, **machine.hooks())
     machine.run(tuner, 20)
     assert [threads for _, threads in tuner.history] == [1]
     assert machine.threads == 1
@@ -118,7 +115,7 @@ def test_a_small_difference_does_not_switch() -> None:
 
 def test_time_outside_steps_is_not_counted() -> None:
     machine = FakeMachine({2: 0.10, 1: 0.17})
-    tuner = ThreadTuner(2, clock=machine.clock, set_threads=machine.set_threads)
+    tuner = ThreadTuner(2, **machine.hooks())
     machine.run(tuner, 3)  # probing two threads
     machine.now += 100.0  # an evaluation between epochs
     tuner.restart_clock()

@@ -204,3 +204,31 @@ def test_training_curves_draw_an_accuracy_of_zero(tmp_path) -> None:
     assert set(line.get_ydata()) == {0.0}
     steps_only = [{k: v for k, v in r.items() if k != "epoch"} for r in records]
     assert plot_training(steps_only, tmp_path / "steps.png").axes[2].get_xlabel() == "step"
+
+
+def test_run_log_with_am_softmax_accuracy_of_zero_is_drawn_from_zero(tmp_path) -> None:
+    """A log.jsonl as the trainer writes it: AM-softmax's accuracy is 0.0 in the first epochs,
+    then rises; the panel draws it (no "n/a") on an axis that starts at 0."""
+    import json
+
+    from xvec.plots import plot_run
+    from xvec.runlog import read_log
+
+    records = [
+        {"kind": "train", "epoch": epoch, "step": 10 * epoch, "loss": 10.0 - epoch,
+         "accuracy": 0.0 if epoch < 3 else 2.5 * (epoch - 2), "lr": 0.002, "time": 4.0 * epoch}
+        for epoch in range(1, 6)
+    ]  # fmt: skip
+    records += [
+        {"kind": "epoch", "epoch": 1, "step": 15, "loss": 9.5, "accuracy": 0.0, "time": 5.8},
+        {"kind": "eval", "epoch": 5, "step": 50, "eer": 40.0, "min_dcf": 0.99, "time": 21.0},
+    ]
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert png_size(plot_run(tmp_path)) == (1200, round((1.0 + 2.6 * 3) * 150))
+    accuracy_axes = plot_training(read_log(tmp_path), tmp_path / "again.png").axes[1]
+    assert accuracy_axes.get_ylabel() == "accuracy (%)" and not accuracy_axes.texts
+    (line,) = accuracy_axes.get_lines()
+    assert list(line.get_ydata()) == [0.0, 0.0, 2.5, 5.0, 7.5]
+    bottom, top = accuracy_axes.get_ylim()
+    assert bottom == 0.0 and top > 7.5
+    assert_no_pyplot_figures()

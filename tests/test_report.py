@@ -17,13 +17,14 @@ from xvec import report
 from xvec.metrics import compute_metrics
 from xvec.report import (
     EpochProgress,
+    FileProgress,
     TrainingStart,
     metrics_table,
     shorten_left,
     training_start_text,
 )
 
-from conftest import ROOT
+from conftest import ROOT, run_cli
 
 TRIALS = ROOT / "lists" / "demo_trials.txt"
 
@@ -143,8 +144,8 @@ def test_epoch_progress_in_a_log_prints_plain_lines(monkeypatch) -> None:
     assert len(lines) == 4  # one per step, then the end of the epoch
 
 
-def test_training_start_text_names_model_data_device_and_folder(tmp_path) -> None:
-    start = TrainingStart(
+def training_start(tmp_path, **changes) -> TrainingStart:
+    fields = dict(
         model="ResNetSE34L",
         parameters=1_437_080,
         loss="amsoftmax",
@@ -152,11 +153,112 @@ def test_training_start_text_names_model_data_device_and_folder(tmp_path) -> Non
         utterances=900,
         trials=2588,
         device="cpu",
-        threads="1-2 threads following the free cores",
+        threads=2,
+        threads_follow_free_cores=True,
+        loader_workers=1,
         run_dir=tmp_path,
         resumed=False,
     )
-    text = training_start_text(start)
-    assert text.startswith("training ResNetSE34L (1.44 M parameters) with amsoftmax on 45 ")
-    assert "900 utterances, 2588 test trials; cpu, 1-2 threads" in text
-    assert text.endswith(f"run folder {tmp_path}")
+    return TrainingStart(**{**fields, **changes})
+
+
+def test_training_start_text_names_model_data_device_and_folder(tmp_path) -> None:
+    lines = training_start_text(training_start(tmp_path)).splitlines()
+    assert lines == [
+        "training ResNetSE34L (1.44 M parameters) with amsoftmax",
+        "  data: 45 speakers, 900 utterances; 2588 test trials",
+        "  compute: cpu, 1-2 threads following the free cores, 1 loader worker",
+        f"  run folder: {tmp_path}",
+    ]
+
+
+def test_training_start_text_for_fixed_threads_a_gpu_and_a_resumed_run(tmp_path) -> None:
+    fixed = training_start_text(
+        training_start(tmp_path, threads=4, threads_follow_free_cores=False, trials=None)
+    )
+    assert "  compute: cpu, 4 threads, 1 loader worker" in fixed.splitlines()
+    assert "  data: 45 speakers, 900 utterances; no trial list" in fixed.splitlines()
+    gpu = training_start_text(
+        training_start(tmp_path, device="cuda:0", threads=None, loader_workers=4, resumed=True)
+    )
+    assert gpu.startswith("resuming ResNetSE34L")
+    assert "  compute: cuda:0, 4 loader workers" in gpu.splitlines()
+    in_process = training_start_text(training_start(tmp_path, threads=1, loader_workers=0))
+    assert "  compute: cpu, 1 thread, no loader workers" in in_process.splitlines()
+    small = training_start_text(training_start(tmp_path, parameters=190_456))
+    assert small.startswith("training ResNetSE34L (190,456 parameters)")
+
+
+def test_file_progress_rate_counts_from_the_start_and_logs_plain_lines(monkeypatch) -> None:
+    monkeypatch.setattr(report, "LOG_PROGRESS_SECONDS", 0.0)
+    buffer = io.StringIO()
+    with FileProgress("  evaluating", Console(file=buffer, width=200)) as progress:
+        time.sleep(0.05)
+        progress(10, 30)  # the first batch: its time counts (no absurd rate)
+        progress(10, 30)
+        progress(10, 30)  # the end: no line, the caller reports the result
+    lines = buffer.getvalue().splitlines()
+    assert [line.split(" files,")[0] for line in lines] == [
+        "  evaluating 10/30",
+        "  evaluating 20/30",
+    ]
+    first_rate = float(lines[0].split(", ")[1].split()[0])
+    assert 0 < first_rate < 10 / 0.05 * 1.01
+
+
+def test_training_prints_a_summary_first_and_whole_numbers_at_80_columns(
+    tmp_path, tone_corpus, tiny_model_dist
+) -> None:
+    """The trainer's output in an 80-column log: summary, progress lines, the final table."""
+    from test_train import recipe_file
+
+    from xvec.config import load_recipe
+    from xvec.train import train
+
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=80, color_system=None)
+    recipe = load_recipe(recipe_file(tmp_path, tone_corpus), ["train.max_epoch=1"])
+    train(recipe, console=console)
+    lines = buffer.getvalue().splitlines()
+    run = tmp_path / "run"
+    assert lines[0].startswith("training TinyModel (") and lines[0].endswith("with softmax")
+    assert lines[1].startswith("  data: ") and lines[1].endswith(" test trials")
+    assert lines[2].startswith("  compute: cpu, ")
+    assert lines[3] == f"  run folder: {run}"  # whole, however long
+    progress = [line for line in lines if line.startswith("epoch 1/1 step")]
+    assert progress and all(" utt/s" in line for line in progress)
+    assert not any("loss 0.0000" in line for line in lines)
+    result = json.loads((run / "result.json").read_text())
+    text = buffer.getvalue()
+    assert f"{result['eer']:.4f}" in text
+    for value in result["min_dcf"].values():
+        assert f"{value:.4f}" in text
+    table = [line for line in lines if line[:1] in "┏┃┡│└"]
+    assert table and max(len(line) for line in table) <= 80
+
+
+@pytest.mark.parametrize("width", [80, 60])
+def test_eval_in_process_keeps_numbers_and_paths_whole(tmp_path, monkeypatch, width) -> None:
+    """``xvec eval --scores`` at 80 and 60 columns: EER and minDCF whole, paths unfolded."""
+    from xvec import cli
+
+    monkeypatch.setattr(cli, "out", Console(width=width, color_system=None))
+    monkeypatch.setattr(cli, "err", Console(width=width, color_system=None, stderr=True))
+    rng = np.random.default_rng(0)
+    lines = [line.split() for line in TRIALS.read_text().splitlines() if line.strip()]
+    folder = tmp_path / "a_folder_with_a_long_name_so_that_paths_pass_the_width"
+    folder.mkdir()
+    scores = folder / "scores.txt"
+    scores.write_text(
+        "".join(f"{rng.normal(float(lab) * 0.4, 0.2):.5f} {a} {b}\n" for lab, a, b in lines)
+    )
+    out_dir = folder / "results"
+    done = run_cli("eval", "--scores", scores, "--trials", TRIALS, "--out-dir", out_dir)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(next(out_dir.rglob("result.json")).read_text())
+    assert f"{result['eer']:.4f}" in done.stdout
+    for value in result["min_dcf"].values():
+        assert f"{value:.4f}" in done.stdout
+    assert max(len(line) for line in done.stdout.splitlines()) <= width
+    written = next(out_dir.rglob("result.json"))
+    assert any(str(written) in line for line in done.stderr.splitlines())  # on one line

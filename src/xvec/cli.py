@@ -387,7 +387,7 @@ def train_command(
 
     summary = train(loaded, recipe_path=recipe, resume=resume, console=err, overrides=set_ or [])
     if summary is not None:
-        out.print(summary)
+        out.print(summary, markup=False, soft_wrap=True)  # paths whole, not folded
 
 
 # --------------------------------------------------------------------------- import, data

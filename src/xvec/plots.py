@@ -329,6 +329,8 @@ def plot_training(records: Sequence[Mapping[str, Any]], path: str | Path) -> Any
                 twin.set_yscale("log")
         if evaluation or len(second):
             axes.legend(handles=handles, loc="upper right", frameon=True)
+        if name.startswith("accuracy"):  # from 0, so an accuracy of 0 sits on the axis
+            axes.set_ylim(0.0, max(1.0, float(data[:, 1].max()) * 1.05))
     all_axes[-1].set_xlabel("epoch" if to_epoch is not None else "step")
     all_axes[0].set_title("training curves")
     _save(figure, path)

@@ -315,29 +315,51 @@ def _clock(seconds: float) -> str:
 
 @dataclass(frozen=True)
 class TrainingStart:
-    """What a training run is about to do, shown before its first step."""
+    """What a training call is about to do, as plain data filled in by the trainer; rendered
+    by :func:`training_start_text` before the first step."""
 
     model: str
     parameters: int
     loss: str
     classes: int
     utterances: int
-    trials: int | None
+    trials: int | None  # test trials; None without a trial list
     device: str
-    threads: str
+    threads: int | None  # CPU threads computing (the most, when they follow the free cores)
+    threads_follow_free_cores: bool
+    loader_workers: int
     run_dir: Path
     resumed: bool
 
 
 def training_start_text(start: TrainingStart) -> str:
-    """The start-of-training summary: model, data, device and run folder."""
-    trials = f", {start.trials} test trials" if start.trials is not None else ", no test list"
+    """The start-of-training summary, short lines: model and loss, data, compute, run folder."""
     verb = "resuming" if start.resumed else "training"
-    return (
-        f"{verb} {start.model} ({start.parameters / 1e6:.2f} M parameters) with {start.loss} "
-        f"on {start.classes} speakers, {start.utterances} utterances{trials}; "
-        f"{start.device}, {start.threads}; run folder {start.run_dir}"
+    trials = f"{start.trials} test trials" if start.trials is not None else "no trial list"
+    workers = {0: "no loader workers", 1: "1 loader worker"}.get(
+        start.loader_workers, f"{start.loader_workers} loader workers"
     )
+    if start.threads is None:
+        compute = f"{start.device}, {workers}"
+    elif start.threads_follow_free_cores and start.threads > 1:
+        compute = f"{start.device}, 1-{start.threads} threads following the free cores, {workers}"
+    else:
+        threads = f"{start.threads} thread{'s' if start.threads != 1 else ''}"
+        compute = f"{start.device}, {threads}, {workers}"
+    return "\n".join(
+        [
+            f"{verb} {start.model} ({_parameter_count(start.parameters)} parameters) "
+            f"with {start.loss}",
+            f"  data: {start.classes} speakers, {start.utterances} utterances; {trials}",
+            f"  compute: {compute}",
+            f"  run folder: {start.run_dir}",
+        ]
+    )
+
+
+def _parameter_count(count: int) -> str:
+    """``1.44 M`` from a million on, else the count with thousands separators."""
+    return f"{count / 1e6:.2f} M" if count >= 1_000_000 else f"{count:,}"
 
 
 def _progress_columns():
@@ -360,25 +382,32 @@ def _progress_columns():
 
 
 class FileProgress:
-    """A rich progress bar showing files/s, usable as an ``embed_files`` progress callback."""
+    """A rich progress bar showing files/s, usable as an ``embed_files`` progress callback.
+
+    The rate counts from entering the bar, so the first batch's time is in it; in a log file
+    (no terminal) one plain line every :data:`LOG_PROGRESS_SECONDS` instead of a bar.
+    """
 
     def __init__(self, description: str, console: Console | None = None) -> None:
         from rich.progress import Progress
 
         console = console or make_console(stderr=True)
+        self.console = console
+        self.live = console.is_terminal
         self.progress = Progress(
             *_progress_columns(),
             console=console,
             transient=True,
-            disable=not console.is_terminal,  # a log gets no bar (rich would add a blank line)
+            disable=not self.live,  # a log gets no bar (rich would add a blank line)
         )
         self.description = description
         self.task = None
         self.count = 0
-        self.start = 0.0
+        self.start = self._last_line = time.perf_counter()
 
     def __enter__(self) -> FileProgress:
         self.progress.__enter__()
+        self.start = self._last_line = time.perf_counter()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -387,10 +416,15 @@ class FileProgress:
     def __call__(self, advance: int, total: int) -> None:
         if self.task is None:
             self.task = self.progress.add_task(self.description, total=total, rate="")
-            self.start = time.perf_counter()
         self.count += advance
-        rate = self.count / max(time.perf_counter() - self.start, 1e-9)
-        self.progress.update(self.task, advance=advance, rate=f"{rate:.1f} files/s")
+        now = time.perf_counter()
+        rate = f"{self.count / max(now - self.start, 1e-9):.1f} files/s"
+        self.progress.update(self.task, advance=advance, rate=rate)
+        if not self.live and now - self._last_line >= LOG_PROGRESS_SECONDS and self.count < total:
+            self._last_line = now
+            self.console.print(
+                f"{self.description} {self.count}/{total} files, {rate}", highlight=False
+            )
 
 
 def registry_table(kind: str) -> Table:

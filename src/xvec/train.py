@@ -48,7 +48,7 @@ from xvec.data import (
 from xvec.devices import parse_device
 from xvec.errors import XvecError
 from xvec.files import write_json_atomic
-from xvec.report import EpochProgress, training_start_text
+from xvec.report import EpochProgress, TrainingStart, training_start_text
 from xvec.runlog import LOG_FILE, RunLog, read_log
 
 if TYPE_CHECKING:
@@ -318,24 +318,6 @@ def train(
         return text
     finally:
         lock.release()
-
-
-@dataclass(frozen=True)
-class TrainingStart:
-    """What a training call is about to do, for the summary shown before its first step."""
-
-    model: str
-    parameters: int
-    loss: str
-    classes: int
-    utterances: int
-    trials: int | None  # test trials; None without a trial list
-    device: str
-    threads: int | None  # CPU threads computing (the most, when they follow the free cores)
-    threads_follow_free_cores: bool
-    loader_workers: int
-    run_dir: Path
-    resumed: bool
 
 
 @dataclass
