@@ -19,7 +19,7 @@ from test_train import _env_with, _wait_for_log_lines, _xvec_train, recipe_file
 from xvec.config import load_recipe
 from xvec.errors import XvecError
 from xvec.runlog import read_log
-from xvec.train import train
+from xvec.training import train
 
 from conftest import after_steps, make_distribution
 

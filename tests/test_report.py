@@ -213,7 +213,7 @@ def test_training_prints_a_summary_first_and_whole_numbers_at_80_columns(
     from test_train import recipe_file
 
     from xvec.config import load_recipe
-    from xvec.train import train
+    from xvec.training import train
 
     buffer = io.StringIO()
     console = Console(file=buffer, width=80, color_system=None)

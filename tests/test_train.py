@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from xvec.config import load_recipe
 from xvec.errors import XvecError
 from xvec.runlog import read_log
-from xvec.train import train
+from xvec.training import train
 
 from conftest import after_steps, make_distribution
 

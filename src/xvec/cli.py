@@ -380,10 +380,10 @@ def train_command(
 
     loaded = load_recipe(recipe, set_ or [])
     if nproc > 1:
-        from xvec.train import launch_distributed
+        from xvec.training import launch_distributed
 
         raise typer.Exit(launch_distributed(recipe, set_ or [], resume, nproc))
-    from xvec.train import train
+    from xvec.training import train
 
     summary = train(loaded, recipe_path=recipe, resume=resume, console=err, overrides=set_ or [])
     if summary is not None:

@@ -14,14 +14,7 @@ uninterrupted run's weights bit for bit on CPU.
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import shlex
-import signal
-import socket
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,79 +40,21 @@ from xvec.data import (
 )
 from xvec.devices import parse_device
 from xvec.errors import XvecError
-from xvec.files import write_json_atomic
 from xvec.report import EpochProgress, TrainingStart, training_start_text
 from xvec.runlog import LOG_FILE, RunLog, read_log
+from xvec.training.distributed import world_position
+from xvec.training.optim import autocast_settings, make_optimizer, make_scheduler
+from xvec.training.run_dir import (
+    EVAL_OUTPUTS,
+    FINAL_OUTPUTS,
+    STATE_FILE,
+    RunLock,
+    prepare_run_dir,
+)
+from xvec.training.signals import Interrupted, StopFlag
 
 if TYPE_CHECKING:
     from xvec.evaluate import EvalResult
-
-STATE_FILE = "state.safetensors"
-LOCK_FILE = "train.lock"
-
-
-class RunLock:
-    """Exclusive hold on a run folder: ``train.lock`` (pid and host) created with O_EXCL.
-
-    A lock whose pid is not alive on this host is stale and taken over with a warning.
-    """
-
-    def __init__(self) -> None:
-        self.path: Path | None = None
-
-    def acquire(self, run_dir: Path, console: Any) -> None:
-        """Take the lock or fail at once naming its holder."""
-        path = run_dir / LOCK_FILE
-        for _ in range(3):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = _lock_holder(path)
-                if holder is None or _holder_alive(*holder):
-                    who = f"pid {holder[0]} on {holder[1]}" if holder else "an unknown process"
-                    raise XvecError(
-                        f"{path}: another 'xvec train' ({who}) is using this run folder; wait "
-                        "for it to end or set train.output_dir (remove the lock if it is gone)"
-                    ) from None
-                console.print(
-                    f"warning: {path}: taking over a stale lock (pid {holder[0]} is not running)",
-                    soft_wrap=True,
-                )
-                path.unlink(missing_ok=True)
-                continue
-            except OSError as exc:
-                raise XvecError(f"{path}: cannot create the run lock ({exc.strerror})") from exc
-            with os.fdopen(fd, "w") as handle:
-                handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}) + "\n")
-            self.path = path
-            return
-        raise XvecError(f"{path}: cannot take the run lock; remove it if no run is using it")
-
-    def release(self) -> None:
-        """Remove the lock if this process holds it."""
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
-            self.path = None
-
-
-def _lock_holder(path: Path) -> tuple[int, str] | None:
-    try:
-        data = json.loads(path.read_text())
-        return int(data["pid"]), str(data["host"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _holder_alive(pid: int, host: str) -> bool:
-    if host != socket.gethostname():
-        return True  # cannot tell: assume it is running
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class SpeakerNet(nn.Module):
@@ -136,138 +71,6 @@ class SpeakerNet(nn.Module):
         rows, per_speaker, samples = waves.shape
         embeddings = self.model(waves.reshape(rows * per_speaker, samples))
         return self.loss(embeddings.reshape(rows, per_speaker, -1).float(), labels)
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def make_optimizer(recipe: Recipe, params: Any) -> torch.optim.Optimizer:
-    """Adam, AdamW or SGD (Nesterov momentum) with weight decay, as the recipe says."""
-    optim = recipe.optim
-    if optim.optimizer == "sgd":
-        return torch.optim.SGD(
-            params,
-            lr=optim.lr,
-            momentum=optim.momentum,
-            weight_decay=optim.weight_decay,
-            nesterov=True,
-        )
-    cls = torch.optim.AdamW if optim.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=optim.lr, weight_decay=optim.weight_decay)
-
-
-def make_scheduler(
-    recipe: Recipe, optimizer: torch.optim.Optimizer, steps_per_epoch: int
-) -> tuple[Any, str]:
-    """The LR schedule and when it steps ("epoch" or "step").
-
-    ``steplr`` is voxceleb_trainer's: multiply by ``lr_decay`` every ``test_interval`` epochs.
-    ``cosine`` warms up linearly for ``warmup_epochs`` then decays to ``min_lr``.
-    """
-    optim = recipe.optim
-    if optim.scheduler == "steplr":
-        return (
-            torch.optim.lr_scheduler.StepLR(
-                optimizer, step_size=recipe.train.test_interval, gamma=optim.lr_decay
-            ),
-            "epoch",
-        )
-    if optim.scheduler == "cosine":
-        total = max(1, recipe.train.max_epoch * steps_per_epoch)
-        warmup = int(optim.warmup_epochs * steps_per_epoch)
-        floor = optim.min_lr / optim.lr
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "step"
-    return None, "none"
-
-
-def autocast_settings(device: torch.device, enabled: bool) -> tuple[bool, torch.dtype]:
-    """fp16 autocast on CUDA, bf16 on CPUs that have it, otherwise off (silently)."""
-    if not enabled:
-        return False, torch.float32
-    if device.type == "cuda":
-        return True, torch.float16
-    if device.type == "cpu" and _cpu_has_bf16():
-        return True, torch.bfloat16
-    return False, torch.float32
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        return bool(
-            torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        )
-    except (AttributeError, RuntimeError):
-        return False
-
-
-class _StopFlag:
-    """SIGINT/SIGTERM set a flag; the loop saves at the next step boundary (an evaluation stops
-    after its batch in hand) and exits 130."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopFlag:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:  # second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.requested = True
-        if os.environ.get("RANK", "0") == "0":  # said at once, before the step or batch ends
-            print(
-                "stop requested: the run is saved at the next step (an evaluation in progress "
-                "stops and is redone on --resume); Ctrl-C again stops at once",
-                file=sys.stderr,
-                flush=True,
-            )
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-class Interrupted(XvecError):
-    """Training stopped on request after saving its state."""
-
-    exit_code = 130
-
-
-def _distributed() -> tuple[int, int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    return rank, world, local
-
-
-def launch_distributed(recipe: Path, overrides: list[str], resume: bool, nproc: int) -> int:
-    """Run ``torchrun --nproc_per_node N -m xvec train ...`` and return its exit code."""
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-    ]
-    command += ["-m", "xvec", "train", str(recipe)]
-    for item in overrides:
-        command += ["--set", item]
-    if resume:
-        command.append("--resume")
-    return subprocess.call(command)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -296,7 +99,7 @@ def train(
             run.console.print(
                 training_start_text(run.start), highlight=False, markup=False, soft_wrap=True
             )
-        with _StopFlag() as stop:
+        with StopFlag() as stop:
             try:
                 if run.position.pending_eval is not None:  # a stop or kill cut it short
                     _close_epoch(run, run.position.pending_eval, stop)
@@ -375,7 +178,7 @@ def _setup(recipe: Recipe, resume: bool, console: Any, lock: RunLock) -> _Run:
 
     console = console or make_console(stderr=True)
     recipe = recipe.resolved()
-    rank, world, local_rank = _distributed()
+    rank, world, local_rank = world_position()
     is_main = rank == 0
     train_list, trials = _read_data(recipe)
     device = _init_device(recipe, world, local_rank)
@@ -390,7 +193,7 @@ def _setup(recipe: Recipe, resume: bool, console: Any, lock: RunLock) -> _Run:
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     run_dir = Path(recipe.train.output_dir)
     if is_main:
-        _prepare_run_dir(run_dir, recipe, resume, lock, console)
+        prepare_run_dir(run_dir, recipe, resume, lock, console)
     ddp_net: nn.Module = net
     if world > 1:
         ddp_net = nn.parallel.DistributedDataParallel(
@@ -631,7 +434,7 @@ def _step(run: _Run, waves: torch.Tensor, labels: torch.Tensor) -> tuple[float, 
     return value.item(), accuracy.item()
 
 
-def _train_epoch(run: _Run, stop: _StopFlag, stop_when: Callable[[Position], bool] | None) -> bool:
+def _train_epoch(run: _Run, stop: StopFlag, stop_when: Callable[[Position], bool] | None) -> bool:
     """Run the rest of the current epoch (or up to ``max_steps``); True when asked to stop.
 
     The epoch's mean loss and accuracy are logged when it ends normally.
@@ -685,7 +488,7 @@ def _train_epoch(run: _Run, stop: _StopFlag, stop_when: Callable[[Position], boo
     return False
 
 
-def _end_of_epoch(run: _Run, stop: _StopFlag) -> bool:
+def _end_of_epoch(run: _Run, stop: StopFlag) -> bool:
     """Schedule, then close the epoch (:func:`_close_epoch`); True at the end of training.
 
     An epoch cut short by ``max_steps`` is not counted as done (resuming with a higher cap
@@ -703,7 +506,7 @@ def _end_of_epoch(run: _Run, stop: _StopFlag) -> bool:
     return _close_epoch(run, epoch, stop)
 
 
-def _close_epoch(run: _Run, epoch: int, stop: _StopFlag) -> bool:
+def _close_epoch(run: _Run, epoch: int, stop: StopFlag) -> bool:
     """Evaluate when pending, save last/best checkpoints and the state; True at the end.
 
     The state is saved before a pending evaluation, marked pending: a stop (which cuts the
@@ -789,10 +592,6 @@ def _unwrapped(loader: Any) -> Any:
         yield item
 
 
-FINAL_OUTPUTS = ("last.safetensors", "curves.png")
-EVAL_OUTPUTS = ("scores.txt", "result.json", "hist.png")
-
-
 def _complete(run: _Run) -> str:
     """A finished run resumed: write the final outputs a kill left out, or say it is complete."""
     run_dir, trials, console = run.run_dir, run.trials, run.console
@@ -819,49 +618,11 @@ def _summary_lines(run_dir: Path, evaluated: bool) -> str:
     return "\n".join(lines)
 
 
-def _prepare_run_dir(
-    run_dir: Path, recipe: Recipe, resume: bool, lock: RunLock, console: Any
-) -> None:
-    """Create and lock the run folder, check it, then record the resolved recipe.
-
-    Nothing is written in the folder (but the lock) before every check passes.
-    """
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise XvecError(f"{run_dir}: cannot create the run folder ({exc.strerror})") from exc
-    if not os.access(run_dir, os.W_OK):
-        raise XvecError(f"{run_dir}: run folder is not writable; set train.output_dir")
-    lock.acquire(run_dir, console)
-    state_path = run_dir / STATE_FILE
-    if resume and not state_path.is_file():
-        raise XvecError(f"{run_dir}: nothing to resume (no {STATE_FILE}); run without --resume")
-    if not resume and state_path.exists():
-        raise XvecError(
-            f"{run_dir}: holds a previous run; add --resume to continue it, or set "
-            "train.output_dir to a new folder"
-        )
-    recorded = run_dir / "recipe.json"
-    current = recipe.to_dict()
-    if resume and recorded.is_file():
-        try:
-            previous = json.loads(recorded.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise XvecError(f"{recorded}: not a JSON recipe ({exc}); restore or remove it") from exc
-        for section in ("data", "model", "loss"):
-            if previous.get(section) != current.get(section):
-                raise XvecError(
-                    f"{recorded}: the [{section}] section differs from the recipe being resumed; "
-                    "resume with the same recipe (only [train] limits such as max_epoch may change)"
-                )
-    write_json_atomic(recorded, current)
-
-
 class _EvalStopped(Exception):
     """A stop was requested during a periodic evaluation (which is then redone on resume)."""
 
 
-def _periodic_eval(run: _Run, stop: _StopFlag | None = None) -> EvalResult:
+def _periodic_eval(run: _Run, stop: StopFlag | None = None) -> EvalResult:
     """Evaluate the model on the recipe's trial list with the recipe's protocol.
 
     A progress bar shows the files embedded; a requested ``stop`` ends the evaluation after

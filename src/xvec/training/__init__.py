@@ -1,0 +1,8 @@
+"""Training: ``train`` runs a recipe (``loop``); the run folder, optimiser and schedule,
+signals and the distributed launcher are one module each."""
+
+from xvec.training.distributed import launch_distributed
+from xvec.training.loop import SpeakerNet, train
+from xvec.training.signals import Interrupted
+
+__all__ = ["Interrupted", "SpeakerNet", "launch_distributed", "train"]
