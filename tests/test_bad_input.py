@@ -1,22 +1,21 @@
 """The bad-input matrix: every user mistake gives one line on stderr, exit != 0, no traceback.
 
-Each case drives the real ``xvec`` command in a subprocess and checks that the message names the
-file (and line or field) and that no partial output is left looking like a good one.
+Each case drives the real ``xvec`` command line (in-process, ``conftest.run_cli``) and checks that
+the message names the file (and line or field) and that no partial output is left looking like a
+good one.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
 
-from conftest import write_tone_corpus
+from conftest import plugin_on_path, run_cli, write_tone_corpus
 
 RECIPE = """\
 [data]
@@ -47,7 +46,7 @@ def corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_site(tmp_path_factory) -> Path:
-    """A test distribution with TinyModel, visible to subprocesses through PYTHONPATH."""
+    """A test distribution with TinyModel, on the path where a test passes ``site=tiny_site``."""
     from conftest import TINY_MODEL_SOURCE, make_distribution
 
     return make_distribution(
@@ -60,37 +59,26 @@ def tiny_site(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory, tiny_site) -> Path:
-    """An xvec checkpoint of TinyModel, written by a subprocess that sees the test plugin."""
+    """An xvec checkpoint of TinyModel, written while the test plugin is on the path."""
+    import torch
+
+    from xvec import registry
+    from xvec.checkpoint import save_checkpoint
+
     path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    code = (
-        "import torch; from xvec import registry; from xvec.checkpoint import save_checkpoint;"
-        "torch.manual_seed(0);"
-        f"save_checkpoint({str(path)!r}, registry.build('model', 'TinyModel', {{}}), 'TinyModel')"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True, env=_env(tiny_site))
+    with plugin_on_path(tiny_site), torch.random.fork_rng():
+        torch.manual_seed(0)
+        save_checkpoint(path, registry.build("model", "TinyModel", {}), "TinyModel")
     return path
 
 
-def _env(site: Path | None) -> dict[str, str]:
-    env = dict(os.environ)
-    if site is not None:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
-    return env
-
-
-def xvec(*args: str, site: Path | None = None, cwd: Path | None = None):
-    return subprocess.run(
-        [sys.executable, "-m", "xvec", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=_env(site),
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-    )
+def xvec(*args: object, site: Path | None = None, cwd: Path | None = None):
+    """``xvec ARGS`` in-process; ``site``: a test plugin's distribution on the path."""
+    return run_cli(*args, site=site, cwd=cwd)
 
 
 def eval_model(model, trials, root, out=None, site=None):
-    """``xvec eval --model M --trials T --audio-root R [-o OUT]`` in a subprocess."""
+    """``xvec eval --model M --trials T --audio-root R [-o OUT]``."""
     extra = ["-o", out] if out is not None else []
     return xvec(
         "eval", "--model", model, "--trials", trials, "--audio-root", root, *extra, site=site

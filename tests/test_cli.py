@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from xvec.cli import app
 
-from conftest import ROOT, SPEECHOCEAN, requires_speechocean
+from conftest import ROOT, SPEECHOCEAN, requires_speechocean, run_cli
 
 runner = CliRunner()
-
-
-def run_xvec(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "xvec", *args], capture_output=True, text=True, cwd=cwd
-    )
 
 
 def assert_one_line_error(result, *fragments: str) -> None:
@@ -100,7 +95,29 @@ def test_count_classes_errors_are_one_line(tmp_path, content, fragments):
     path = tmp_path / "train.txt"
     if content is not None:
         path.write_text(content)
-    assert_one_line_error(run_xvec("count-classes", str(path)), *fragments)
+    assert_one_line_error(run_cli("count-classes", path), *fragments)
+
+
+@pytest.mark.parametrize("entry", ["-m", "script"])
+def test_python_m_xvec_and_the_console_script_run_the_cli(tmp_path, entry):
+    """The real entry points in a fresh process (count-classes loads no torch: fast)."""
+    script = Path(sys.executable).with_name("xvec")
+    if entry == "script" and not script.is_file():
+        pytest.skip(f"no console script beside {sys.executable}")
+    command = [sys.executable, "-m", "xvec"] if entry == "-m" else [str(script)]
+    listing = tmp_path / "train.txt"
+    listing.write_text("id1 a.wav\nid2 b.wav\nid1 c.wav\n")
+    counted = subprocess.run(
+        [*command, "count-classes", "--plain", str(listing)], capture_output=True, text=True
+    )
+    assert counted.returncode == 0 and counted.stdout.strip() == "2", counted.stderr
+    missing = subprocess.run(
+        [*command, "count-classes", str(tmp_path / "none.txt")], capture_output=True, text=True
+    )
+    assert_one_line_error(missing, "none.txt: train list not found")
+    usage = subprocess.run([*command, "count-classes"], capture_output=True, text=True)
+    assert usage.returncode == 2
+    assert_one_line_error(usage, "xvec count-classes: Missing argument")
 
 
 def test_several_models_get_separate_result_folders():

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import soundfile
@@ -14,6 +11,8 @@ from xvec import registry
 from xvec.checkpoint import save_checkpoint
 from xvec.embed import EmbedStats, Protocol, embed_files
 from xvec.errors import XvecError
+
+from conftest import run_cli
 
 
 def _voices(folder, lengths):
@@ -77,14 +76,14 @@ def test_interrupted_embed_keeps_its_work_and_resumes(tmp_path):
     listing.write_text("\n".join([*names, "bad.wav"]) + "\n")
     model = save_checkpoint(tmp_path / "m.safetensors", _model(), "TDNN")
     output = tmp_path / "emb.safetensors"
-    command = [sys.executable, "-m", "xvec", "embed", "--model", str(model), "--list", str(listing)]
-    command += ["--audio-root", str(audio), "-o", str(output), "--batch-size", "1"]
-    failed = subprocess.run(command, capture_output=True, text=True)
+    command = ["embed", "--model", model, "--list", listing]
+    command += ["--audio-root", audio, "-o", output, "--batch-size", "1"]
+    failed = run_cli(*command)
     assert failed.returncode == 1 and "Traceback" not in failed.stderr
     assert "bad.wav" in failed.stderr and "4 embeddings computed so far are kept" in failed.stderr
     assert not output.exists() and output.with_name("emb.safetensors.partial").is_file()
     soundfile.write(str(bad), 0.1 * np.ones(9000, dtype=np.float32), 16000)
-    resumed = subprocess.run(command, capture_output=True, text=True)
+    resumed = run_cli(*command)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming: 4 embeddings" in resumed.stderr and "(1 computed" in resumed.stdout
     assert not output.with_name("emb.safetensors.partial").exists()

@@ -131,7 +131,9 @@ def test_resume_of_finished_run_completes_missing_outputs(
 # --------------------------------------------------------------------------- 6, 18: signals
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)]
+)
 def test_stop_signal_prints_exact_resume_command_which_works_on_the_run_folder(
     tmp_path, tone_corpus, tiny_model_dist, sig
 ):
