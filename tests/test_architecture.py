@@ -39,6 +39,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "losses",
             "checkpoint",
             "cpu_threads",
+            "plots",
         },
     ),
     (

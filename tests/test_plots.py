@@ -211,8 +211,8 @@ def test_run_log_with_am_softmax_accuracy_of_zero_is_drawn_from_zero(tmp_path) -
     then rises; the panel draws it (no "n/a") on an axis that starts at 0."""
     import json
 
-    from xvec.plots import plot_run
     from xvec.runlog import read_log
+    from xvec.workflows.plot import plot_run
 
     records = [
         {"kind": "train", "epoch": epoch, "step": 10 * epoch, "loss": 10.0 - epoch,

@@ -319,7 +319,7 @@ def plot_hist(
     title: Annotated[str | None, typer.Option()] = None,
 ) -> None:
     """Target and non-target score histograms with the EER threshold."""
-    from xvec.plots import plot_score_histogram
+    from xvec.workflows.plot import plot_score_histogram
 
     metrics = plot_score_histogram(scores, trials, output, title)
     out.print(
@@ -335,7 +335,7 @@ def plot_det_command(
     output: Annotated[Path, typer.Option("--output", "-o")] = Path("det.png"),
 ) -> None:
     """DET curves (normal-deviate axes) of one or more score files."""
-    from xvec.plots import plot_det_files
+    from xvec.workflows.plot import plot_det_files
 
     plot_det_files(scores, trials, output)
     out.print(f"DET curves -> {output}")
@@ -348,7 +348,7 @@ def plot_training_command(
     output: Annotated[Path | None, typer.Option("--output", "-o")] = None,
 ) -> None:
     """Loss, accuracy and EER curves from a run's JSON-lines log."""
-    from xvec.plots import plot_run
+    from xvec.workflows.plot import plot_run
 
     out.print(f"training curves -> {plot_run(run_dir, output)}")
 

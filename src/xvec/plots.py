@@ -14,12 +14,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from xvec.data import read_trials, require_both_labels
 from xvec.errors import XvecError
 from xvec.files import atomic_write
 from xvec.metrics import compute_metrics, det_curve
-from xvec.runlog import read_log
-from xvec.scoring import read_scores_in_trial_order
 
 __all__ = ["plot_det", "plot_histogram", "plot_training", "probit"]
 
@@ -136,21 +133,6 @@ def plot_histogram(
     _save(figure, path)
 
 
-def plot_score_histogram(
-    scores: Path, trials_path: Path, path: str | Path, title: str | None = None
-) -> Any:
-    """``xvec plot hist``: a score file's histograms on a trial list; returns its metrics."""
-
-    trials = read_trials(trials_path)
-    require_both_labels(trials)
-    values = read_scores_in_trial_order(scores, trials)
-    metrics = compute_metrics(values, trials.labels)
-    plot_histogram(
-        values, trials.labels, path, threshold=metrics.eer_threshold, title=title or scores.name
-    )
-    return metrics
-
-
 def _thin_curve(x: np.ndarray, y: np.ndarray, span: float) -> tuple[np.ndarray, np.ndarray]:
     """Drop consecutive points that fall on the same cell of a fine grid (keeps the shape)."""
     cell_x = np.floor(x * _DET_GRID / span)
@@ -205,21 +187,6 @@ def plot_det(curves: Mapping[str, tuple[ArrayLike, ArrayLike]], path: str | Path
     figure.legend(loc="outside lower center", frameon=False)  # laid out: the title stays in
     _save(figure, path)
     return figure
-
-
-def plot_det_files(scores: Sequence[Path], trials_path: Path, path: str | Path) -> Any:
-    """``xvec plot det``: DET curves of score files on one trial list, each named by its file
-    (``scores.txt`` files by their folder)."""
-
-    trials = read_trials(trials_path)
-    curves = {
-        file.stem if file.stem != "scores" else str(file.parent): (
-            read_scores_in_trial_order(file, trials),
-            trials.labels,
-        )
-        for file in scores
-    }
-    return plot_det(curves, path)
 
 
 def _series(records: Sequence[Mapping[str, Any]], kind: str, *keys: str) -> np.ndarray:
@@ -335,11 +302,3 @@ def plot_training(records: Sequence[Mapping[str, Any]], path: str | Path) -> Any
     all_axes[0].set_title("training curves")
     _save(figure, path)
     return figure
-
-
-def plot_run(run_dir: Path, path: Path | None = None) -> Path:
-    """``xvec plot training``: a run folder's curves, by default to ``curves.png`` in it."""
-
-    target = path or run_dir / "curves.png"
-    plot_training(read_log(run_dir), target)
-    return target

@@ -1,0 +1,52 @@
+"""``xvec plot``: score histograms, DET curves and training curves from files on disk.
+
+The workflows behind the verb read a score file, trial list or run folder and call the
+plotting kernels of :mod:`xvec.plots`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from xvec.data import read_trials, require_both_labels
+from xvec.metrics import Metrics, compute_metrics
+from xvec.plots import plot_det, plot_histogram, plot_training
+from xvec.runlog import read_log
+from xvec.scoring import read_scores_in_trial_order
+
+
+def plot_score_histogram(
+    scores: Path, trials_path: Path, path: str | Path, title: str | None = None
+) -> Metrics:
+    """``xvec plot hist``: a score file's histograms on a trial list; returns its metrics."""
+    trials = read_trials(trials_path)
+    require_both_labels(trials)
+    values = read_scores_in_trial_order(scores, trials)
+    metrics = compute_metrics(values, trials.labels)
+    plot_histogram(
+        values, trials.labels, path, threshold=metrics.eer_threshold, title=title or scores.name
+    )
+    return metrics
+
+
+def plot_det_files(scores: Sequence[Path], trials_path: Path, path: str | Path) -> Any:
+    """``xvec plot det``: DET curves of score files on one trial list, each named by its file
+    (``scores.txt`` files by their folder)."""
+    trials = read_trials(trials_path)
+    curves = {
+        file.stem if file.stem != "scores" else str(file.parent): (
+            read_scores_in_trial_order(file, trials),
+            trials.labels,
+        )
+        for file in scores
+    }
+    return plot_det(curves, path)
+
+
+def plot_run(run_dir: Path, path: Path | None = None) -> Path:
+    """``xvec plot training``: a run folder's curves, by default to ``curves.png`` in it."""
+    target = path or run_dir / "curves.png"
+    plot_training(read_log(run_dir), target)
+    return target
