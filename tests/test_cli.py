@@ -123,7 +123,7 @@ def test_python_m_xvec_and_the_console_script_run_the_cli(tmp_path, entry):
 def test_several_models_get_separate_result_folders():
     from pathlib import Path
 
-    from xvec.evaluate import result_folders as _result_folders
+    from xvec.workflows.eval import result_folders as _result_folders
 
     assert _result_folders([Path("a/last.safetensors")]) == [""]
     assert _result_folders([Path("a/m1.safetensors"), Path("b/m2.safetensors")]) == ["m1", "m2"]

@@ -224,8 +224,9 @@ def eval_command(
 ) -> None:
     """Evaluate model(s) or score file(s) on a trial list: EER and minDCF in a table."""
     prefer_sleeping_threads()
-    from xvec.evaluate import DcfSettings, run_eval
+    from xvec.evaluate import DcfSettings
     from xvec.protocol import Protocol
+    from xvec.workflows.eval import run_eval
 
     run = run_eval(
         trials,
@@ -269,8 +270,8 @@ def embed_command(
 ) -> None:
     """Embed audio files to vectors (resumable: an interrupted run keeps what it computed)."""
     prefer_sleeping_threads()
-    from xvec.embed import run_embed
     from xvec.protocol import Protocol
+    from xvec.workflows.embed import run_embed
 
     run = run_embed(
         model,

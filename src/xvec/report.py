@@ -14,9 +14,9 @@ from rich.table import Table
 if TYPE_CHECKING:
     from rich.console import Group
 
-    from xvec.embed import EmbedRun
-    from xvec.evaluate import EvalRun
     from xvec.prepare import FolderLists, SpeechoceanLists, VoxcelebLists
+    from xvec.workflows.embed import EmbedRun
+    from xvec.workflows.eval import EvalRun
 
 PIPE_WIDTH = 160  # tables stay readable in logs and pipes, where rich would assume 80 columns
 
