@@ -28,10 +28,10 @@ from xvec.audio import SAMPLE_RATE
 from xvec.checkpoint import build_model, load_model, read_checkpoint
 from xvec.errors import XvecError, check_at_least
 from xvec.files import atomic_write_bytes
+from xvec.importers.voxceleb_trainer import VT_MODELS, import_voxceleb_trainer
 
 GRAPH_FORMATS = ("onnx", "torchscript")  # the front end included, input: the waveform
 FORMATS = (*GRAPH_FORMATS, "vt")  # vt: voxceleb_trainer's .model state dict
-VT_MODELS = ("ResNetSE34L", "ResNetSE34V2", "VGGVox40", "RawNet3")  # voxceleb_trainer's own
 CHECK_SECONDS = (1.0, 2.37, 4.0)
 OPSET = 18
 MIN_EXPORT_SAMPLES = SAMPLE_RATE  # exported graphs take >= 1 s; pad shorter audio before
@@ -264,8 +264,6 @@ def export_voxceleb_trainer(
     ``__L__.``), so VT's ``--initial_model`` and ``xvec import vt`` read it. It is verified by
     importing it back and comparing embeddings with the original model.
     """
-    from xvec.importers.voxceleb_trainer import import_voxceleb_trainer
-
     checkpoint, output = Path(checkpoint), Path(output)
     ckpt = read_checkpoint(checkpoint)
     model_record, loss_record = ckpt.meta["model"], ckpt.meta.get("loss") or {}
