@@ -50,7 +50,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "plots",
             "synth",
             "prepare",
-            "importers",
+            "interop",
             "export",
             "training",
             "api",

@@ -12,7 +12,7 @@ import torch
 
 from xvec import checkpoint, registry
 from xvec.errors import XvecError
-from xvec.importers import voxceleb_trainer
+from xvec.interop import voxceleb_trainer
 
 
 @pytest.fixture

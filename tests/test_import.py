@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from xvec import checkpoint, registry
 from xvec.cli import app
 from xvec.errors import XvecError
-from xvec.importers import FORMATS, import_checkpoint, wespeaker
-from xvec.importers import voxceleb_trainer as vt
+from xvec.interop import FORMATS, import_checkpoint, wespeaker
+from xvec.interop import voxceleb_trainer as vt
 
 from conftest import VT_FIXTURES, requires_fixtures
 

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from xvec import registry
 from xvec.checkpoint import load_model, save_checkpoint
 from xvec.errors import XvecError
-from xvec.importers.speechbrain import convert, params_from_config
+from xvec.interop.speechbrain import convert, params_from_config
 
 FIXTURES = Path(__file__).parent / "fixtures" / "speechbrain"
 CKPT = FIXTURES / "embedding_model.ckpt"

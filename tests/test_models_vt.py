@@ -14,7 +14,7 @@ from xvec import checkpoint, registry
 from xvec.audio import eval_crops
 from xvec.errors import XvecError
 from xvec.features import LogFbank, PreEmphasis, VTMelFrontEnd, wrap_pad_to
-from xvec.importers import voxceleb_trainer
+from xvec.interop import voxceleb_trainer
 from xvec.models.pooling import attentive_pool, self_attention_weights, temporal_pool
 
 from conftest import VT_FIXTURES, requires_fixtures

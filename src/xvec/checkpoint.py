@@ -1,4 +1,4 @@
-"""Self-describing safetensors checkpoints and atomic writes (imports: ``xvec.importers``).
+"""Self-describing safetensors checkpoints and atomic writes (imports: ``xvec.interop``).
 
 A checkpoint is one ``.safetensors`` file: model weights under ``model.``, loss parameters under
 ``loss.``, and in the metadata (key ``xvec``) a JSON record of everything needed to rebuild the

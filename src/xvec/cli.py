@@ -439,7 +439,7 @@ def import_command(
     ] = None,
 ) -> None:
     """Convert another toolkit's checkpoint to an xvec one, architecture read off the weights."""
-    from xvec.importers import import_checkpoint, model_overrides
+    from xvec.interop import import_checkpoint, model_overrides
 
     overrides = model_overrides(
         params or [], encoder_type=encoder, n_mels=n_mels, log_input=log_input, nOut=nout

@@ -28,7 +28,11 @@ from xvec.audio import SAMPLE_RATE
 from xvec.checkpoint import build_model, load_model, read_checkpoint
 from xvec.errors import XvecError, check_at_least
 from xvec.files import atomic_write_bytes
-from xvec.importers.voxceleb_trainer import VT_MODELS, import_voxceleb_trainer
+from xvec.interop.voxceleb_trainer import (
+    VT_MODELS,
+    import_voxceleb_trainer,
+    write_voxceleb_trainer,
+)
 
 GRAPH_FORMATS = ("onnx", "torchscript")  # the front end included, input: the waveform
 FORMATS = (*GRAPH_FORMATS, "vt")  # vt: voxceleb_trainer's .model state dict
@@ -272,11 +276,7 @@ def export_voxceleb_trainer(
             f"{checkpoint}: {model_record['name']} is not a voxceleb_trainer architecture; "
             f"--format vt takes {', '.join(VT_MODELS)}"
         )
-    state = {f"__S__.{key}": value for key, value in ckpt.model_state.items()}
-    state.update({f"__L__.{key}": value for key, value in ckpt.loss_state.items()})
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write_bytes(output, buffer.getvalue())
+    write_voxceleb_trainer(output, ckpt.model_state, ckpt.loss_state)
     with tempfile.TemporaryDirectory() as tmp:
         reimported = import_voxceleb_trainer(
             output,

@@ -19,7 +19,7 @@ import torch
 from xvec import registry
 from xvec.checkpoint import load_state_strict
 from xvec.errors import XvecError
-from xvec.importers.base import (
+from xvec.interop.base import (
     Converted,
     read_torch_state,
     strip_yaml_comment,

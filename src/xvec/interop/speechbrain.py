@@ -21,7 +21,7 @@ import torch
 from xvec import registry
 from xvec.checkpoint import load_state_strict
 from xvec.errors import XvecError
-from xvec.importers.base import Converted, read_torch_state, strip_yaml_comment, tensor_dict
+from xvec.interop.base import Converted, read_torch_state, strip_yaml_comment, tensor_dict
 
 __all__ = ["convert", "read_hyperparams"]
 

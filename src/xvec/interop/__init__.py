@@ -18,7 +18,7 @@ from xvec.errors import XvecError
 
 __all__ = ["FORMATS", "ImportSummary", "import_checkpoint", "model_overrides", "parse_params"]
 
-# Format name -> (module under xvec.importers, what it reads).
+# Format name -> (module under xvec.interop, what it reads).
 FORMATS: dict[str, tuple[str, str]] = {
     "vt": ("voxceleb_trainer", "voxceleb_trainer .model files"),
     "wespeaker": ("wespeaker", "WeSpeaker avg_model.pt / model.pt state dicts"),
@@ -71,7 +71,7 @@ def model_overrides(items: list[str], **named: Any) -> dict[str, Any]:
 def _format_module(fmt: str) -> Any:
     if fmt not in FORMATS:
         raise XvecError(f"unknown import format '{fmt}'; formats: {', '.join(FORMATS)}")
-    return importlib.import_module(f"xvec.importers.{FORMATS[fmt][0]}")
+    return importlib.import_module(f"xvec.interop.{FORMATS[fmt][0]}")
 
 
 def import_checkpoint(

@@ -12,6 +12,7 @@ every published VT configuration uses xvec's default (then the summary says it w
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ import torch
 from xvec import registry
 from xvec.checkpoint import load_state_strict
 from xvec.errors import XvecError
-from xvec.importers.base import Converted, read_torch_state, tensor_dict, yaml_scalar
+from xvec.files import atomic_write_bytes
+from xvec.interop.base import Converted, read_torch_state, tensor_dict, yaml_scalar
 
 __all__ = [
     "VT_MODELS",
@@ -32,6 +34,7 @@ __all__ = [
     "infer_params",
     "read_voxceleb_trainer",
     "split_voxceleb_trainer",
+    "write_voxceleb_trainer",
 ]
 
 VT_MODELS = ("ResNetSE34L", "ResNetSE34V2", "VGGVox40", "RawNet3")
@@ -78,6 +81,23 @@ def read_voxceleb_trainer(path: str | Path) -> dict[str, torch.Tensor]:
     if isinstance(obj, dict) and "model_state_dict" in obj:
         obj = obj["model_state_dict"]
     return tensor_dict(obj, path, "voxceleb_trainer .model")
+
+
+def write_voxceleb_trainer(
+    output: str | Path,
+    model_state: dict[str, torch.Tensor],
+    loss_state: dict[str, torch.Tensor],
+) -> Path:
+    """Write VT's ``SpeakerNet`` state dict (``__S__.`` model, ``__L__.`` loss) atomically.
+
+    The inverse of :func:`split_voxceleb_trainer`; VT's ``--initial_model`` reads the file.
+    """
+    state = {f"__S__.{key}": value for key, value in model_state.items()}
+    state.update({f"__L__.{key}": value for key, value in loss_state.items()})
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(output, buffer.getvalue())
+    return Path(output)
 
 
 def split_voxceleb_trainer(
