@@ -281,3 +281,26 @@ def after_steps(count: int):
         return len(taken) >= count
 
     return stop_when
+
+
+class Recorder:
+    """A training observer that keeps every event as ``(name, first argument)``."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, object]] = []
+        self.calls: list[tuple[str, tuple[object, ...]]] = []
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        def record(*args: object) -> None:
+            self.events.append((name, args[0] if args else None))
+            self.calls.append((name, args))
+
+        return record
+
+    def names(self) -> list[str]:
+        """Event names with runs of the same one collapsed (``step_done`` x N -> once)."""
+        names = [name for name, _ in self.events]
+        return [name for i, name in enumerate(names) if i == 0 or names[i - 1] != name]

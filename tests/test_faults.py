@@ -21,7 +21,7 @@ from xvec.errors import XvecError
 from xvec.runlog import read_log
 from xvec.training import train
 
-from conftest import after_steps, make_distribution
+from conftest import Recorder, after_steps, make_distribution
 
 LOCK_FILE = "train.lock"
 
@@ -83,8 +83,11 @@ def test_stale_lock_is_taken_over_and_lock_released_on_error(
         train(load_recipe(path), stop_when=after_steps(1))
     assert (run / LOCK_FILE).exists()  # someone else's lock is left alone
     (run / LOCK_FILE).write_text(json.dumps({"pid": _dead_pid(), "host": host}))
-    train(load_recipe(path), stop_when=after_steps(1))
-    assert "stale lock" in capsys.readouterr().err
+    seen = Recorder()
+    train(load_recipe(path), observer=seen, stop_when=after_steps(1))
+    assert [event for event in seen.events if event[0] == "stale_lock"] == [
+        ("stale_lock", run / LOCK_FILE)
+    ]
     assert not (run / LOCK_FILE).exists()
     with pytest.raises(XvecError, match="holds a previous run"):
         train(load_recipe(path))
@@ -110,22 +113,25 @@ def test_refused_resume_writes_nothing_and_the_right_resume_works(
 # --------------------------------------------------------------------------- 5: final outputs
 
 
-def test_resume_of_finished_run_completes_missing_outputs(
-    tmp_path, tone_corpus, tiny_model_dist, capsys
-):
+def test_resume_of_finished_run_completes_missing_outputs(tmp_path, tone_corpus, tiny_model_dist):
     path = recipe_file(tmp_path, tone_corpus)
     train(load_recipe(path))
     run = tmp_path / "run"
     result = json.loads((run / "result.json").read_text())
     for name in ("hist.png", "curves.png", "result.json", "scores.txt"):  # as if killed there
         (run / name).unlink()
-    summary = train(load_recipe(path), resume=True)
+    seen = Recorder()
+    outcome = train(load_recipe(path), resume=True, observer=seen)
     for name in ("hist.png", "curves.png", "result.json", "scores.txt"):
         assert (run / name).is_file(), name
     assert json.loads((run / "result.json").read_text())["eer"] == result["eer"]
-    assert "hist.png" in summary and "resuming" not in capsys.readouterr().err
-    train(load_recipe(path), resume=True)
-    assert "the run is complete" in capsys.readouterr().err
+    assert outcome is not None and outcome.evaluated
+    assert "resumed" not in seen.names()
+    completing = [args for name, args in seen.calls if name == "completing"]
+    assert completing == [(run, ("curves.png", "scores.txt", "result.json", "hist.png"))]
+    again = Recorder()
+    train(load_recipe(path), resume=True, observer=again)
+    assert again.calls == [("completing", (run, ()))]
 
 
 # --------------------------------------------------------------------------- 6, 18: signals
@@ -248,11 +254,11 @@ def test_cuda_device_without_gpu_is_one_line_before_the_run_folder(
 
 def test_run_without_test_list_and_few_steps_finishes(tmp_path, tone_corpus, tiny_model_dist):
     path = recipe_file(tmp_path, tone_corpus)
-    summary = train(load_recipe(path, ["data.test_list=", "train.log_every=100"]))
+    outcome = train(load_recipe(path, ["data.test_list=", "train.log_every=100"]))
     run = tmp_path / "run"
     epochs = [r for r in read_log(run) if r["kind"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [1, 2] and epochs[-1]["step"] == 8
-    assert (run / "curves.png").is_file() and "curves.png" in summary
+    assert (run / "curves.png").is_file() and outcome is not None and not outcome.evaluated
 
 
 def test_one_speaker_classification_is_refused_before_training(
@@ -321,13 +327,13 @@ def test_nan_at_first_step_says_no_state_was_saved(
 
 def test_max_steps_stops_cleanly_with_final_outputs(tmp_path, tone_corpus, tiny_model_dist):
     path = recipe_file(tmp_path, tone_corpus)
-    summary = train(load_recipe(path, ["train.max_steps=3", "train.max_epoch=5"]))
+    outcome = train(load_recipe(path, ["train.max_steps=3", "train.max_epoch=5"]))
     run = tmp_path / "run"
     steps = [r["step"] for r in read_log(run) if r["kind"] == "train"]
     assert steps == [1, 2, 3]
     for name in ("last.safetensors", "hist.png", "curves.png", "result.json"):
         assert (run / name).is_file(), name
-    assert "hist.png" in summary
+    assert outcome is not None and outcome.evaluated
     meta = json.loads(load_file_meta(run / "state.safetensors"))
     assert meta["position"]["step"] == 3
     with pytest.raises(XvecError, match=r"field 'train.max_steps'"):

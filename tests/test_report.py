@@ -213,12 +213,13 @@ def test_training_prints_a_summary_first_and_whole_numbers_at_80_columns(
     from test_train import recipe_file
 
     from xvec.config import load_recipe
+    from xvec.report import ConsoleTrainingObserver
     from xvec.training import train
 
     buffer = io.StringIO()
     console = Console(file=buffer, width=80, color_system=None)
     recipe = load_recipe(recipe_file(tmp_path, tone_corpus), ["train.max_epoch=1"])
-    train(recipe, console=console)
+    train(recipe, observer=ConsoleTrainingObserver(console))
     lines = buffer.getvalue().splitlines()
     run = tmp_path / "run"
     assert lines[0].startswith("training TinyModel (") and lines[0].endswith("with softmax")

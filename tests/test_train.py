@@ -18,7 +18,7 @@ from xvec.errors import XvecError
 from xvec.runlog import read_log
 from xvec.training import train
 
-from conftest import after_steps, make_distribution
+from conftest import Recorder, after_steps, make_distribution
 
 RECIPE = """
 [data]
@@ -60,8 +60,11 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "last.safetensors"))
 
 
-def test_train_end_to_end_writes_everything(tmp_path, tone_corpus, tiny_model_dist):
-    summary = train(load_recipe(recipe_file(tmp_path, tone_corpus)))
+def test_train_end_to_end_writes_everything_and_prints_nothing(
+    tmp_path, tone_corpus, tiny_model_dist, capsys
+):
+    seen = Recorder()
+    outcome = train(load_recipe(recipe_file(tmp_path, tone_corpus)), observer=seen)
     run = tmp_path / "run"
     for name in (
         "last.safetensors",
@@ -80,7 +83,13 @@ def test_train_end_to_end_writes_everything(tmp_path, tone_corpus, tiny_model_di
     evals = [r for r in records if r["kind"] == "eval"]
     assert len(evals) == 2 and 0 <= evals[-1]["eer"] <= 100
     assert train_steps[-1]["step"] == len(train_steps)  # 4 speakers x 4 utts / 4 per batch x 2
-    assert "hist.png" in summary
+    assert outcome is not None and outcome.run_dir == run and outcome.evaluated
+    epoch = ["epoch_started", "step_done", "epoch_ended"]
+    evaluation = ["evaluation_started", "evaluation_progress", "evaluated"]
+    assert seen.names() == ["started", *epoch, *evaluation, *epoch, *evaluation, "final_evaluation"]
+    evaluated = [args for name, args in seen.events if name == "evaluated"]
+    assert evaluated == [1, 2]  # the epochs
+    assert capsys.readouterr() == ("", "")  # the library prints nothing; the observer is told
     from xvec.checkpoint import read_checkpoint
 
     meta = read_checkpoint(run / "best.safetensors").meta

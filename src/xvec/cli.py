@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import shlex
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -384,11 +385,18 @@ def train_command(
         from xvec.training import launch_distributed
 
         raise typer.Exit(launch_distributed(recipe, set_ or [], resume, nproc))
-    from xvec.training import train
+    from xvec.training import Interrupted, train
 
-    summary = train(loaded, recipe_path=recipe, resume=resume, console=err, overrides=set_ or [])
-    if summary is not None:
-        out.print(summary, markup=False, soft_wrap=True)  # paths whole, not folded
+    try:
+        outcome = train(loaded, resume=resume, observer=report.ConsoleTrainingObserver(err))
+    except Interrupted as exc:
+        command = ["xvec", "train", str(recipe)]
+        for item in set_ or []:
+            command += ["--set", item]
+        exc.args = (f"{exc}. Resume with: {shlex.join([*command, '--resume'])}",)
+        raise
+    if outcome is not None:  # paths whole, not folded
+        out.print(report.training_outcome_text(outcome), markup=False, soft_wrap=True)
 
 
 # --------------------------------------------------------------------------- import, data

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
+from xvec.training.events import EpochStats, TrainingObserver, TrainingOutcome, TrainingStart
+
 if TYPE_CHECKING:
     from rich.console import Group
 
+    from xvec.checkpoint import Position
+    from xvec.evaluate import EvalResult
     from xvec.prepare import FolderLists, SpeechoceanLists, VoxcelebLists
     from xvec.workflows.embed import EmbedRun
     from xvec.workflows.eval import EvalRun
@@ -220,27 +223,18 @@ LOG_PROGRESS_SECONDS = 30.0  # in a log file (no terminal), one progress line th
 
 
 class EpochProgress:
-    """One epoch's progress: loss, accuracy, utterances/s and the time left, shown only once
-    a step has run; the time left is the mean step time so far (after the first step, which
-    pays for warm-up) times the steps to go. On a terminal a live bar; in a log file one
-    plain line every :data:`LOG_PROGRESS_SECONDS` and at the end of the epoch."""
+    """One epoch's progress, shown once a step has run: loss, accuracy, utterances/s and the
+    time left (from :class:`~xvec.training.events.EpochStats`). On a terminal a live bar; in
+    a log file one plain line every :data:`LOG_PROGRESS_SECONDS` and at the end of the epoch."""
 
-    def __init__(
-        self, console: Any, epoch: int, max_epoch: int, total: int, done: int, enabled: bool
-    ) -> None:
+    def __init__(self, console: Console, stats: EpochStats) -> None:
         from rich.progress import BarColumn, Progress, TextColumn
 
-        self.enabled = enabled
         self.console = console
-        self.label = f"epoch {epoch}/{max_epoch}"
-        self.total, self.done = total, done
-        self.rate = 0.0
-        self._utterances = 0
-        self._start = self._last_line = time.perf_counter()
-        self._first_step_end: float | None = None
-        self._loss = self._acc = 0.0
-        self._steps = 0
-        self.live = enabled and getattr(console, "is_terminal", False)
+        self.stats = stats
+        self.label = f"epoch {stats.epoch}/{stats.max_epoch}"
+        self._last_line = time.perf_counter()
+        self.live = getattr(console, "is_terminal", False)
         self.progress = Progress(
             TextColumn(self.label),
             BarColumn(),
@@ -249,61 +243,40 @@ class EpochProgress:
             console=console,
             disable=not self.live,
         )
-        self.task = self.progress.add_task("train", total=total, completed=done, stats="")
-
-    def __enter__(self) -> EpochProgress:
+        self.task = self.progress.add_task(
+            "train", total=stats.total, completed=stats.done, stats=""
+        )
         self.progress.__enter__()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.progress.__exit__(*exc)
-        if self.enabled and not self.live and self._steps and exc[0] is None:
+    def close(self) -> None:
+        """End the bar; in a log, the epoch's last line."""
+        self.progress.__exit__(None, None, None)
+        if not self.live and self.stats.steps:
             self._print_line()
 
-    @property
-    def mean_loss(self) -> float:
-        """This call's mean loss over the epoch's steps."""
-        return self._loss
-
-    @property
-    def mean_accuracy(self) -> float:
-        """This call's mean accuracy over the epoch's steps."""
-        return self._acc
-
-    def seconds_left(self) -> float | None:
-        """The epoch's remaining time from the mean step time after the first step."""
-        if self._first_step_end is None or self._steps < 2:
-            return None
-        per_step = (time.perf_counter() - self._first_step_end) / (self._steps - 1)
-        return per_step * (self.total - self.done)
-
-    def stats(self) -> str:
-        left = self.seconds_left()
+    def text(self) -> str:
+        """``loss .. acc ..% .. utt/s [h:mm:ss left]``; empty before the first step."""
+        stats = self.stats
+        if not stats.steps:
+            return ""
+        left = stats.seconds_left()
         eta = "" if left is None else f" {_clock(left)} left"
         return (
-            f"loss {self._loss:.4f} acc {self._acc:.2f}% {self.rate:.1f} utt/s{eta}"
-            if self._steps
-            else ""
+            f"loss {stats.mean_loss:.4f} acc {stats.mean_accuracy:.2f}% {stats.rate:.1f} utt/s{eta}"
         )
 
-    def advance(self, loss: float, accuracy: float, utterances: int) -> None:
+    def advance(self) -> None:
+        """A step was added to the stats."""
+        self.progress.update(self.task, advance=1, stats=self.text())
         now = time.perf_counter()
-        self._steps += 1
-        self.done += 1
-        if self._steps == 1:
-            self._first_step_end = now
-        self._loss += (loss - self._loss) / self._steps
-        self._acc += (accuracy - self._acc) / self._steps
-        self._utterances += utterances
-        self.rate = self._utterances / max(now - self._start, 1e-9)
-        self.progress.update(self.task, advance=1, stats=self.stats())
-        if self.enabled and not self.live and now - self._last_line >= LOG_PROGRESS_SECONDS:
+        if not self.live and now - self._last_line >= LOG_PROGRESS_SECONDS:
             self._print_line()
 
     def _print_line(self) -> None:
         self._last_line = time.perf_counter()
         self.console.print(
-            f"{self.label} step {self.done}/{self.total} {self.stats()}", highlight=False
+            f"{self.label} step {self.stats.done}/{self.stats.total} {self.text()}",
+            highlight=False,
         )
 
 
@@ -311,25 +284,6 @@ def _clock(seconds: float) -> str:
     minutes, seconds = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{seconds:02d}"
-
-
-@dataclass(frozen=True)
-class TrainingStart:
-    """What a training call is about to do, as plain data filled in by the trainer; rendered
-    by :func:`training_start_text` before the first step."""
-
-    model: str
-    parameters: int
-    loss: str
-    classes: int
-    utterances: int
-    trials: int | None  # test trials; None without a trial list
-    device: str
-    threads: int | None  # CPU threads computing (the most, when they follow the free cores)
-    threads_follow_free_cores: bool
-    loader_workers: int
-    run_dir: Path
-    resumed: bool
 
 
 def training_start_text(start: TrainingStart) -> str:
@@ -355,6 +309,93 @@ def training_start_text(start: TrainingStart) -> str:
             f"  run folder: {start.run_dir}",
         ]
     )
+
+
+def training_outcome_text(outcome: TrainingOutcome) -> str:
+    """Where a finished run's outputs are, one line each."""
+    run_dir = outcome.run_dir
+    lines = [
+        f"run folder: {run_dir}",
+        f"model: {run_dir / 'last.safetensors'} (best: {run_dir / 'best.safetensors'})",
+    ]
+    if outcome.evaluated:
+        lines += [f"scores: {run_dir / 'scores.txt'}", f"histogram: {run_dir / 'hist.png'}"]
+    if (run_dir / "curves.png").is_file():
+        lines.append(f"training curves: {run_dir / 'curves.png'}")
+    return "\n".join(lines)
+
+
+class ConsoleTrainingObserver(TrainingObserver):
+    """Renders a training run's events on ``console``: the start summary, a bar per epoch
+    (plain lines in a log), evaluations and the final table."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._epoch: EpochProgress | None = None
+        self._files: FileProgress | None = None
+
+    def _say(self, text: str) -> None:
+        self.console.print(text, highlight=False, markup=False, soft_wrap=True)
+
+    def started(self, start: TrainingStart) -> None:
+        self._say(training_start_text(start))
+
+    def resumed(self, run_dir: Path, position: Position) -> None:
+        pending = position.pending_eval
+        first = f"; evaluating epoch {pending} first" if pending is not None else ""
+        self._say(
+            f"resuming {run_dir} at epoch {position.epoch}, batch {position.batch} "
+            f"(step {position.step}){first}"
+        )
+
+    def stale_lock(self, lock: Path, pid: int) -> None:
+        print_warning(self.console, f"{lock}: taking over a stale lock (pid {pid} is not running)")
+
+    def stop_requested(self) -> None:
+        self._say(
+            "stop requested: the run is saved at the next step (an evaluation in progress "
+            "stops and is redone on --resume); Ctrl-C again stops at once"
+        )
+
+    def epoch_started(self, stats: EpochStats) -> None:
+        self._epoch = EpochProgress(self.console, stats)
+
+    def step_done(self, stats: EpochStats) -> None:
+        if self._epoch is not None:
+            self._epoch.advance()
+
+    def epoch_ended(self, stats: EpochStats) -> None:
+        if self._epoch is not None:
+            self._epoch.close()
+            self._epoch = None
+
+    def evaluation_started(self, epoch: int) -> None:
+        self._files = FileProgress("  evaluating", self.console).__enter__()
+
+    def evaluation_progress(self, advance: int, total: int) -> None:
+        if self._files is not None:
+            self._files(advance, total)
+
+    def evaluated(self, epoch: int, result: EvalResult | None, p_target: float) -> None:
+        if self._files is not None:
+            self._files.__exit__(None, None, None)
+            self._files = None
+        if result is not None:
+            metrics = result.metrics
+            self.console.print(
+                f"  eval: EER {metrics.eer:.3f} %  minDCF({p_target}) "
+                f"{metrics.min_dcf[p_target]:.4f}  ({result.seconds:.1f} s)"
+            )
+
+    def final_evaluation(self, result: EvalResult, trials: int) -> None:
+        title = f"final evaluation ({trials} trials)"
+        self.console.print(metrics_table([result.summary()], title, width=self.console.width))
+
+    def completing(self, run_dir: Path, missing: tuple[str, ...]) -> None:
+        if missing:
+            self._say(f"{run_dir}: training is done; writing the missing {', '.join(missing)}")
+        else:
+            self._say(f"{run_dir}: the run is complete; nothing to do")
 
 
 def _parameter_count(count: int) -> str:

@@ -14,11 +14,10 @@ uninterrupted run's weights bit for bit on CPU.
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,9 +39,12 @@ from xvec.data import (
 )
 from xvec.devices import parse_device
 from xvec.errors import XvecError
-from xvec.report import EpochProgress, TrainingStart, training_start_text
+from xvec.evaluate import EvalResult, evaluate_model, write_eval_outputs
+from xvec.plots import plot_histogram, plot_training
+from xvec.protocol import Protocol
 from xvec.runlog import LOG_FILE, RunLog, read_log
 from xvec.training.distributed import world_position
+from xvec.training.events import EpochStats, TrainingObserver, TrainingOutcome, TrainingStart
 from xvec.training.optim import autocast_settings, make_optimizer, make_scheduler
 from xvec.training.run_dir import (
     EVAL_OUTPUTS,
@@ -52,9 +54,6 @@ from xvec.training.run_dir import (
     prepare_run_dir,
 )
 from xvec.training.signals import Interrupted, StopFlag
-
-if TYPE_CHECKING:
-    from xvec.evaluate import EvalResult
 
 
 class SpeakerNet(nn.Module):
@@ -78,28 +77,25 @@ class SpeakerNet(nn.Module):
 
 def train(
     recipe: Recipe,
-    recipe_path: str | Path | None = None,
     resume: bool = False,
-    console: Any = None,
-    overrides: list[str] | None = None,
+    observer: TrainingObserver | None = None,
     stop_when: Callable[[Position], bool] | None = None,
-) -> str | None:
-    """Train as the recipe says; returns a printable summary (rank 0) or None when stopped.
+) -> TrainingOutcome | None:
+    """Train as the recipe says; returns where the outputs are (rank 0), or None when stopped.
 
-    ``overrides`` are the ``--set`` items, repeated in the printed resume command.
-    ``stop_when`` is asked after every optimiser step; True stops the run as Ctrl-C would, but
-    quietly: the state is saved and the run resumes from there (for notebooks and schedulers
-    that give a job a budget). The run folder is locked (rank 0) for the whole call, released
-    also on errors.
+    ``observer`` is told every event (rank 0; default: none is reported). ``stop_when`` is
+    asked after every optimiser step; True stops the run as Ctrl-C would, but quietly: the
+    state is saved and the run resumes from there (for notebooks and schedulers that give a
+    job a budget); Ctrl-C raises :class:`~xvec.training.signals.Interrupted`. The run folder
+    is locked (rank 0) for the whole call, released also on errors.
     """
     lock = RunLock()
+    observer = observer or TrainingObserver()
     try:
-        run = _setup(recipe, resume, console, lock)
+        run = _setup(recipe, resume, observer, lock)
         if run.is_main and run.start is not None and not run.finished():
-            run.console.print(
-                training_start_text(run.start), highlight=False, markup=False, soft_wrap=True
-            )
-        with StopFlag() as stop:
+            observer.started(run.start)
+        with StopFlag(observer.stop_requested) as stop:
             try:
                 if run.position.pending_eval is not None:  # a stop or kill cut it short
                     _close_epoch(run, run.position.pending_eval, stop)
@@ -107,18 +103,17 @@ def train(
                     stopped = _train_epoch(run, stop, stop_when)
                     if stopped:
                         if stop.requested:
-                            raise _interrupted(run, recipe_path, overrides or [])
+                            raise _interrupted(run)
                         return None
                     if _end_of_epoch(run, stop):
                         break
             except _EvalStopped:
-                raise _interrupted(run, recipe_path, overrides or []) from None
-        text = run.result_text
-        if run.is_main and text is None:  # resumed a finished run: complete what is missing
-            text = _complete(run)
+                raise _interrupted(run) from None
+        if run.is_main and not run.completed:  # resumed a finished run: complete what is missing
+            _complete(run)
         if run.world > 1:
             torch.distributed.destroy_process_group()
-        return text
+        return TrainingOutcome(run.run_dir, run.trials is not None) if run.is_main else None
     finally:
         lock.release()
 
@@ -147,8 +142,8 @@ class _Run:
     trials: Trials | None
     position: Position
     log: RunLog
-    console: Any
-    result_text: str | None = None
+    observer: TrainingObserver
+    completed: bool = False  # the final outputs were written by this call
     thread_tuner: ThreadTuner | None = None
     start: TrainingStart | None = None
 
@@ -171,12 +166,9 @@ class _Run:
         )
 
 
-def _setup(recipe: Recipe, resume: bool, console: Any, lock: RunLock) -> _Run:
+def _setup(recipe: Recipe, resume: bool, observer: TrainingObserver, lock: RunLock) -> _Run:
     """Check the recipe and its data, build model, loss, loader and optimiser, lock the run
     folder and restore the state when resuming. Nothing long starts before the checks pass."""
-    from xvec.report import make_console
-
-    console = console or make_console(stderr=True)
     recipe = recipe.resolved()
     rank, world, local_rank = world_position()
     is_main = rank == 0
@@ -193,7 +185,7 @@ def _setup(recipe: Recipe, resume: bool, console: Any, lock: RunLock) -> _Run:
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     run_dir = Path(recipe.train.output_dir)
     if is_main:
-        prepare_run_dir(run_dir, recipe, resume, lock, console)
+        prepare_run_dir(run_dir, recipe, resume, lock, observer)
     ddp_net: nn.Module = net
     if world > 1:
         ddp_net = nn.parallel.DistributedDataParallel(
@@ -220,7 +212,7 @@ def _setup(recipe: Recipe, resume: bool, console: Any, lock: RunLock) -> _Run:
         trials=trials,
         position=Position(),
         log=RunLog(run_dir / LOG_FILE if is_main else None),
-        console=console,
+        observer=observer if is_main else TrainingObserver(),
         thread_tuner=_thread_tuner(recipe, device, world),
     )
     run.start = TrainingStart(
@@ -241,18 +233,8 @@ def _setup(recipe: Recipe, resume: bool, console: Any, lock: RunLock) -> _Run:
         if not run.state_path.is_file():
             raise XvecError(f"{run_dir}: nothing to resume (no {STATE_FILE}); run without --resume")
         run.position = load_state(run.state_path, net, optimizer, scheduler, scaler)
-        if is_main and not run.finished():
-            position = run.position
-            console.print(
-                f"resuming {run_dir} at epoch {position.epoch}, batch {position.batch} "
-                f"(step {position.step})"
-                + (
-                    f"; evaluating epoch {position.pending_eval} first"
-                    if position.pending_eval is not None
-                    else ""
-                ),
-                soft_wrap=True,
-            )
+        if not run.finished():
+            run.observer.resumed(run_dir, run.position)
     return run
 
 
@@ -443,21 +425,17 @@ def _train_epoch(run: _Run, stop: StopFlag, stop_when: Callable[[Position], bool
     epoch = position.epoch
     run.batches.set_epoch(epoch, position.batch)
     run.net.train()
-    with EpochProgress(
-        run.console,
-        epoch,
-        cfg_train.max_epoch,
-        len(run.batches),
-        position.batch,
-        enabled=run.is_main,
-    ) as progress:
+    stats = EpochStats(epoch, cfg_train.max_epoch, len(run.batches), position.batch)
+    run.observer.epoch_started(stats)
+    try:
         if run.thread_tuner is not None:
             run.thread_tuner.restart_clock()
         for waves, labels in _unwrapped(run.loader):
             loss, accuracy = _step(run, waves, labels)
             if run.thread_tuner is not None:
                 run.thread_tuner.step_done()
-            progress.advance(loss, accuracy, waves.shape[0] * waves.shape[1] * run.world)
+            stats.add(loss, accuracy, waves.shape[0] * waves.shape[1] * run.world)
+            run.observer.step_done(stats)
             if position.step % cfg_train.log_every == 0:
                 run.log.write(
                     kind="train",
@@ -466,7 +444,7 @@ def _train_epoch(run: _Run, stop: StopFlag, stop_when: Callable[[Position], bool
                     loss=round(loss, 6),
                     accuracy=round(accuracy, 4) if type(run.loss).reports_accuracy else None,
                     lr=run.optimizer.param_groups[0]["lr"],
-                    utt_per_s=round(progress.rate, 2),
+                    utt_per_s=round(stats.rate, 2),
                     threads=torch.get_num_threads(),
                 )
             stopping = stop.requested or (stop_when is not None and stop_when(position))
@@ -478,12 +456,14 @@ def _train_epoch(run: _Run, stop: StopFlag, stop_when: Callable[[Position], bool
                 run.save_state()
             if stopping:
                 return True
+    finally:
+        run.observer.epoch_ended(stats)
     run.log.write(
         kind="epoch",
         epoch=epoch,
         step=position.step,
-        loss=round(progress.mean_loss, 6),
-        accuracy=(round(progress.mean_accuracy, 4) if type(run.loss).reports_accuracy else None),
+        loss=round(stats.mean_loss, 6),
+        accuracy=(round(stats.mean_accuracy, 4) if type(run.loss).reports_accuracy else None),
     )
     return False
 
@@ -522,7 +502,7 @@ def _close_epoch(run: _Run, epoch: int, stop: StopFlag) -> bool:
         meta = {"recipe": recipe.to_dict(), "epoch": epoch, "step": position.step}
         result = None
         if evaluate:
-            result = _periodic_eval(run, stop)
+            result = _periodic_eval(run, epoch, stop)
             run.log.write(
                 kind="eval",
                 epoch=epoch,
@@ -541,21 +521,15 @@ def _close_epoch(run: _Run, epoch: int, stop: StopFlag) -> bool:
             save_checkpoint(run.run_dir / "best.safetensors", run.model, recipe.model.name, **save)
         run.save_state()
         if last_epoch:
-            run.result_text = _finish(run, result)
+            _finish(run, result)
     if run.world > 1:
         torch.distributed.barrier()
     return last_epoch
 
 
-def _interrupted(run: _Run, recipe_path: str | Path | None, overrides: list[str]) -> Interrupted:
-    """The error for Ctrl-C/SIGTERM, with the command that resumes the run."""
-    command = ["xvec", "train", str(recipe_path or "RECIPE")]
-    for item in overrides:
-        command += ["--set", item]
-    return Interrupted(
-        f"interrupted at epoch {run.position.epoch}, step {run.position.step}; state saved in "
-        f"{run.state_path}. Resume with: {shlex.join([*command, '--resume'])}"
-    )
+def _interrupted(run: _Run) -> Interrupted:
+    """The error for Ctrl-C/SIGTERM: where the run stopped and where its state is."""
+    return Interrupted(run.position.epoch, run.position.step, run.state_path)
 
 
 def _check_per_speaker(labels: Any, cfg_train: Any, source: str) -> None:
@@ -592,85 +566,59 @@ def _unwrapped(loader: Any) -> Any:
         yield item
 
 
-def _complete(run: _Run) -> str:
-    """A finished run resumed: write the final outputs a kill left out, or say it is complete."""
-    run_dir, trials, console = run.run_dir, run.trials, run.console
+def _complete(run: _Run) -> None:
+    """A finished run resumed: write the final outputs a kill left out, if any."""
+    run_dir, trials = run.run_dir, run.trials
     wanted = FINAL_OUTPUTS + (EVAL_OUTPUTS if trials is not None else ())
-    missing = [name for name in wanted if not (run_dir / name).is_file()]
-    if not missing:
-        console.print(f"{run_dir}: the run is complete; nothing to do", soft_wrap=True)
-        return _summary_lines(run_dir, trials is not None)
-    console.print(
-        f"{run_dir}: training is done; writing the missing {', '.join(missing)}", soft_wrap=True
-    )
-    return _finish(run, _periodic_eval(run) if trials else None)
-
-
-def _summary_lines(run_dir: Path, evaluated: bool) -> str:
-    lines = [
-        f"run folder: {run_dir}",
-        f"model: {run_dir / 'last.safetensors'} (best: {run_dir / 'best.safetensors'})",
-    ]
-    if evaluated:
-        lines += [f"scores: {run_dir / 'scores.txt'}", f"histogram: {run_dir / 'hist.png'}"]
-    if (run_dir / "curves.png").is_file():
-        lines.append(f"training curves: {run_dir / 'curves.png'}")
-    return "\n".join(lines)
+    missing = tuple(name for name in wanted if not (run_dir / name).is_file())
+    run.observer.completing(run_dir, missing)
+    if missing:
+        _finish(run, _periodic_eval(run, run.position.epoch - 1) if trials else None)
 
 
 class _EvalStopped(Exception):
     """A stop was requested during a periodic evaluation (which is then redone on resume)."""
 
 
-def _periodic_eval(run: _Run, stop: StopFlag | None = None) -> EvalResult:
+def _periodic_eval(run: _Run, epoch: int, stop: StopFlag | None = None) -> EvalResult:
     """Evaluate the model on the recipe's trial list with the recipe's protocol.
 
-    A progress bar shows the files embedded; a requested ``stop`` ends the evaluation after
-    the batch in hand (:class:`_EvalStopped`).
+    The observer sees the files embedded; a requested ``stop`` ends the evaluation after the
+    batch in hand (:class:`_EvalStopped`).
     """
-    from xvec.evaluate import evaluate_model
-    from xvec.protocol import Protocol
-    from xvec.report import FileProgress
-
-    recipe, model = run.recipe, run.model
+    recipe, model, observer = run.recipe, run.model, run.observer
     protocol = Protocol.from_recipe(recipe)
     p_targets = tuple(dict.fromkeys((recipe.eval.dcf_p_target, 0.05, 0.01)))
     was_training = model.training
-    with FileProgress("  evaluating", run.console) as bar:
 
-        def progress(advance: int, total: int) -> None:
-            bar(advance, total)
-            if stop is not None and stop.requested:
-                raise _EvalStopped
+    def progress(advance: int, total: int) -> None:
+        observer.evaluation_progress(advance, total)
+        if stop is not None and stop.requested:
+            raise _EvalStopped
 
-        try:
-            result = evaluate_model(
-                model,
-                run.trials,  # type: ignore[arg-type]  # evaluated only with a trial list
-                recipe.data.test_path,
-                protocol,
-                batch_size=recipe.eval.batch_size,
-                device=run.device,
-                p_targets=p_targets,
-                c_miss=recipe.eval.dcf_c_miss,
-                c_fa=recipe.eval.dcf_c_fa,
-                progress=progress,
-            )
-        finally:
-            model.train(was_training)
-    run.console.print(
-        f"  eval: EER {result.metrics.eer:.3f} %  minDCF({recipe.eval.dcf_p_target}) "
-        f"{result.metrics.min_dcf[recipe.eval.dcf_p_target]:.4f}  ({result.seconds:.1f} s)"
-    )
+    observer.evaluation_started(epoch)
+    result = None
+    try:
+        result = evaluate_model(
+            model,
+            run.trials,  # type: ignore[arg-type]  # evaluated only with a trial list
+            recipe.data.test_path,
+            protocol,
+            batch_size=recipe.eval.batch_size,
+            device=run.device,
+            p_targets=p_targets,
+            c_miss=recipe.eval.dcf_c_miss,
+            c_fa=recipe.eval.dcf_c_fa,
+            progress=progress,
+        )
+    finally:
+        model.train(was_training)
+        observer.evaluated(epoch, result, recipe.eval.dcf_p_target)
     return result
 
 
-def _finish(run: _Run, result: EvalResult | None) -> str:
-    """Write the final scores, result JSON, histogram and curves; say where they are."""
-    from xvec.evaluate import write_eval_outputs
-    from xvec.plots import plot_histogram, plot_training
-    from xvec.report import metrics_table
-
+def _finish(run: _Run, result: EvalResult | None) -> None:
+    """Write the final scores, result JSON, histogram and curves."""
     run_dir, trials = run.run_dir, run.trials
     if result is not None and trials is not None:
         write_eval_outputs(run_dir, result.summary(), result.scores, trials)
@@ -681,16 +629,10 @@ def _finish(run: _Run, result: EvalResult | None) -> str:
             threshold=result.metrics.eer_threshold,
             title=f"{run_dir.name}: EER {result.metrics.eer:.2f} %",
         )
-        run.console.print(
-            metrics_table(
-                [result.summary()],
-                f"final evaluation ({len(trials)} trials)",
-                width=run.console.width,
-            )
-        )
+        run.observer.final_evaluation(result, len(trials))
     records = read_log(run_dir) if (run_dir / LOG_FILE).is_file() else []
     if not any(r.get("kind") == "train" for r in records):  # fewer steps than log_every
         records = [{**r, "kind": "train"} if r.get("kind") == "epoch" else r for r in records]
     if records:
         plot_training(records, run_dir / "curves.png")
-    return _summary_lines(run_dir, result is not None)
+    run.completed = True

@@ -7,11 +7,11 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import Any
 
 from xvec.config import Recipe
 from xvec.errors import XvecError
 from xvec.files import write_json_atomic
+from xvec.training.events import TrainingObserver
 
 STATE_FILE = "state.safetensors"
 LOCK_FILE = "train.lock"
@@ -26,8 +26,8 @@ class RunLock:
     def __init__(self) -> None:
         self.path: Path | None = None
 
-    def acquire(self, run_dir: Path, console: Any) -> None:
-        """Take the lock or fail at once naming its holder."""
+    def acquire(self, run_dir: Path, observer: TrainingObserver) -> None:
+        """Take the lock or fail at once naming its holder (a stale one is taken over)."""
         path = run_dir / LOCK_FILE
         for _ in range(3):
             try:
@@ -40,10 +40,7 @@ class RunLock:
                         f"{path}: another 'xvec train' ({who}) is using this run folder; wait "
                         "for it to end or set train.output_dir (remove the lock if it is gone)"
                     ) from None
-                console.print(
-                    f"warning: {path}: taking over a stale lock (pid {holder[0]} is not running)",
-                    soft_wrap=True,
-                )
+                observer.stale_lock(path, holder[0])
                 path.unlink(missing_ok=True)
                 continue
             except OSError as exc:
@@ -86,7 +83,7 @@ EVAL_OUTPUTS = ("scores.txt", "result.json", "hist.png")
 
 
 def prepare_run_dir(
-    run_dir: Path, recipe: Recipe, resume: bool, lock: RunLock, console: Any
+    run_dir: Path, recipe: Recipe, resume: bool, lock: RunLock, observer: TrainingObserver
 ) -> None:
     """Create and lock the run folder, check it, then record the resolved recipe.
 
@@ -98,7 +95,7 @@ def prepare_run_dir(
         raise XvecError(f"{run_dir}: cannot create the run folder ({exc.strerror})") from exc
     if not os.access(run_dir, os.W_OK):
         raise XvecError(f"{run_dir}: run folder is not writable; set train.output_dir")
-    lock.acquire(run_dir, console)
+    lock.acquire(run_dir, observer)
     state_path = run_dir / STATE_FILE
     if resume and not state_path.is_file():
         raise XvecError(f"{run_dir}: nothing to resume (no {STATE_FILE}); run without --resume")
