@@ -241,24 +241,22 @@ def test_loss_layouts_are_told_apart() -> None:
 
 def test_unknown_format_and_foreign_options(tmp_path: Path) -> None:
     message = error_of(import_checkpoint, "kaldi", tmp_path / "a.mdl", tmp_path / "x.safetensors")
-    assert message == "unknown import format 'kaldi'; formats: vt, wespeaker, speechbrain"
+    assert message == f"unknown import format 'kaldi'; formats: {', '.join(FORMATS)}"
     message = error_of(
         import_checkpoint, "wespeaker", tmp_path / "a.pt", tmp_path / "x.safetensors", trainfunc="x"
     )
-    assert "--trainfunc is not an option of the 'wespeaker' import format" in message
+    assert "trainfunc is not an option of the 'wespeaker' import format" in message
     help_text = runner.invoke(app, ["import", "--help"], terminal_width=200).output
     for name in FORMATS:
         assert name in help_text
-    for flag in (
-        "--config",
-        "--model",
-        "--encoder",
-        "--n-mels",
-        "--log-input",
-        "--nout",
-        "--param",
-    ):
-        assert flag in help_text
+    vt_flags = ("--model", "--encoder", "--n-mels", "--log-input", "--nout", "--trainfunc")
+    for fmt in FORMATS:  # each format offers only its own options
+        text = runner.invoke(app, ["import", fmt, "--help"], terminal_width=200).output
+        assert "--config" in text and "--param" in text and "--output" in text, fmt
+        for flag in vt_flags:
+            assert (flag in text) == (fmt == "vt" or (fmt == "wespeaker" and flag == "--model"))
+    wrong = runner.invoke(app, ["import", "speechbrain", "a.ckpt", "-o", "b", "--nout", "4"])
+    assert wrong.exit_code == 2 and "No such option: --nout" in wrong.output
 
 
 @requires_fixtures

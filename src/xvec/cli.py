@@ -9,7 +9,6 @@ modules (torch, matplotlib) are imported inside the commands so ``xvec --help`` 
 from __future__ import annotations
 
 import functools
-import inspect
 import shlex
 import sys
 import warnings
@@ -23,7 +22,7 @@ from typer.core import TyperGroup
 
 from xvec import report
 from xvec.compat import check_torch_version, prefer_sleeping_threads
-from xvec.errors import XvecError
+from xvec.errors import XvecError, with_flags
 from xvec.protocol import EVAL_FRAMES, LENGTH_TOLERANCE, NUM_EVAL
 
 
@@ -82,6 +81,11 @@ plot_app = typer.Typer(
 prepare_app = typer.Typer(
     help="Write VoxCeleb-format lists for corpora on disk.", no_args_is_help=True
 )
+import_app = typer.Typer(
+    help="Convert another toolkit's checkpoint to an xvec one, architecture read off the weights.",
+    no_args_is_help=True,
+)
+app.add_typer(import_app, name="import")
 app.add_typer(plot_app, name="plot")
 app.add_typer(prepare_app, name="prepare")
 
@@ -104,13 +108,29 @@ def one_line_errors(func: F) -> F:
                 warnings.showwarning = _show_warning
                 return func(*args, **kwargs)
         except XvecError as exc:
-            report.print_error(err, str(exc))
+            report.print_error(err, with_flags(exc, flag_name))
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err.print("interrupted", highlight=False)
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+# Library keyword -> flag, where the flag is not the keyword with dashes.
+FLAG_NAMES = {
+    "models": "--model",
+    "score_files": "--scores",
+    "p_targets": "--p-target",
+    "fmt": "--format",
+    "nOut": "--nout",
+    "encoder_type": "--encoder",
+}
+
+
+def flag_name(option: str) -> str:
+    """A library keyword as its flag: ``length_tolerance`` is ``--length-tolerance``."""
+    return FLAG_NAMES.get(option, "--" + option.replace("_", "-"))
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -130,7 +150,6 @@ def _choices(name: str, *values: str) -> Any:
 
 ProtocolName = _choices("ProtocolName", "full", "vt-crops")
 NormName = _choices("NormName", "none", "asnorm", "mean")
-ImportFormat = _choices("ImportFormat", "vt", "wespeaker", "speechbrain")
 ExportFormat = _choices("ExportFormat", "onnx", "torchscript", "vt")
 
 
@@ -402,20 +421,32 @@ def train_command(
 # --------------------------------------------------------------------------- import, data
 
 
-@app.command("import")
+OutputOption = Annotated[Path, typer.Option("--output", "-o", help="xvec checkpoint to write.")]
+ParamOption = Annotated[
+    list[str] | None,
+    typer.Option("--param", help="Model parameter NAME=VALUE (repeatable), e.g. C=512."),
+]
+
+
+def _config_option(what: str) -> Any:
+    return Annotated[
+        Path | None, typer.Option("--config", help=f"{what}, checked against the weights.")
+    ]
+
+
+def _import(fmt: str, source: Path, output: Path, config: Path | None, **options: Any) -> None:
+    """Run one format's importer and print what it wrote."""
+    from xvec.interop import import_checkpoint
+
+    summary = import_checkpoint(fmt, source, output, config=config, **options)
+    out.print(summary.describe(source, fmt), markup=False, highlight=False, soft_wrap=True)
+
+
 @one_line_errors
-def import_command(
-    fmt: Annotated[ImportFormat, typer.Argument(metavar="FORMAT", help="Checkpoint format.")],
-    source: Annotated[Path, typer.Argument(help="Checkpoint file to convert.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="xvec checkpoint to write.")],
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            help="Training config, checked against the weights (VT's YAML, WeSpeaker's "
-            "config.yaml, SpeechBrain's hyperparams.yaml).",
-        ),
-    ] = None,
+def import_vt_command(
+    source: Annotated[Path, typer.Argument(help="voxceleb_trainer .model file.")],
+    output: OutputOption,
+    config: _config_option("VT's YAML config") = None,
     model: Annotated[
         str | None,
         typer.Option(
@@ -441,46 +472,63 @@ def import_command(
     ] = None,
     margin: Annotated[float | None, typer.Option(help="Loss margin (VT's --margin).")] = None,
     scale: Annotated[float | None, typer.Option(help="Loss scale (VT's --scale).")] = None,
-    params: Annotated[
-        list[str] | None,
-        typer.Option("--param", help="Other model parameter NAME=VALUE (repeatable), e.g. C=512."),
-    ] = None,
+    params: ParamOption = None,
 ) -> None:
-    """Convert another toolkit's checkpoint to an xvec one, architecture read off the weights."""
-    from xvec.interop import import_checkpoint, model_overrides
+    """Convert a voxceleb_trainer .model file, architecture read off the weights."""
+    from xvec.interop import model_overrides
 
     overrides = model_overrides(
         params or [], encoder_type=encoder, n_mels=n_mels, log_input=log_input, nOut=nout
     )
-    summary = import_checkpoint(
-        fmt.value,
+    _import(
+        "vt",
         source,
         output,
-        config=config,
+        config,
         overrides=overrides,
         model=model,
         trainfunc=trainfunc,
         margin=margin,
         scale=scale,
     )
-    out.print(summary.describe(source, fmt.value), markup=False, highlight=False, soft_wrap=True)
 
 
-def _vt_alias(command: Callable[..., None]) -> Callable[..., None]:
-    """``xvec import-vt``: ``command`` with FORMAT fixed to vt (Typer reads the signature)."""
+@one_line_errors
+def import_wespeaker_command(
+    source: Annotated[Path, typer.Argument(help="WeSpeaker avg_model.pt / model.pt.")],
+    output: OutputOption,
+    config: _config_option("WeSpeaker's config.yaml") = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="Architecture; default: read off the weights."),
+    ] = None,
+    params: ParamOption = None,
+) -> None:
+    """Convert a WeSpeaker checkpoint (ResNet, CAM++), architecture read off the weights."""
+    from xvec.interop import parse_params
 
-    def import_vt(**options: Any) -> None:
-        command(ImportFormat.vt, **options)  # type: ignore[attr-defined]
-
-    parameters = list(inspect.signature(command, eval_str=True).parameters.values())[1:]
-    source_help = typer.Argument(help="voxceleb_trainer .model file.")
-    parameters[0] = parameters[0].replace(annotation=Annotated[Path, source_help])
-    import_vt.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
-    import_vt.__doc__ = "Alias of 'xvec import vt': convert a voxceleb_trainer checkpoint."
-    return import_vt
+    _import("wespeaker", source, output, config, overrides=parse_params(params or []), model=model)
 
 
-app.command("import-vt")(_vt_alias(import_command))
+@one_line_errors
+def import_speechbrain_command(
+    source: Annotated[Path, typer.Argument(help="SpeechBrain embedding_model.ckpt.")],
+    output: OutputOption,
+    config: _config_option("SpeechBrain's hyperparams.yaml") = None,
+    params: ParamOption = None,
+) -> None:
+    """Convert a SpeechBrain ECAPA-TDNN checkpoint, architecture read off the weights."""
+    from xvec.interop import parse_params
+
+    _import("speechbrain", source, output, config, overrides=parse_params(params or []))
+
+
+import_app.command("vt")(import_vt_command)
+import_app.command("wespeaker")(import_wespeaker_command)
+import_app.command("speechbrain")(import_speechbrain_command)
+app.command("import-vt", help="Alias of 'xvec import vt': convert a voxceleb_trainer .model file.")(
+    import_vt_command
+)
 
 
 @app.command("export")

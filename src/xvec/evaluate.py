@@ -102,7 +102,8 @@ def subsample_trials(trials: Trials, max_trials: int, seed: int = 0) -> tuple[Tr
     """
     if max_trials < 2:
         raise XvecError(
-            f"--max-trials must be at least 2 (a target and a non-target), got {max_trials}"
+            f"max_trials must be at least 2 (a target and a non-target), got {max_trials}",
+            options=("max_trials",),
         )
     total = len(trials)
     if total <= max_trials:
@@ -144,10 +145,13 @@ class DcfSettings:
         object.__setattr__(self, "p_targets", tuple(dict.fromkeys(self.p_targets)))
         for prior in self.p_targets:
             if not 0.0 < prior < 1.0:
-                raise XvecError(f"--p-target must lie strictly between 0 and 1, got {prior:g}")
-        for name, cost in (("--c-miss", self.c_miss), ("--c-fa", self.c_fa)):
+                raise XvecError(
+                    f"p_targets must lie strictly between 0 and 1, got {prior:g}",
+                    options=("p_targets",),
+                )
+        for name, cost in (("c_miss", self.c_miss), ("c_fa", self.c_fa)):
             if not cost > 0:
-                raise XvecError(f"{name} must be positive, got {cost:g}")
+                raise XvecError(f"{name} must be positive, got {cost:g}", options=(name,))
 
     def kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`xvec.metrics.compute_metrics`."""

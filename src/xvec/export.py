@@ -274,7 +274,8 @@ def export_voxceleb_trainer(
     if model_record["name"] not in VT_MODELS:
         raise XvecError(
             f"{checkpoint}: {model_record['name']} is not a voxceleb_trainer architecture; "
-            f"--format vt takes {', '.join(VT_MODELS)}"
+            f"format vt takes {', '.join(VT_MODELS)}",
+            options=("format",),
         )
     write_voxceleb_trainer(output, ckpt.model_state, ckpt.loss_state)
     with tempfile.TemporaryDirectory() as tmp:
@@ -302,7 +303,7 @@ def export_checkpoint(
 ) -> ExportReport:
     """Load an xvec checkpoint and export it (see :func:`export_model`; ``vt``:
     :func:`export_voxceleb_trainer`)."""
-    check_at_least("--tolerance", tolerance, 0)
+    check_at_least("tolerance", tolerance, 0)
     if fmt == "vt":
         return export_voxceleb_trainer(checkpoint, output, tolerance)
     ckpt = read_checkpoint(checkpoint)

@@ -131,7 +131,9 @@ def check_overwrite(paths: Iterable[str | Path], force: bool) -> None:
     existing = [Path(p) for p in paths if Path(p).exists()]
     if existing:
         others = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
-        raise XvecError(f"{existing[0]} exists{others}; give --force to overwrite it")
+        raise XvecError(
+            f"{existing[0]} exists{others}; give force to overwrite it", options=("force",)
+        )
 
 
 def _check_no_spaces(paths: Iterable[str], where: Path) -> None:
@@ -559,7 +561,7 @@ def _vox_train(vox1: Path | None, vox2: Path | None) -> tuple[Path, list[tuple[s
     """Train list entries: VoxCeleb2 dev when given, else VoxCeleb1 dev (all but test ids)."""
     if vox2 is not None:
         if not vox2.is_dir():
-            raise XvecError(f"{vox2}: VoxCeleb2 folder not found (--vox2)")
+            raise XvecError(f"{vox2}: VoxCeleb2 folder not found (vox2)", options=("vox2",))
         found = _first_with_audio([vox2 / "dev" / "wav", vox2 / "dev" / "aac", vox2 / "wav", vox2])
         if found is None:
             raise _no_readable_audio(vox2, "(expected dev/wav/idXXXXX/VIDEO/NNNNN.wav)")
@@ -581,7 +583,7 @@ def _check_vox1_trials(vox1: Path, out_dir: Path) -> tuple[list[str], list[str]]
     from xvec.data import read_trials
 
     if not vox1.is_dir():
-        raise XvecError(f"{vox1}: VoxCeleb1 folder not found (--vox1)")
+        raise XvecError(f"{vox1}: VoxCeleb1 folder not found (vox1)", options=("vox1",))
     candidates = [f for f in (vox1 / "test" / "wav", vox1 / "wav", vox1, vox1 / "dev" / "wav")]
     candidates = [f for f in candidates if f.is_dir()]
     notes, problems = [], []
@@ -627,7 +629,9 @@ def prepare_voxceleb(
     vox2 = Path(vox2) if vox2 is not None else None
     out_dir = Path(out_dir)
     if vox1 is None and vox2 is None:
-        raise XvecError("give --vox1 and/or --vox2: the VoxCeleb folders on disk")
+        raise XvecError(
+            "give vox1 and/or vox2: the VoxCeleb folders on disk", options=("vox1", "vox2")
+        )
     train_list = out_dir / (VOX2_TRAIN_LIST if vox2 is not None else VOX1_TRAIN_LIST)
     check_overwrite([train_list], force)
     folder, entries, source = _vox_train(vox1, vox2)

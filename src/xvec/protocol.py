@@ -53,13 +53,19 @@ class Protocol:
             math.isfinite(self.max_seconds) and self.max_seconds >= MIN_MAX_SECONDS
         ):
             raise XvecError(
-                f"--max-seconds {self.max_seconds}: too small; give at least {MIN_MAX_SECONDS} "
-                "(one 25 ms analysis window)"
+                f"max_seconds {self.max_seconds}: too small; give at least {MIN_MAX_SECONDS} "
+                "(one 25 ms analysis window)",
+                options=("max_seconds",),
             )
         if self.eval_frames < 0:
-            raise XvecError(f"--eval-frames {self.eval_frames}: must be >= 0 (0 = each file whole)")
+            raise XvecError(
+                f"eval_frames {self.eval_frames}: must be >= 0 (0 = each file whole)",
+                options=("eval_frames",),
+            )
         if self.num_eval < 1:
-            raise XvecError(f"--num-eval {self.num_eval}: must be at least 1 crop per file")
+            raise XvecError(
+                f"num_eval {self.num_eval}: must be at least 1 crop per file", options=("num_eval",)
+            )
         if not 0 <= self.length_tolerance < 1:
             raise XvecError(
                 f"length tolerance must be in [0, 1) (0 = every file whole), "

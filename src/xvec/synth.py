@@ -738,9 +738,15 @@ def make_corpus(
 
     out_dir = Path(out_dir)
     if speakers < 4:
-        raise XvecError(f"--speakers must be at least 4 (2 to train, 2 to test), got {speakers}")
+        raise XvecError(
+            f"speakers must be at least 4 (2 to train, 2 to test), got {speakers}",
+            options=("speakers",),
+        )
     if utterances < 2:
-        raise XvecError(f"--utterances must be at least 2 (target trials), got {utterances}")
+        raise XvecError(
+            f"utterances must be at least 2 (target trials), got {utterances}",
+            options=("utterances",),
+        )
     params = {
         "version": SYNTH_VERSION,
         "speakers": speakers,

@@ -1,15 +1,15 @@
 """Import other toolkits' checkpoints as self-describing xvec checkpoints (``xvec import``).
 
-Each format is a module with ``convert(source, config, overrides, **options) -> Converted``
-that reads the file without running pickled code and infers the architecture from the
-weights; :func:`import_checkpoint` dispatches to it and writes the xvec checkpoint. Format
-modules are imported only when used.
+One module per foreign toolkit, each with ``convert(source, config, overrides, **options) ->
+Converted`` that reads the file without running pickled code and infers the architecture from
+the weights; :data:`FORMATS` names each format's module and the options its ``convert`` takes,
+and :func:`import_checkpoint` dispatches to it and writes the xvec checkpoint. Format modules
+are imported only when used.
 """
 
 from __future__ import annotations
 
 import importlib
-import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,11 +18,25 @@ from xvec.errors import XvecError
 
 __all__ = ["FORMATS", "ImportSummary", "import_checkpoint", "model_overrides", "parse_params"]
 
-# Format name -> (module under xvec.interop, what it reads).
-FORMATS: dict[str, tuple[str, str]] = {
-    "vt": ("voxceleb_trainer", "voxceleb_trainer .model files"),
-    "wespeaker": ("wespeaker", "WeSpeaker avg_model.pt / model.pt state dicts"),
-    "speechbrain": ("speechbrain", "SpeechBrain embedding_model.ckpt files"),
+
+@dataclass(frozen=True)
+class Format:
+    """An import format: its module under ``xvec.interop``, what it reads, and the keyword
+    options of its ``convert`` beyond ``config`` and ``overrides``."""
+
+    module: str
+    reads: str
+    options: tuple[str, ...] = ()
+
+
+FORMATS: dict[str, Format] = {
+    "vt": Format(
+        "voxceleb_trainer",
+        "voxceleb_trainer .model files",
+        ("model", "trainfunc", "margin", "scale", "loss_params", "num_classes"),
+    ),
+    "wespeaker": Format("wespeaker", "WeSpeaker avg_model.pt / model.pt state dicts", ("model",)),
+    "speechbrain": Format("speechbrain", "SpeechBrain embedding_model.ckpt files"),
 }
 
 
@@ -68,10 +82,10 @@ def model_overrides(items: list[str], **named: Any) -> dict[str, Any]:
     return {**given, **parse_params(items)}
 
 
-def _format_module(fmt: str) -> Any:
+def _format(fmt: str) -> Format:
     if fmt not in FORMATS:
         raise XvecError(f"unknown import format '{fmt}'; formats: {', '.join(FORMATS)}")
-    return importlib.import_module(f"xvec.interop.{FORMATS[fmt][0]}")
+    return FORMATS[fmt]
 
 
 def import_checkpoint(
@@ -90,14 +104,15 @@ def import_checkpoint(
     are passed to the format's ``convert``; options left at None are not passed, and one the
     format does not take is an error naming it. Nothing is written unless everything checks.
     """
-    module = _format_module(fmt)
+    spec = _format(fmt)
     options = {key: value for key, value in format_options.items() if value is not None}
-    accepted = inspect.signature(module.convert).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
-    unknown = [key for key in options if key not in accepted and not takes_any]
+    unknown = [key for key in options if key not in spec.options]
     if unknown:
-        flags = ", ".join("--" + key.replace("_", "-") for key in unknown)
-        raise XvecError(f"{source}: {flags} is not an option of the '{fmt}' import format")
+        raise XvecError(
+            f"{source}: {', '.join(unknown)} is not an option of the '{fmt}' import format",
+            options=tuple(unknown),
+        )
+    module = importlib.import_module(f"xvec.interop.{spec.module}")
     converted = module.convert(
         Path(source), Path(config) if config is not None else None, dict(overrides or {}), **options
     )

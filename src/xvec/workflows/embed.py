@@ -50,7 +50,7 @@ def run_embed(
     """
     if (file_list is None) == (trials is None):
         raise XvecError("give exactly one of --list or --trials")
-    check_at_least("--batch-size", batch_size, 1)
+    check_at_least("batch_size", batch_size, 1)
     parse_device(device)
     model_fingerprint(model_path)  # a missing checkpoint fails before the audio is checked
     source = file_list or trials

@@ -77,8 +77,11 @@ def run_eval(
     ``out_dir`` is given; with several systems each gets a sub-folder.
     """
     if not models and not score_files:
-        raise XvecError("give --model (one or more checkpoints) or --scores (score files)")
-    check_at_least("--batch-size", batch_size, 1)
+        raise XvecError(
+            "give models (one or more checkpoints) or score_files (score files)",
+            options=("models", "score_files"),
+        )
+    check_at_least("batch_size", batch_size, 1)
     dcf = dcf or DcfSettings()
     if models:
         parse_device(device)
@@ -86,7 +89,8 @@ def run_eval(
             model_fingerprint(model_path)  # a missing or unreadable checkpoint fails up front
         if audio_root is None:
             raise XvecError(
-                "--audio-root is required with --model (the folder trial paths are under)"
+                "audio_root is required with models (the folder trial paths are under)",
+                options=("audio_root", "models"),
             )
     full = read_trials(trials_path)
     require_both_labels(full)

@@ -50,15 +50,20 @@ def score_stored(
     they normalise the mean crop embedding.
     """
     if norm not in NORMS:
-        raise XvecError(f"unknown --norm '{norm}'; choose one of {', '.join(NORMS)}")
+        raise XvecError(
+            f"unknown norm '{norm}'; choose one of {', '.join(NORMS)}", options=("norm",)
+        )
     if top_k < 1:
-        raise XvecError(f"--top-k {top_k}: must be a number >= 1")
+        raise XvecError(f"top_k {top_k}: must be a number >= 1", options=("top_k",))
     store = EmbeddingStore.load(embeddings)
     matrix = store.matrix(trials.files, trials.path)
     if norm == "none":
         return Protocol(store.meta.get("protocol", "full")).score_trials(matrix, trials)
     if cohort is None:
-        raise XvecError(f"--norm {norm} needs --cohort (an embeddings file of cohort speakers)")
+        raise XvecError(
+            f"norm {norm} needs cohort (an embeddings file of cohort speakers)",
+            options=("norm", "cohort"),
+        )
     cohort_matrix = EmbeddingStore.load(cohort).cohort_matrix()
     if cohort_matrix.shape[-1] != matrix.shape[-1]:
         raise XvecError(
