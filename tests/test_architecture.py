@@ -22,7 +22,7 @@ SOURCE = ROOT / "src"
 LAYERS: list[tuple[str, set[str]]] = [
     (
         "foundation",
-        {"errors", "files", "compat", "devices", "registry", "config", "runlog"},
+        {"errors", "files", "compat", "devices", "registry", "schedules", "config", "runlog"},
     ),
     (
         "kernels",
@@ -31,6 +31,8 @@ LAYERS: list[tuple[str, set[str]]] = [
             "audio",
             "features",
             "metrics",
+            "calibration",
+            "plda",
             "scoring",
             "protocol",
             "data",
