@@ -523,9 +523,29 @@ def import_speechbrain_command(
     _import("speechbrain", source, output, config, overrides=parse_params(params or []))
 
 
+@one_line_errors
+def import_3dspeaker_command(
+    source: Annotated[Path, typer.Argument(help="3D-Speaker embedding-model checkpoint.")],
+    output: OutputOption,
+    config: _config_option("3D-Speaker's training YAML") = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", help="CAMPPlus, ERes2Net or ERes2NetV2; default: read off the weights."
+        ),
+    ] = None,
+    params: ParamOption = None,
+) -> None:
+    """Convert a 3D-Speaker checkpoint (CAM++, ERes2Net, ERes2NetV2) with its own front end."""
+    from xvec.interop import parse_params
+
+    _import("3dspeaker", source, output, config, overrides=parse_params(params or []), model=model)
+
+
 import_app.command("vt")(import_vt_command)
 import_app.command("wespeaker")(import_wespeaker_command)
 import_app.command("speechbrain")(import_speechbrain_command)
+import_app.command("3dspeaker")(import_3dspeaker_command)
 app.command("import-vt", help="Alias of 'xvec import vt': convert a voxceleb_trainer .model file.")(
     import_vt_command
 )

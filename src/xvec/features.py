@@ -22,6 +22,7 @@ from xvec.audio import SAMPLE_RATE
 
 __all__ = [
     "KaldiFbank",
+    "KaldiFbankCMN",
     "LogFbank",
     "MelSpectrogram",
     "PreEmphasis",
@@ -548,3 +549,40 @@ class KaldiFbank(nn.Module):
                 self.dither if self.training else 0.0,
                 self.remove_dc_offset,
             )
+
+
+class KaldiFbankCMN(nn.Module):
+    """Kaldi fbank minus its mean over time: ``[batch, samples] -> [batch, frames, n_mels]``.
+
+    3D-Speaker's ``FBank(n_mels, mean_nor=True)``: ``kaldi.fbank`` with Kaldi's defaults (25 ms /
+    10 ms, ``window``, pre-emphasis 0.97, 20 Hz .. Nyquist) of the waveform times
+    ``waveform_scale`` (1: 3D-Speaker feeds [-1, 1] samples as they are), then the per-utterance
+    mean over time subtracted unless ``mean_norm`` is false. ``dither`` applies in training mode
+    only. Signals shorter than ``min_samples`` are repeated cyclically up to that length. No
+    state-dict entries.
+    """
+
+    def __init__(
+        self,
+        n_mels: int = 80,
+        window: KaldiWindowName = "povey",
+        dither: float = 0.0,
+        min_samples: int = 400,
+        waveform_scale: float = 1.0,
+        mean_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        self.fbank = KaldiFbank(n_mels=n_mels, window=window, dither=dither)
+        self.min_samples = max(min_samples, self.fbank.frame_length)
+        self.waveform_scale = waveform_scale
+        self.mean_norm = mean_norm
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), torch.autocast(device_type=waveform.device.type, enabled=False):
+            wave = wrap_pad_to(waveform.float(), self.min_samples)
+            if self.waveform_scale != 1.0:
+                wave = wave * self.waveform_scale
+            features = self.fbank(wave)
+            if self.mean_norm:
+                features = features - features.mean(dim=1, keepdim=True)
+            return features

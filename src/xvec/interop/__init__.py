@@ -37,6 +37,9 @@ FORMATS: dict[str, Format] = {
     ),
     "wespeaker": Format("wespeaker", "WeSpeaker avg_model.pt / model.pt state dicts", ("model",)),
     "speechbrain": Format("speechbrain", "SpeechBrain embedding_model.ckpt files"),
+    "3dspeaker": Format(
+        "threedspeaker", "3D-Speaker CAM++ / ERes2Net(V2) embedding-model state dicts", ("model",)
+    ),
 }
 
 

@@ -11,13 +11,16 @@ stage is batch norm then ReLU (WeSpeaker's default ``config_str``).
 
 Module names equal WeSpeaker's, so its ``avg_model.pt`` loads with ``strict=True`` after the
 loss head (``projection.*``) is dropped; :meth:`CAMPPlus.params_from_state` reads the sizes.
-The front end is WeSpeaker's (:class:`xvec.models.wespeaker_resnet.WeSpeakerFrontEnd`).
+The front end is WeSpeaker's (:class:`xvec.models.wespeaker_resnet.WeSpeakerFrontEnd`). 3D-Speaker's
+CAM++ has the same module names; ``toolkit="3dspeaker"`` reproduces its inference instead: the
+fbank of the unscaled waveform (:class:`xvec.features.KaldiFbankCMN`) and statistics pooling
+without a variance floor.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +28,7 @@ from pydantic import Field
 from torch import nn
 
 from xvec.errors import XvecError
+from xvec.features import KaldiFbankCMN
 from xvec.models.wespeaker_resnet import (
     WeSpeakerFrontEnd,
     WeSpeakerWindow,
@@ -197,10 +201,21 @@ class TransitLayer(nn.Module):
 
 
 class StatsPooling(nn.Module):
-    """WeSpeaker's TSTP over time as a module, so it sits in ``xvector`` like WeSpeaker's."""
+    """Mean and standard deviation over time as a module, so it sits in ``xvector`` like theirs.
+
+    ``floored``: WeSpeaker's TSTP (``sqrt(var + 1e-7)``); otherwise 3D-Speaker's plain unbiased
+    standard deviation.
+    """
+
+    def __init__(self, floored: bool = True) -> None:
+        super().__init__()
+        self.floored = floored
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return temporal_stats(x)
+        if self.floored:
+            return temporal_stats(x)
+        x = x.float()
+        return torch.cat([x.mean(dim=-1), x.std(dim=-1, correction=1)], dim=-1)
 
 
 class EmbeddingLayer(nn.Module):
@@ -226,6 +241,11 @@ class CAMPPlusParams(Params):
     head_channels: int = Field(32, ge=1, description="FCM width (fixed at 32 in WeSpeaker)")
     window: WeSpeakerWindow = "hamming"
     dither: float = Field(1.0, ge=0, description="training-time fbank dither (int16 units)")
+    toolkit: Literal["wespeaker", "3dspeaker"] = Field(
+        "wespeaker",
+        description="whose inference: WeSpeaker's (int16-scaled fbank input, pooled variance "
+        "floored at 1e-7) or 3D-Speaker's (input unscaled, no floor)",
+    )
 
 
 class CAMPPlus(SpeakerModel):
@@ -243,9 +263,12 @@ class CAMPPlus(SpeakerModel):
     def __init__(self, params: CAMPPlusParams | None = None) -> None:
         super().__init__(params)
         p = self.params
-        self.front_end = WeSpeakerFrontEnd(
-            p.feat_dim, p.window, p.dither, samples_for(self.min_frames)
-        )
+        min_samples = samples_for(self.min_frames)
+        self.front_end: nn.Module
+        if p.toolkit == "3dspeaker":
+            self.front_end = KaldiFbankCMN(p.feat_dim, p.window, p.dither, min_samples)
+        else:
+            self.front_end = WeSpeakerFrontEnd(p.feat_dim, p.window, p.dither, min_samples)
         self.head = FrontConvModule(p.head_channels, p.feat_dim)
         self.xvector = nn.Sequential()
         self.xvector.add_module(
@@ -261,7 +284,7 @@ class CAMPPlus(SpeakerModel):
             self.xvector.add_module(f"transit{index}", TransitLayer(channels, channels // 2))
             channels //= 2
         self.xvector.add_module("out_nonlinear", BatchNormReLU(channels))
-        self.xvector.add_module("stats", StatsPooling())
+        self.xvector.add_module("stats", StatsPooling(floored=p.toolkit == "wespeaker"))
         self.xvector.add_module("dense", EmbeddingLayer(2 * channels, p.embed_dim))
         for module in self.modules():  # WeSpeaker's initialisation of the 1-D layers
             if isinstance(module, (nn.Conv1d, nn.Linear)):
