@@ -167,3 +167,15 @@ def test_the_checker_sees_a_cycle_and_an_upward_import(tmp_path, monkeypatch) ->
     assert cycles(graph) == [["xvec.cli", "xvec.metrics"]]
     with pytest.raises(AssertionError, match=r"xvec\.metrics imports xvec\.cli"):
         test_layers_import_only_downwards()
+
+
+def test_every_module_has_maintainability_index_a() -> None:
+    """radon's maintainability index of every source file is grade A (above 19)."""
+    from radon.metrics import mi_rank, mi_visit
+
+    graded = {
+        module_name(path): mi_visit(path.read_text(), multi=True)
+        for path in (SOURCE / "xvec").rglob("*.py")
+    }
+    below = {name: round(mi, 1) for name, mi in graded.items() if mi_rank(mi) != "A"}
+    assert below == {}
