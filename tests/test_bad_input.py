@@ -466,7 +466,7 @@ def test_bom_is_stripped_from_every_list(tmp_path, corpus):
 
 
 def test_speechocean_csv_with_bom(tmp_path):
-    from xvec.prepare import _speechocean_from_csv
+    from xvec.prepare.speechocean762 import _speechocean_from_csv
 
     (tmp_path / "speakers.csv").write_text(
         "\ufeffspeaker,part,gender\nSPEAKER0001,train,m\nSPEAKER0002,test,f\n", encoding="utf-8"
