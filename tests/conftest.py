@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -270,6 +271,16 @@ def write_tone_corpus(
 @pytest.fixture
 def tone_corpus(tmp_path):
     return write_tone_corpus(tmp_path / "corpus")
+
+
+def bench_module(name: str) -> Any:
+    """A module of bench/ (analysis that a benchmark and its tests share), loaded by path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def after_steps(count: int):
