@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import soundfile
 
 from xvec.audio import (
+    DecodeCache,
     audio_info,
     crop_samples,
     eval_crop_starts,
     eval_crops,
     read_audio,
+    read_crop,
     train_crop,
     wrap_pad,
 )
@@ -119,3 +123,82 @@ def test_reads_real_opus_partially():
     part = read_audio(first, start=4000, frames=8000)
     assert part.shape == (8000,)
     np.testing.assert_allclose(part, whole[4000:12000], atol=1e-4)
+
+
+# --------------------------------------------------------------------------- damaged files
+
+
+def real_opus() -> bytes:
+    """The bytes of the first speechocean762 file (19 kB of Ogg/Opus, 2.6 s)."""
+    return sorted((SPEECHOCEAN / "audio").glob("*/*.ogg"))[0].read_bytes()
+
+
+@requires_speechocean
+@pytest.mark.parametrize("kept", [3000, 10000, -1], ids=["3000-bytes", "half", "last-byte-cut"])
+def test_truncated_ogg_is_named_as_damaged(tmp_path, kept):
+    """libsndfile decodes a cut Ogg file as a shorter valid one; its last page tells."""
+    path = tmp_path / "cut.ogg"
+    path.write_bytes(real_opus()[:kept])
+    with pytest.raises(
+        XvecError, match=r"cut\.ogg: audio file is damaged: decoded \d+ of at least \d+ samples"
+    ):
+        read_audio(path)
+
+
+@requires_speechocean
+def test_corrupt_ogg_page_is_an_error_not_a_padded_crop(tmp_path):
+    """Zeroed bytes mid-file: the decoder stops early; whole and crop reads both say so."""
+    data = bytearray(real_opus())
+    middle = len(data) // 2
+    data[middle : middle + 400] = bytes(400)
+    path = tmp_path / "corrupt.ogg"
+    path.write_bytes(bytes(data))
+    info = audio_info(path)
+    damaged = rf"corrupt\.ogg: audio file is damaged: decoded \d+ of {info.frames} samples"
+    with pytest.raises(XvecError, match=damaged):
+        read_audio(path, info=info)
+    with pytest.raises(XvecError, match=damaged):
+        read_crop(path, crop_samples(100), lambda: 0.99, info)
+    with pytest.raises(XvecError, match=damaged):
+        train_crop(path, 100, np.random.default_rng(0), info=info, cache=DecodeCache(tmp_path))
+
+
+@requires_speechocean
+def test_real_ogg_files_pass_the_length_check():
+    for path in sorted((SPEECHOCEAN / "audio").glob("*/*.ogg"))[:40]:
+        info = audio_info(path)
+        assert read_audio(path, info=info).shape == (info.frames,)
+
+
+@pytest.mark.parametrize("subtype", ["VORBIS", "OPUS"])
+def test_truncated_ogg_written_here_is_damaged(tmp_path, subtype):
+    path = tmp_path / "whole.ogg"
+    soundfile.write(str(path), tone(3.0), 16000, format="OGG", subtype=subtype)
+    assert read_audio(path).shape == (48000,)
+    cut = tmp_path / "cut.ogg"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size * 2 // 3])
+    with pytest.raises(XvecError, match=r"cut\.ogg: audio file is damaged: decoded \d+ of at"):
+        audio_info(cut)
+
+
+def test_names_that_are_not_regular_files(tmp_path):
+    (tmp_path / "folder.wav").mkdir()
+    os.mkfifo(tmp_path / "fifo.wav")  # opening it to read would block
+    (tmp_path / "loop.wav").symlink_to(tmp_path / "loop.wav")
+    for name, kind in [("folder.wav", "a folder"), ("fifo.wav", "a FIFO"), ("loop.wav", "loop")]:
+        with pytest.raises(
+            XvecError, match=rf"{name}: audio file is not a regular file \(.*{kind}"
+        ):
+            audio_info(tmp_path / name)
+    with pytest.raises(XvecError, match=r"gone.wav: audio file not found"):
+        audio_info(tmp_path / "gone.wav")
+
+
+def test_truncated_wav_and_flac_are_named_as_damaged(tmp_path):
+    """libsndfile shortens a cut WAV file to the bytes present; its data chunk still tells."""
+    for name, subtype in [("whole.wav", "PCM_16"), ("whole.flac", "PCM_16")]:
+        whole = write(tmp_path / name, tone(3.0), subtype=subtype)
+        cut = tmp_path / f"cut{whole.suffix}"
+        cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 3])
+        with pytest.raises(XvecError, match=rf"cut{whole.suffix}: audio file is damaged: decod"):
+            read_audio(cut)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from conftest import plugin_on_path, run_cli, write_tone_corpus
+from conftest import SPEECHOCEAN, plugin_on_path, requires_speechocean, run_cli, write_tone_corpus
 
 RECIPE = """\
 [data]
@@ -771,3 +771,120 @@ def test_vt_crops_with_whole_files_embeds_files_of_different_lengths(corpus):
         audio = soundfile.read(str(corpus / "audio" / name), dtype="float32")[0]
         assert vectors[name].shape == (1, 2)
         assert np.isclose(vectors[name][0, 1], np.abs(audio).mean(), rtol=1e-4)
+
+
+# damaged input named, not padded -------------------------------------------------------------
+
+
+@requires_speechocean
+@pytest.mark.parametrize("kept", [3000, 10000], ids=["3000-bytes", "first-page-only"])
+def test_truncated_ogg_is_named_not_padded(tmp_path, corpus, tiny_checkpoint, tiny_site, kept):
+    """A cut Ogg file used to embed as a short one, 'wrap-padded' with exit 0."""
+    real = sorted((SPEECHOCEAN / "audio").glob("*/*.ogg"))[0].read_bytes()
+    root, trials = _corpus_with(tmp_path, corpus, "cut.ogg", lambda p: p.write_bytes(real[:kept]))
+    one_line_error(
+        eval_model(tiny_checkpoint, trials, root, out=tmp_path / "out", site=tiny_site),
+        "cut.ogg: audio file is damaged: decoded",
+        "truncated?",
+    )
+    assert not (tmp_path / "out" / "scores.txt").exists()
+
+
+def test_checkpoint_with_nan_weights_is_named_not_the_audio(
+    tmp_path, corpus, tiny_checkpoint, tiny_site
+):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from xvec.files import safetensors_metadata
+
+    tensors = load_file(str(tiny_checkpoint))
+    key = sorted(k for k in tensors if k.endswith("weight"))[0]
+    tensors[key] = torch.full_like(tensors[key], float("nan"))
+    bad = tmp_path / "nan.safetensors"
+    save_file(tensors, str(bad), metadata=safetensors_metadata(tiny_checkpoint.read_bytes()))
+    line = one_line_error(_eval_with(bad, corpus, tiny_site), "nan.safetensors", f"'{key}'")
+    assert "NaN or Inf" in line and ".wav" not in line
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragments"),
+    [
+        ("\n[loss]\nmargin = inf\n", ["'margin': inf is not a finite number"]),
+        ("batch_size = 99999999999999999999\n", ["train.batch_size", "2147483647"]),
+    ],
+    ids=["margin-inf", "huge-batch"],
+)
+def test_recipe_numbers_that_would_fail_later(tmp_path, corpus, tiny_site, extra, fragments):
+    path = recipe(tmp_path, corpus)
+    text = path.read_text().replace("batch_size = 4\n", "")
+    if extra.startswith("\n[loss]"):
+        text = text.replace('name = "softmax"', 'name = "amsoftmax"\nmargin = inf')
+    else:
+        text = text.replace("[train]\n", f"[train]\n{extra}")
+    path.write_text(text)
+    one_line_error(xvec("train", path, site=tiny_site), "recipe.toml", *fragments)
+    assert not (tmp_path / "run").exists()
+
+
+def test_recipe_reports_every_mistake_at_once(tmp_path, corpus):
+    path = recipe(tmp_path, corpus)
+    text = path.read_text().replace("max_epoch = 1", "max_epoch = 1e400")
+    path.write_text(text.replace('[model]\nname = "TinyModel"\n', ""))
+    line = one_line_error(xvec("train", path), "recipe.toml: ", "field 'model': Field required")
+    assert "field 'train.max_epoch'" in line
+
+
+def test_list_encoding_error_line_and_repeated_lines(tmp_path):
+    lines = [f"spk{i % 3} s/{i}.wav\n".encode() for i in range(60)]
+    lines[40] = b"spk1 s/caf\xe9.wav\n"
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(b"".join(lines))
+    one_line_error(xvec("count-classes", latin), "latin.txt:41:", "not UTF-8", "0xe9")
+
+    repeated = tmp_path / "train.txt"
+    repeated.write_text("id1 a.wav\nid2 b.wav\nid1 a.wav\nid2 b.wav\n")
+    result = xvec("count-classes", repeated, "--plain")
+    assert result.returncode == 0 and result.stdout.strip() == "2", result.stderr
+    assert [line for line in result.stderr.splitlines() if line.strip()] == [
+        f"warning: {repeated}: 2 line(s) repeat an earlier line (first: line 3 repeats line 1);"
+        " each file is used once"
+    ]
+
+
+def test_import_of_an_xvec_checkpoint_says_what_it_is(tmp_path, tiny_checkpoint):
+    line = one_line_error(
+        xvec("import", "vt", tiny_checkpoint, "-o", tmp_path / "out.safetensors"),
+        f"{tiny_checkpoint}: is an xvec checkpoint (safetensors), not a PyTorch pickle",
+        "use it directly",
+    )
+    assert "arbitrary code" not in line and not (tmp_path / "out.safetensors").exists()
+
+
+def test_embeddings_of_the_wrong_rank_name_the_file(tmp_path, corpus):
+    crops = {f: np.ones((3, 8), np.float32) for f in _trial_files(corpus)}
+    store = _store(tmp_path / "crops.safetensors", crops)  # recorded as protocol "full"
+    one_line_error(_score(store, corpus, tmp_path), "crops.safetensors:", "shape (3, 8)", "full")
+    flat = _store(tmp_path / "flat.safetensors", _good_vectors(corpus), {"protocol": "vt-crops"})
+    one_line_error(_score(flat, corpus, tmp_path), "flat.safetensors:", "shape (8,)", "vt-crops")
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "symlink-loop"])
+def test_listed_audio_that_is_not_a_regular_file(tmp_path, corpus, tiny_checkpoint, kind):
+    root = tmp_path / "audio"
+    root.mkdir()
+    name = root / "x.wav"
+    if kind == "folder":
+        name.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(name)  # reading it would block: refused before any audio is opened
+    else:
+        name.symlink_to(name)
+    listing = tmp_path / "files.txt"
+    listing.write_text("x.wav\n")
+    result = xvec(
+        "embed", "--model", tiny_checkpoint, "--audio-root", root, "--list", listing,
+        "-o", tmp_path / "e.safetensors",
+    )  # fmt: skip
+    line = one_line_error(result, "files.txt", "x.wav is not a regular file")
+    assert "not found" not in line

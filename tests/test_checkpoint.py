@@ -101,6 +101,37 @@ def test_truncated_and_foreign_files(tiny, tmp_path):
         checkpoint.read_checkpoint(bare)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_at_load_naming_the_tensor(tiny, tmp_path, bad):
+    with torch.no_grad():
+        tiny.out.bias[1] = bad
+    path = checkpoint.save_checkpoint(tmp_path / "diverged.safetensors", tiny, "TinyModel")
+    with pytest.raises(
+        XvecError,
+        match=r"diverged\.safetensors: tensor 'model\.out\.bias' holds NaN or Inf values "
+        r"\(1 of \d+ weight tensors do\)",
+    ):
+        checkpoint.load_model(path)
+
+
+def test_xvec_files_given_to_an_importer_are_named_not_called_pickles(tiny, tmp_path):
+    path = checkpoint.save_checkpoint(tmp_path / "m.safetensors", tiny, "TinyModel")
+    with pytest.raises(
+        XvecError, match=r"m\.safetensors: is an xvec checkpoint \(safetensors\), not a PyTorch"
+    ) as caught:
+        voxceleb_trainer.read_voxceleb_trainer(path)
+    assert "arbitrary code" not in str(caught.value)
+    from safetensors.torch import save_file
+
+    foreign = tmp_path / "foreign.safetensors"  # a plain safetensors state dict is read as one
+    save_file({"__S__.w": torch.ones(2)}, str(foreign))
+    assert torch.equal(voxceleb_trainer.read_voxceleb_trainer(foreign)["__S__.w"], torch.ones(2))
+    text = tmp_path / "notes.model"
+    text.write_text('{"not": "a pickle"}')
+    with pytest.raises(XvecError, match=r"notes\.model: not a readable PyTorch checkpoint \("):
+        voxceleb_trainer.read_voxceleb_trainer(text)
+
+
 def test_checkpoint_of_a_missing_plugin_names_the_package(tmp_path, tiny_model_dist):
     tiny = registry.build("model", "TinyModel", {})
     path = checkpoint.save_checkpoint(tmp_path / "m.safetensors", tiny, "TinyModel")

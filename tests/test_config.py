@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,35 @@ def test_every_shipped_recipe_validates_and_builds(path):
         num_classes=10,
     )
     assert recipe.train.nPerSpeaker >= loss.min_per_speaker
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (("margin = 0.3", "margin = inf"), r"\[loss\] loss 'amsoftmax' parameter 'margin': inf is"),
+        (("scale = 30", "scale = 1e400"), r"parameter 'scale': inf is not a finite number"),
+        (("nOut = 512", "nOut = 99999999999999"), r"parameter 'nOut': 99999999999999 is too large"),
+        (("batch_size = 200", "batch_size = 99999999999999999999"), r"field 'train.batch_size'"),
+        (("batch_size = 200", "batch_size = 2147483648"), r"field 'train.batch_size'"),
+        (("max_epoch = 20", "max_epoch = 1e400"), r"field 'train.max_epoch'"),
+        (("max_epoch = 20", "max_epoch = 20\nseed = -1"), r"field 'train.seed'"),
+        (("[train]", "[optim]\nweight_decay = inf\n[train]"), r"field 'optim.weight_decay'"),
+    ],
+)
+def test_unusable_numbers_are_refused(tmp_path, edit, expected):
+    path = write(tmp_path, GOOD.replace(*edit))
+    with pytest.raises(XvecError, match=rf"^{re.escape(str(path))}: .*{expected}"):
+        load_recipe(path)
+
+
+def test_every_recipe_mistake_is_reported_at_once(tmp_path):
+    path = write(tmp_path, "[train]\nmax_epoch = 1e400\nbatch_size = 0\n[optim]\nlr = nan\n")
+    with pytest.raises(XvecError) as info:
+        load_recipe(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message
+    for field in ("model", "optim.lr", "train.max_epoch", "train.batch_size"):
+        assert f"field '{field}'" in message, message
+    both = GOOD.replace("nOut = 512", "nOutt = 512").replace("margin = 0.3", "margin = inf")
+    with pytest.raises(XvecError, match=r"\[model\].*'nOutt'.*; \[loss\].*'margin': inf"):
+        load_recipe(write(tmp_path, both))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -226,3 +228,44 @@ def test_seed_recipe_batching_on_speechocean():
     listing = read_train_list(SPEECHOCEAN / "lists" / "train_list.txt")
     batches = make_batches(listing.labels, 200, 1, 500, False, seed=10, epoch=1)
     assert sum(len(b) for b in batches) == 2500 == len(listing.files)
+
+
+def test_encoding_error_names_its_own_line(tmp_path):
+    """The text reader decodes 8 kB ahead: the error used to name line 1 of any small list."""
+    lines = [f"spk{i % 3} s/{i}.wav\n".encode() for i in range(60)]
+    lines[40] = b"spk1 s/caf\xe9.wav\n"  # Latin-1
+    path = tmp_path / "train.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + b"".join(lines))  # after a BOM, still UTF-8 until then
+    with pytest.raises(
+        XvecError, match=r"train\.txt:41: train list is not UTF-8 text \(byte 0xe9 at column 11"
+    ):
+        read_train_list(path)
+
+
+def test_repeated_train_lines_are_counted_and_warned_once(tmp_path):
+    path = tmp_path / "train.txt"
+    path.write_text("id1 a.wav\nid2 b.wav\nid1 a.wav\nid2 c.wav\nid2 b.wav\nid1 a.wav\n")
+    with pytest.warns(UserWarning) as caught:
+        listing = read_train_list(path)
+    assert listing.files == ["a.wav", "b.wav", "c.wav"]
+    assert [str(w.message) for w in caught] == [
+        f"{path}: 3 line(s) repeat an earlier line (first: line 3 repeats line 1); "
+        "each file is used once"
+    ]
+
+
+def test_listed_names_that_are_not_regular_files(tmp_path):
+    (tmp_path / "a.wav").write_bytes(b"")
+    (tmp_path / "x.wav").mkdir()
+    os.mkfifo(tmp_path / "p.wav")
+    (tmp_path / "loop.wav").symlink_to(tmp_path / "loop.wav")
+    with pytest.raises(XvecError) as info:
+        check_files_exist(tmp_path, ["a.wav", "x.wav", "p.wav", "loop.wav", "gone.wav"], "l.txt")
+    message = str(info.value)
+    assert message.startswith("l.txt: 1 listed file(s) not found under ") and "gone.wav" in message
+    assert (
+        "3 listed name(s) under" in message
+        and "x.wav is not a regular file (a folder)" in message
+        and "p.wav is not a regular file (a FIFO)" in message
+        and "loop.wav is not a regular file (a symlink loop)" in message
+    ), message

@@ -16,13 +16,14 @@ from rich.console import Console
 from xvec import report
 from xvec.metrics import compute_metrics
 from xvec.report import (
+    ConsoleTrainingObserver,
     EpochProgress,
     FileProgress,
-    TrainingStart,
     metrics_table,
     shorten_left,
     training_start_text,
 )
+from xvec.training.events import EpochStats, TrainingStart
 
 from conftest import ROOT, run_cli
 
@@ -119,25 +120,30 @@ def test_eval_at_80_columns_shows_eer_and_min_dcf_whole(tmp_path) -> None:
 
 
 def test_epoch_progress_shows_no_numbers_before_the_first_step_and_an_eta_after_two() -> None:
-    progress = EpochProgress(Console(file=io.StringIO()), 1, 3, 10, 0, enabled=True)
-    assert progress.stats() == "" and progress.seconds_left() is None
-    progress.advance(2.5, 0.0, 64)
-    assert progress.stats().startswith("loss 2.5000 acc 0.00%") and "left" not in progress.stats()
+    stats = EpochStats(1, 3, 10, 0)
+    progress = EpochProgress(Console(file=io.StringIO()), stats)
+    assert progress.text() == "" and stats.seconds_left() is None
+    stats.add(2.5, 0.0, 64)
+    assert progress.text().startswith("loss 2.5000 acc 0.00%") and "left" not in progress.text()
     time.sleep(0.02)
-    progress.advance(2.3, 10.0, 64)
-    left = progress.seconds_left()
+    stats.add(2.3, 10.0, 64)
+    left = stats.seconds_left()
     assert left is not None and 0.1 < left < 1.0  # 8 steps of ~20 ms to go
-    assert "0:00:00 left" in progress.stats() and "acc 5.00%" in progress.stats()
+    assert "0:00:00 left" in progress.text() and "acc 5.00%" in progress.text()
+    progress.close()
 
 
 def test_epoch_progress_in_a_log_prints_plain_lines(monkeypatch) -> None:
     monkeypatch.setattr(report, "LOG_PROGRESS_SECONDS", 0.0)
     buffer = io.StringIO()
-    log = Console(file=buffer, width=200)  # a file: not a terminal
-    with EpochProgress(log, 2, 5, 3, 0, enabled=True) as progress:
-        assert buffer.getvalue() == ""
-        for step in range(3):
-            progress.advance(1.0 - step / 10, 50.0, 32)
+    observer = ConsoleTrainingObserver(Console(file=buffer, width=200))  # a file: no terminal
+    stats = EpochStats(2, 5, 3, 0)
+    observer.epoch_started(stats)
+    assert buffer.getvalue() == ""
+    for step in range(3):
+        stats.add(1.0 - step / 10, 50.0, 32)
+        observer.step_done(stats)
+    observer.epoch_ended(stats)
     lines = buffer.getvalue().splitlines()
     assert lines[0].startswith("epoch 2/5 step 1/3 loss 1.0000 acc 50.00%")
     assert lines[-1].startswith("epoch 2/5 step 3/3 loss 0.9000")

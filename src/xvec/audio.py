@@ -2,7 +2,8 @@
 
 Crops read only the frames they need (soundfile ``start``/``frames``). Signals of a crop's length
 or shorter are wrap-padded exactly as voxceleb_trainer does (``numpy.pad(..., "wrap")`` to one
-sample more than the crop). Every unreadable input becomes a one-line :class:`XvecError`.
+sample more than the crop). Every unreadable input becomes a one-line :class:`XvecError`, and
+so does a damaged one (a cut or corrupt file decodes to less than it declares): never padded.
 
 :class:`DecodeCache` keeps each file's decoded samples in a memory-mapped ``.npy`` so that
 training reads crops with a slice instead of decoding (Opus, FLAC...) at every step.
@@ -14,6 +15,7 @@ import functools
 import hashlib
 import math
 import os
+import struct
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ import numpy as np
 import soundfile
 
 from xvec.errors import XvecError
-from xvec.files import atomic_write
+from xvec.files import atomic_write, file_problem
 
 SAMPLE_RATE = 16000  # every model's input rate; files at other rates are resampled on reading
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")  # what soundfile (libsndfile) can read
@@ -49,16 +51,156 @@ class AudioInfo:
         return int(round(self.frames * sample_rate / self.sample_rate))
 
 
-def _fail(path: str | Path, exc: Exception) -> XvecError:
+def _fail(path: str | Path, exc: Exception, decoding: bool = False) -> XvecError:
+    """The one-line error for a file libsndfile refused; ``decoding``: its header was read."""
     if Path(path).is_file() and not os.access(path, os.R_OK):
         return XvecError(f"{path}: cannot read audio: permission denied; check the file's mode")
+    end = _ogg_end(path)
+    if end is not None and end.cut:  # libsndfile calls a truncated Ogg file "malformed"
+        return _damaged(path, 0, end.frames, end.cut)
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     reason = reason.replace(f"Error opening {str(path)!r}: ", "")
+    if decoding:  # e.g. a cut FLAC file: "flac decoder lost sync"
+        return XvecError(
+            f"{path}: audio file is damaged: decoding failed after a valid header ({reason}); "
+            "re-encode or replace it"
+        )
     return XvecError(f"{path}: cannot read audio ({reason}); is it a valid wav/flac/ogg file?")
 
 
+def _damaged(path: str | Path, decoded: int, declared: int | None, cut: bool) -> XvecError:
+    """The one-line error for a file whose decoder stops before the length it declares."""
+    if not cut:
+        what = f"decoded {decoded} of {declared} samples (truncated or corrupt?)"
+    elif declared is not None:
+        what = f"decoded {decoded} of at least {declared} samples (it ends inside an Ogg page: "
+        what += "truncated?)"
+    else:
+        what = f"decoded {decoded} samples, then it ends inside an Ogg page (truncated?)"
+    return XvecError(f"{path}: audio file is damaged: {what}; re-encode or replace it")
+
+
+_OGG_HEADER = struct.Struct("<4sBBqIIIB")  # capture, version, flags, granule, serial, seq, crc, n
+_OGG_MAX_PAGE = _OGG_HEADER.size + 255 + 255 * 255  # header, segment table, largest payload
+_OGG_HEAD_BYTES = _OGG_HEADER.size + 255 + 19  # first page up to OpusHead's pre-skip and rate
+
+
+@dataclass(frozen=True)
+class _OggEnd:
+    """What the last page of an Ogg file says: declared length and whether the file is cut.
+
+    ``frames`` is the length the last page's granule position declares (Opus: minus the
+    pre-skip, at 48 kHz; scaled to the decoding rate), None when that page declares none or
+    the codec is neither Opus nor Vorbis; ``cut``: the file ends inside a page (truncated).
+    """
+
+    frames: int | None
+    cut: bool
+
+
+def _ogg_end(path: str | Path, sample_rate: int | None = None) -> _OggEnd | None:
+    """Read the first page and the last 128 KiB of an Ogg file (None: not Ogg, or unparsable).
+
+    Cheap (two small reads, no decoding): the header of an Ogg file does not hold its length,
+    so libsndfile takes it from the last *complete* page and a truncated file decodes as a
+    shorter, seemingly valid one. The last page's own header, even when its body is cut off,
+    still tells how long the file was meant to be. ``sample_rate``: the rate libsndfile decodes
+    at (default: the one the Opus or Vorbis identification header gives).
+    """
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(_OGG_HEAD_BYTES)
+            if head[:4] != b"OggS" or len(head) < _OGG_HEADER.size:
+                return None
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, size - 2 * _OGG_MAX_PAGE))
+            tail = handle.read()
+    except OSError:
+        return None
+    last = _last_ogg_page(tail, serial=_OGG_HEADER.unpack_from(head)[4])
+    if last is None:
+        return None
+    granule, cut = last
+    body = head[_OGG_HEADER.size + head[26] :]
+    stream_rate = int.from_bytes(body[12:16], "little")  # OpusHead and Vorbis id: same place
+    if body[:8] == b"OpusHead":  # granules count 48 kHz samples after the pre-skip
+        pre_skip, granule_rate = int.from_bytes(body[10:12], "little"), 48000
+    elif body[:7] == b"\x01vorbis":  # granules count samples at the stream's rate
+        pre_skip, granule_rate = 0, stream_rate
+    else:  # another codec: only whether the file is cut is known
+        return _OggEnd(frames=None, cut=cut)
+    sample_rate = sample_rate or stream_rate
+    if granule < 0 or not granule_rate or not sample_rate:
+        return _OggEnd(frames=None, cut=cut)
+    return _OggEnd(frames=(granule - pre_skip) * sample_rate // granule_rate, cut=cut)
+
+
+def _last_ogg_page(tail: bytes, serial: int) -> tuple[int, bool] | None:
+    """(granule position, cut) of the last page in ``tail``, the end of an Ogg file.
+
+    Pages of the stream ``serial`` are followed from the first capture pattern that starts a
+    chain reaching the end (an ``OggS`` inside packet data breaks its chain; the next is tried).
+    A file that ends inside a page header gives the previous page's granule (-1: none). None:
+    no chain reaches the end (e.g. trailing bytes that are not Ogg), so nothing is claimed.
+    """
+    start = tail.find(b"OggS")
+    while start >= 0:
+        page, granule = start, -1
+        while tail.startswith(b"OggS", page):
+            table = page + _OGG_HEADER.size
+            if len(tail) < table or len(tail) < table + tail[table - 1]:
+                return granule, True  # cut inside the page header or its segment table
+            _, version, _, granule, page_serial, *_ = _OGG_HEADER.unpack_from(tail, page)
+            if version != 0 or page_serial != serial:
+                break
+            end = table + tail[table - 1] + sum(tail[table : table + tail[table - 1]])
+            if end >= len(tail):
+                return granule, end > len(tail)
+            page = end
+        start = tail.find(b"OggS", start + 1)
+    return None
+
+
+_WAV_UNKNOWN_SIZE = 0x7FFF0000  # data sizes from here up: "unknown" (streamed or crashed)
+
+
+def _wav_declared_frames(path: str | Path) -> int | None:
+    """Frames the ``data`` chunk of a RIFF/WAVE file declares (None: not found or unknown).
+
+    libsndfile quietly shortens a WAV file's length to the bytes present, so a cut file
+    reads as a valid shorter one; its data chunk's size still tells. Reads the first 64 KiB.
+    """
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(1 << 16)
+    except OSError:
+        return None
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    block_align, offset = 0, 12
+    while offset + 8 <= len(head):
+        chunk = head[offset : offset + 4]
+        size = int.from_bytes(head[offset + 4 : offset + 8], "little")
+        if chunk == b"fmt " and offset + 22 <= len(head):
+            block_align = int.from_bytes(head[offset + 20 : offset + 22], "little")
+        elif chunk == b"data":
+            if not block_align or size == 0 or size >= _WAV_UNKNOWN_SIZE:
+                return None
+            return size // block_align
+        offset += 8 + size + (size & 1)  # chunks are padded to an even length
+    return None
+
+
 def audio_info(path: str | Path) -> AudioInfo:
-    """Header information of an audio file; unreadable or empty files raise an XvecError."""
+    """Header information of an audio file; unreadable, empty or truncated files: XvecError.
+
+    libsndfile takes the length of a cut Ogg or WAV file from what is left of it, so the
+    length it reports is checked against what the file declares: the last Ogg page's granule
+    position (:func:`_ogg_end`), the WAV data chunk's size (:func:`_wav_declared_frames`).
+    """
+    problem = file_problem(path)
+    if problem:
+        raise XvecError(f"{path}: audio file {problem}")
     try:
         info = soundfile.info(str(path))
     except FileNotFoundError as exc:
@@ -69,6 +211,14 @@ def audio_info(path: str | Path) -> AudioInfo:
         raise _fail(path, exc) from exc
     if info.frames <= 0:
         raise XvecError(f"{path}: empty audio file (0 samples)")
+    if info.format == "OGG":
+        end = _ogg_end(path, int(info.samplerate))
+        if end is not None and (end.cut or (end.frames or 0) > info.frames + 1):
+            raise _damaged(path, int(info.frames), end.frames, end.cut)
+    elif info.format == "WAV":
+        declared = _wav_declared_frames(path)
+        if declared is not None and declared > info.frames:
+            raise _damaged(path, int(info.frames), declared, cut=False)
     return AudioInfo(
         frames=int(info.frames), sample_rate=int(info.samplerate), channels=int(info.channels)
     )
@@ -132,7 +282,8 @@ def read_audio(
     """Read mono float32 samples ``[start, start + frames)`` counted at ``sample_rate``.
 
     Multi-channel files are averaged to mono; files at another rate are resampled (only the
-    requested span is read). NaN or infinite samples are an error.
+    requested span is read). NaN or infinite samples are an error, and so is a decoder that
+    stops before the span (or the header's length) ends: a damaged file is never padded.
     """
     info = info or audio_info(path)
     ratio = info.sample_rate / sample_rate
@@ -143,7 +294,10 @@ def read_audio(
             str(path), start=src_start, frames=src_frames, dtype="float32", always_2d=True
         )
     except (RuntimeError, soundfile.LibsndfileError, OSError, ValueError) as exc:
-        raise _fail(path, exc) from exc
+        raise _fail(path, exc, decoding=True) from exc
+    available = max(info.frames - src_start, 0)
+    if data.shape[0] < (available if src_frames < 0 else min(src_frames, available)):
+        raise _damaged(path, src_start + data.shape[0], info.frames, cut=False)
     audio = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
     if audio.size == 0:
         raise XvecError(f"{path}: no samples could be read (empty or truncated file)")
@@ -256,7 +410,8 @@ def read_crop(
     """``length`` samples of ``path`` from ``int(position() * (total - length))`` (VT's crop).
 
     ``position`` (a draw in [0, 1)) is called only for a file longer than the crop; a shorter
-    one, or a read the header overstated, is wrap-padded as voxceleb_trainer does.
+    one is wrap-padded as voxceleb_trainer does. A file that decodes to less than its header
+    says is an error, never padded.
     """
     total = info.frames_at(SAMPLE_RATE)
     stored = None
@@ -270,9 +425,9 @@ def read_crop(
         audio = read_audio(path, start=start, frames=length, info=info)
     else:
         audio = _as_float(stored[start : start + length])
-        if audio.size == 0:
-            raise XvecError(f"{path}: no samples could be read (empty or truncated file)")
-    if audio.shape[0] < length:  # header length can overstate decodable samples
+        if audio.shape[0] < length:  # an entry decoded before damaged files were refused
+            raise _damaged(path, stored.shape[0], total, cut=False)
+    if audio.shape[0] < length:  # resampling rounded the span a sample short
         audio = wrap_crop(audio, length)
     return audio
 

@@ -132,11 +132,32 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         raise XvecError(f"{path}: unknown checkpoint format {meta.get('format')!r}")
     _check_component(path, meta, "model", required=True)
     _check_component(path, meta, "loss", required=False)
+    _check_finite(path, tensors)
     model_state = {
         k[len(MODEL_PREFIX) :]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)
     }
     loss_state = {k[len(LOSS_PREFIX) :]: v for k, v in tensors.items() if k.startswith(LOSS_PREFIX)}
     return Checkpoint(meta=meta, model_state=model_state, loss_state=loss_state)
+
+
+def _check_finite(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """NaN or Inf weights are refused at load, naming the first such tensor.
+
+    Loaded, they would only surface later as NaN embeddings, blamed on an audio file. One
+    ``isfinite`` pass per floating tensor, no copy of the weights.
+    """
+    floating = [(key, value) for key, value in tensors.items() if value.is_floating_point()]
+    if not floating:
+        return
+    finite = torch.stack([torch.isfinite(value).all() for _, value in floating])
+    if bool(finite.all()):
+        return
+    bad = (~finite).nonzero().flatten().tolist()
+    raise XvecError(
+        f"{path}: tensor '{floating[bad[0]][0]}' holds NaN or Inf values ({len(bad)} of "
+        f"{len(floating)} weight tensors do); the checkpoint is unusable (did training "
+        "diverge?); use an earlier checkpoint"
+    )
 
 
 def _check_component(path: Path, meta: dict[str, Any], key: str, *, required: bool) -> None:

@@ -9,9 +9,10 @@ Defaults follow voxceleb_trainer's where it has one.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -23,6 +24,7 @@ from pydantic import (
 )
 
 from xvec.errors import XvecError
+from xvec.schedules import LrSchedule, MarginRamp
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -30,10 +32,15 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-class Section(BaseModel):
-    """A recipe section: unknown fields are errors."""
+INDEX_MAX = 2**31 - 1  # sizes and counts torch can index and numpy can allocate safely
+SEED_MAX = 2**63 - 1  # torch.manual_seed and numpy take a non-negative 64-bit seed
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+class Section(BaseModel):
+    """A recipe section: unknown fields are errors; floats must be finite (``inf`` and ``nan``
+    would only fail later, as a NaN loss)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
 class DataConfig(Section):
@@ -43,9 +50,11 @@ class DataConfig(Section):
     train_path: Path = Path("data/voxceleb2")
     test_list: Path | None = None
     test_path: Path = Path("data/voxceleb1")
-    max_frames: int = Field(200, gt=0, description="training crop, in 10 ms frames")
-    eval_frames: int = Field(300, ge=0, description="evaluation crop (vt-crops); 0 = whole file")
-    num_eval: int = Field(10, gt=0, description="evaluation crops per file (vt-crops)")
+    max_frames: int = Field(200, gt=0, le=INDEX_MAX, description="training crop, in 10 ms frames")
+    eval_frames: int = Field(
+        300, ge=0, le=INDEX_MAX, description="evaluation crop (vt-crops); 0 = whole file"
+    )
+    num_eval: int = Field(10, gt=0, le=INDEX_MAX, description="evaluation crops per file")
     decode_cache: Path | None = Field(
         None, description="folder of decoded training audio: crops are sliced, not re-decoded"
     )
@@ -54,7 +63,6 @@ class DataConfig(Section):
 class NamedSection(Section):
     """``name`` of a registered item plus its own parameters (validated by the registry)."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
 
@@ -71,6 +79,23 @@ class NamedSection(Section):
         return data
 
 
+class LossSection(NamedSection):
+    """``[loss]``: a registered loss and its parameters, optionally ``[loss.margin_ramp]``."""
+
+    margin_ramp: MarginRamp | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _collect_params(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "params" not in data:
+            data = dict(data)
+            ramp = data.pop("margin_ramp", None)
+            data = NamedSection._collect_params.__func__(cls, data)
+            if ramp is not None:
+                data["margin_ramp"] = ramp
+        return data
+
+
 class OptimConfig(Section):
     """Optimiser, learning-rate schedule and gradient clipping."""
 
@@ -83,25 +108,35 @@ class OptimConfig(Section):
     warmup_epochs: float = Field(0.0, ge=0, description="cosine: linear warm-up length")
     min_lr: float = Field(0.0, ge=0, description="cosine: final learning rate")
     grad_clip: float | None = Field(None, gt=0)
+    exempt_norm_and_bias: bool = Field(
+        False, description="no weight decay on biases and normalisation layers"
+    )
 
 
 class TrainConfig(Section):
     """The training loop."""
 
-    max_epoch: int = Field(500, gt=0)
-    batch_size: int = Field(200, gt=0)
-    nPerSpeaker: int = Field(1, gt=0)
-    max_seg_per_spk: int = Field(500, gt=0)
-    nClasses: int | None = Field(None, gt=0, description="checked against the train list")
-    test_interval: int = Field(10, gt=0)
-    seed: int = 10
+    max_epoch: int = Field(500, gt=0, le=INDEX_MAX)
+    batch_size: int = Field(200, gt=0, le=INDEX_MAX)
+    nPerSpeaker: int = Field(1, gt=0, le=INDEX_MAX)
+    max_seg_per_spk: int = Field(500, gt=0, le=INDEX_MAX)
+    nClasses: int | None = Field(
+        None, gt=0, le=INDEX_MAX, description="checked against the train list"
+    )
+    test_interval: int = Field(10, gt=0, le=INDEX_MAX)
+    seed: int = Field(10, ge=0, le=SEED_MAX)
     output_dir: Path = Path("runs/exp1")
-    num_workers: int = Field(2, ge=0)
+    num_workers: int = Field(2, ge=0, le=INDEX_MAX)
     mixed_precision: bool = True
     device: str = "auto"
-    log_every: int = Field(10, gt=0, description="steps between JSON-lines log records")
+    log_every: int = Field(
+        10, gt=0, le=INDEX_MAX, description="steps between JSON-lines log records"
+    )
     max_steps: int | None = Field(
-        None, ge=1, description="stop after this many optimiser steps overall (quick tries)"
+        None,
+        ge=1,
+        le=INDEX_MAX,
+        description="stop after this many optimiser steps overall (quick tries)",
     )
 
     @field_validator("device")
@@ -115,7 +150,9 @@ class TrainConfig(Section):
             raise ValueError(f"unknown device '{value}'; use {DEVICE_CHOICES}")
         return name
 
-    save_every_steps: int = Field(0, ge=0, description="also save the training state every N steps")
+    save_every_steps: int = Field(
+        0, ge=0, le=INDEX_MAX, description="also save the training state every N steps"
+    )
     threads: int | Literal["auto"] = Field(
         "auto",
         description="CPU intra-op threads; auto follows the cores actually free "
@@ -125,12 +162,19 @@ class TrainConfig(Section):
     @field_validator("threads")
     @classmethod
     def _positive_threads(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and value < 1:
-            raise ValueError("must be 'auto' or at least 1")
+        if isinstance(value, int) and not 1 <= value <= INDEX_MAX:
+            raise ValueError(f"must be 'auto' or between 1 and {INDEX_MAX}")
         return value
 
     deterministic: bool = Field(
         False, description="bit-identical reruns and resumes (slower: 1 CPU thread)"
+    )
+    schedule: LrSchedule | None = Field(
+        None,
+        description="per-step learning-rate schedule from optim.lr; replaces optim.scheduler",
+    )
+    keep_epoch_models: int = Field(
+        0, ge=0, description="keep the last N epochs' models in models/ (for xvec average)"
     )
 
 
@@ -139,7 +183,7 @@ class EvalConfig(Section):
 
     protocol: Literal["full", "vt-crops"] = "full"
     max_seconds: float | None = Field(None, ge=0.025, description="at least one 25 ms window")
-    batch_size: int = Field(32, gt=0)
+    batch_size: int = Field(32, gt=0, le=INDEX_MAX)
     dcf_p_target: float = Field(0.05, gt=0, lt=1)
     dcf_c_miss: float = Field(1.0, gt=0)
     dcf_c_fa: float = Field(1.0, gt=0)
@@ -159,7 +203,7 @@ class Recipe(Section):
 
     data: DataConfig = Field(default_factory=DataConfig)
     model: NamedSection
-    loss: NamedSection | None = None
+    loss: LossSection | None = None
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -186,22 +230,57 @@ class Recipe(Section):
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (paths as strings), the form stored in checkpoints."""
-        return self.model_dump(mode="json")
+        data = self.model_dump(mode="json")
+        if data["loss"] is not None and data["loss"]["margin_ramp"] is None:
+            del data["loss"]["margin_ramp"]  # so runs recorded before ramps existed resume
+        return data
 
 
 def _format_validation_error(source: str, exc: ValidationError, schema: type[BaseModel]) -> str:
-    error = exc.errors()[0]
-    loc = [str(part) for part in error["loc"]]
+    """Every error of ``exc`` in one line after ``source``, joined with "; "."""
+    return f"{source}: " + "; ".join(_describe_error(error, schema) for error in exc.errors())
+
+
+def _describe_error(error: Any, schema: type[BaseModel]) -> str:
+    """One pydantic error as "field 'train.max_epoch': ..." (unknown fields list the allowed)."""
+    loc, owner = _located(schema, [str(part) for part in error["loc"]])
     path = ".".join(loc)
     if error["type"] == "extra_forbidden":
-        owner: Any = schema
-        for part in loc[:-1]:
-            field = owner.model_fields.get(part)
-            owner = field.annotation if field is not None else owner
-            owner = getattr(owner, "__args__", (owner,))[0] if hasattr(owner, "__args__") else owner
         allowed = ", ".join(getattr(owner, "model_fields", {}))
-        return f"{source}: unknown field '{path}' (allowed in this section: {allowed})"
-    return f"{source}: field '{path}': {error['msg']}"
+        return f"unknown field '{path}' (allowed in this section: {allowed})"
+    return f"field '{path}': {error['msg']}"
+
+
+def _located(schema: type[BaseModel], loc: list[str]) -> tuple[list[str], Any]:
+    """An error's field path without union tags (``train.schedule.step.gamma`` ->
+    ``train.schedule.gamma``) and the section class holding its last field."""
+    owners: list[type[BaseModel]] = [schema]
+    shown: list[str] = []
+    for index, part in enumerate(loc):
+        tagged = [owner for owner in owners if _union_tag(owner) == part]
+        if tagged and index > 0:
+            owners = tagged
+            continue
+        shown.append(part)
+        if index == len(loc) - 1:
+            break
+        fields = [owner.model_fields[part] for owner in owners if part in owner.model_fields]
+        owners = [model for field in fields for model in _models_in(field.annotation)] or owners
+    return shown, owners[0]
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The section classes an annotation can hold (through ``| None``, unions, Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for arg in get_args(annotation) for model in _models_in(arg)]
+
+
+def _union_tag(model: type[BaseModel]) -> Any:
+    """The ``name`` literal that selects ``model`` in a tagged union (None if it has none)."""
+    field = model.model_fields.get("name")
+    values = get_args(field.annotation) if field is not None else ()
+    return values[0] if len(values) == 1 else None
 
 
 def parse_recipe(data: dict[str, Any], source: str = "<recipe>") -> Recipe:
@@ -284,13 +363,41 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 
 
 def check_components(recipe: Recipe, source: str) -> None:
-    """Validate ``[model]`` and ``[loss]`` parameters against their registered schemas."""
+    """Validate ``[model]`` and ``[loss]`` parameters against their registered schemas.
+
+    Both sections are checked before anything is reported, and numbers their schemas accept
+    must still be usable: finite floats (``margin = inf`` would only show up as a NaN loss)
+    and integers torch can index.
+    """
     from xvec import registry
 
     sections = [("model", recipe.model)] + ([("loss", recipe.loss)] if recipe.loss else [])
+    problems = []
     for kind, section in sections:
         try:
             cls = registry.get_class(kind, section.name)
-            registry.validate_params(kind, section.name, cls, section.params)
+            params = registry.validate_params(kind, section.name, cls, section.params)
         except XvecError as exc:
-            raise XvecError(f"{source}: [{kind}] {exc}") from exc
+            problems.append(f"[{kind}] {exc}")
+            continue
+        values = params.model_dump() if isinstance(params, BaseModel) else section.params
+        problems += [f"[{kind}] {kind} '{section.name}' {bad}" for bad in _unusable_numbers(values)]
+    if problems:
+        raise XvecError(f"{source}: " + "; ".join(problems))
+
+
+def _unusable_numbers(values: Any, path: str = "") -> list[str]:
+    """One message (``parameter 'margin': inf is not a finite number``) per unusable number."""
+    if isinstance(values, dict):
+        return [
+            bad
+            for key, value in values.items()
+            for bad in _unusable_numbers(value, f"{path}.{key}" if path else str(key))
+        ]
+    if isinstance(values, list | tuple):
+        return [bad for i, v in enumerate(values) for bad in _unusable_numbers(v, f"{path}[{i}]")]
+    if isinstance(values, float) and not math.isfinite(values):
+        return [f"parameter '{path}': {values} is not a finite number"]
+    if isinstance(values, int) and not isinstance(values, bool) and abs(values) > INDEX_MAX:
+        return [f"parameter '{path}': {values} is too large (at most {INDEX_MAX})"]
+    return []

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from xvec.errors import XvecError
+from xvec.files import file_problem
 
 _COMMENT = re.compile(r"(?:^|\s)#")  # a '#' at the start or after whitespace begins a comment
 
@@ -39,9 +40,29 @@ def _lines(path: Path, what: str) -> Iterator[tuple[int, list[str]]]:
                 if fields:
                     yield number, fields
     except UnicodeDecodeError as exc:
-        raise XvecError(f"{path}:{number + 1}: {what} is not UTF-8 text ({exc.reason})") from exc
+        # the text reader decodes ahead of the lines it has given: find the line itself
+        line, where = _first_undecodable_line(path) or (number + 1, exc.reason)
+        raise XvecError(
+            f"{path}:{line}: {what} is not UTF-8 text ({where}); save it as UTF-8"
+        ) from exc
     except OSError as exc:
         raise XvecError(f"{path}: cannot read {what} ({exc.strerror or exc})") from exc
+
+
+def _first_undecodable_line(path: Path) -> tuple[int, str] | None:
+    """(line number, what and where) of the first line of ``path`` that is not UTF-8.
+
+    Read again in binary, only after the text reader failed: UTF-8 never uses the newline
+    byte inside a character, so the file splits into lines before decoding.
+    """
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                byte = raw[exc.start]
+                return number, f"byte 0x{byte:02x} at column {exc.start + 1}: {exc.reason}"
+    return None
 
 
 @dataclass
@@ -69,6 +90,7 @@ def read_train_list(path: str | Path) -> TrainList:
     files: list[str] = []
     lines: list[int] = []
     seen: dict[str, tuple[str, int]] = {}
+    repeats: list[tuple[int, int]] = []  # (line, the earlier line it repeats)
     for number, fields in _lines(path, "train list"):
         if len(fields) == 3 and fields[0] in ("0", "1"):
             raise XvecError(
@@ -88,6 +110,7 @@ def read_train_list(path: str | Path) -> TrainList:
                     f"{path}:{number}: '{file}' is listed for speaker '{speaker}' but line "
                     f"{previous[1]} gives speaker '{previous[0]}'; fix one of them"
                 )
+            repeats.append((number, previous[1]))
             continue
         seen[file] = (speaker, number)
         speakers_of.append(speaker)
@@ -95,10 +118,25 @@ def read_train_list(path: str | Path) -> TrainList:
         lines.append(number)
     if not files:
         raise XvecError(f"{path}: train list is empty (expected lines 'SPEAKER relative/path')")
+    if repeats:
+        _warn_repeated_lines(path, repeats)
     speakers = sorted(set(speakers_of))
     index = {name: i for i, name in enumerate(speakers)}
     labels = np.fromiter((index[s] for s in speakers_of), dtype=np.int64, count=len(files))
     return TrainList(path=path, files=files, labels=labels, speakers=speakers, lines=lines)
+
+
+def _warn_repeated_lines(path: Path, repeats: list[tuple[int, int]]) -> None:
+    """Warn once that train-list lines repeat earlier ones (each file is still used once)."""
+    import warnings
+
+    line, earlier = repeats[0]
+    warnings.warn(
+        f"{path}: {len(repeats)} line(s) repeat an earlier line (first: line {line} repeats "
+        f"line {earlier}); each file is used once",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 @dataclass
@@ -204,17 +242,42 @@ def read_file_list(path: str | Path) -> list[str]:
 
 
 def check_files_exist(root: str | Path, files: Iterable[str], source: str | Path) -> None:
-    """Report every listed file absent under ``root`` at once, before long work starts."""
+    """Report every listed file absent under ``root`` at once, before long work starts.
+
+    Names that exist but are not regular files (a folder, a FIFO, a symlink loop) are reported
+    as such, apart from the missing ones: a FIFO would block the reader.
+    """
     root = Path(root)
     if not root.is_dir():
         raise XvecError(f"{root}: audio root folder not found (named for {source})")
-    missing = [name for name in files if not (root / name).is_file()]
+    missing: list[str] = []
+    irregular: list[str] = []
+    for name in files:
+        if (root / name).is_file():  # the common case: one stat, as before
+            continue
+        problem = file_problem(root / name)
+        if problem is not None and problem.startswith("not found"):
+            missing.append(name)
+        elif problem is not None:
+            irregular.append(f"{name} {problem}")
+    problems = []
     if missing:
-        shown = ", ".join(missing[:3])
-        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-        raise XvecError(
-            f"{source}: {len(missing)} listed file(s) not found under {root}: {shown}{more}"
+        problems.append(
+            f"{len(missing)} listed file(s) not found under {root}: {_first_few(missing)}"
         )
+    if irregular:
+        problems.append(
+            f"{len(irregular)} listed name(s) under {root} cannot be read as files: "
+            f"{_first_few(irregular)}"
+        )
+    if problems:
+        raise XvecError(f"{source}: {'; '.join(problems)}")
+
+
+def _first_few(names: list[str], count: int = 3) -> str:
+    """``a, b, c and N more``: the first ``count`` names of a list for a one-line message."""
+    more = f" and {len(names) - count} more" if len(names) > count else ""
+    return ", ".join(names[:count]) + more
 
 
 # --------------------------------------------------------------------------- sampling

@@ -108,6 +108,15 @@ class EmbeddingStore:
         store.vectors = vectors
         store.path = path
         store.check(path)
+        crops = store.meta.get("protocol") == "vt-crops"  # [crops, dim] per file, else [dim]
+        odd = next((key for key, v in vectors.items() if v.ndim != (2 if crops else 1)), None)
+        if odd is not None:
+            raise XvecError(
+                f"{path}: embedding of '{odd}' has shape {tuple(vectors[odd].shape)}, but a "
+                f"{'vt-crops' if crops else 'full'}-protocol embeddings file holds one "
+                f"{'[crops, dim] array' if crops else '[dim] vector'} per file; re-embed with "
+                "'xvec embed'"
+            )
         return store
 
     def check(self, source: str | Path) -> None:

@@ -9,9 +9,11 @@ in its safetensors files.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -109,6 +111,38 @@ def metadata_record(path: str | Path, raw: str, key: str, what: str) -> dict:
     return record
 
 
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def file_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be read as a file (None: a regular file, symlinks followed).
+
+    The answer completes "``path``: <what> ...": "not found", or "is not a regular file (a
+    folder)" for a folder, a FIFO (reading one would block), a device or a symlink loop, so
+    that such a name is never reported as missing. One ``stat`` call, no open.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "not found (a broken symlink)" if os.path.islink(path) else "not found"
+    except NotADirectoryError:
+        return "not found (a part of its path is a file, not a folder)"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is not a regular file (a symlink loop)"
+        return f"cannot be read ({exc.strerror or exc})"
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "an unknown kind")
+    return f"is not a regular file ({kind})"
+
+
 RUN_CHECKPOINTS = ("best.safetensors", "last.safetensors")  # what a training run folder holds
 
 
@@ -119,5 +153,6 @@ def require_checkpoint_file(path: Path) -> None:
         hint = f"; give {inside[0]}" if inside else ""
         kind = "a run folder" if inside else "a folder"
         raise XvecError(f"{path}: is {kind}, not a checkpoint file{hint}")
-    if not path.is_file():
-        raise XvecError(f"{path}: checkpoint file not found")
+    problem = file_problem(path)
+    if problem:
+        raise XvecError(f"{path}: checkpoint file {problem}")

@@ -7,6 +7,7 @@ error naming the option that settles it), and loads the weights into a registere
 
 from __future__ import annotations
 
+import json
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 
 from xvec.errors import XvecError
+from xvec.files import file_problem
 
 
 @dataclass
@@ -46,26 +48,106 @@ def read_torch_state(path: str | Path, what: str = "PyTorch checkpoint") -> Any:
     """Read a ``torch.save`` file with ``weights_only=True``: nothing in the pickle is executed.
 
     A file whose unpickling would need arbitrary code is refused with an error naming the
-    callable it asks for.
+    callable it asks for. A safetensors file is read as one (no pickle either), except xvec's
+    own files, which need no import and are named as what they are.
     """
     path = Path(path)
-    if not path.is_file():
-        raise XvecError(f"{path}: file not found")
+    problem = file_problem(path)
+    if problem:
+        raise XvecError(f"{path}: {problem}")
+    metadata = _safetensors_header_metadata(path)
+    if metadata is not None:
+        return _read_safetensors(path, metadata)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*pickle protocol.*")
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ... for bad files
         text = str(exc)
-        if "weights_only" in text or "Unsupported global" in text:
-            culprit = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        culprit = re.search(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)", text)
+        if culprit or ("weights_only" in text and _pickle_imports_code(path)):
             called = f" (it calls {culprit.group(1)})" if culprit else ""
             raise XvecError(
                 f"{path}: refused: loading it would run arbitrary code from the pickle{called}; "
                 "only plain tensor state dicts are accepted"
             ) from exc
+        if "weights_only" in text:  # torch's long advice, not the reason: say what the file is
+            raise XvecError(
+                f"{path}: not a readable {what} (neither a torch.save zip file nor a pickle of "
+                "tensors)"
+            ) from exc
         first = text.strip().splitlines()[0][:160] if text.strip() else type(exc).__name__
         raise XvecError(f"{path}: not a readable {what} ({first})") from exc
+
+
+_CODE_OPCODES = {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX"}
+
+
+def _pickle_imports_code(path: Path) -> bool:
+    """Whether ``path`` is a pickle (or a torch.save zip of one) that imports or calls code.
+
+    The opcodes are read, never executed. Asked only after torch's restricted unpickler
+    refused the file, which it does for any opcode it does not know: only a pickle that names
+    code is called dangerous.
+    """
+    import pickletools
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                name = next(n for n in archive.namelist() if n.endswith("data.pkl"))
+                payload = archive.read(name)
+        else:
+            payload = path.read_bytes()
+        return any(op.name in _CODE_OPCODES for op, _, _ in pickletools.genops(payload))
+    except Exception:  # not a pickle at all: pickletools raises ValueError, EOFError, ...
+        return False
+
+
+_XVEC_SAFETENSORS = {  # metadata key -> what xvec wrote the file as
+    "xvec": "an xvec checkpoint",
+    "xvec_embeddings": "an xvec embeddings file",
+    "xvec_state": "an xvec training state",
+}
+
+
+def _safetensors_header_metadata(path: Path) -> dict[str, Any] | None:
+    """The header metadata of a safetensors file, None for anything else (e.g. a pickle).
+
+    A safetensors file starts with its JSON header's length (8 bytes, little-endian), then
+    the header, which starts with '{'; a zip or pickle from ``torch.save`` never does.
+    """
+    try:
+        with path.open("rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            if not 2 <= length <= path.stat().st_size - 8 or handle.read(1) != b"{":
+                return None
+            header = json.loads(b"{" + handle.read(length - 1))
+    except (OSError, ValueError):
+        return None
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def _read_safetensors(path: Path, metadata: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Tensors of a foreign safetensors file; xvec's own files are refused, saying what they are."""
+    own = next((what for key, what in _XVEC_SAFETENSORS.items() if key in metadata), None)
+    if own is not None:
+        use = (
+            "it needs no import: use it directly (e.g. xvec eval --model)"
+            if "xvec" in metadata
+            else "give the other toolkit's checkpoint"
+        )
+        raise XvecError(f"{path}: is {own} (safetensors), not a PyTorch pickle to import; {use}")
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise XvecError(f"{path}: not a readable safetensors file ({first})") from exc
 
 
 def tensor_dict(obj: Any, path: str | Path, what: str) -> dict[str, torch.Tensor]:

@@ -115,12 +115,13 @@ class AMSoftmax(SpeakerLoss):
         super().__init__(params, embedding_dim, num_classes)
         self.W = nn.Parameter(torch.empty(embedding_dim, num_classes))
         nn.init.xavier_normal_(self.W, gain=1)
+        self.margin = self.params.margin  # settable: a margin ramp changes it during training
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         check_input(self, x, labels)
         flat, target = _flatten(x, labels)
         cosine = F.normalize(flat, dim=1) @ F.normalize(self.W, dim=0)
-        margin = F.one_hot(target, cosine.shape[1]).to(cosine.dtype) * self.params.margin
+        margin = F.one_hot(target, cosine.shape[1]).to(cosine.dtype) * self.margin
         logits = self.params.scale * (cosine - margin)
         return F.cross_entropy(logits, target), top1_accuracy(logits, target)
 
@@ -154,10 +155,21 @@ class AAMSoftmax(SpeakerLoss):
         super().__init__(params, embedding_dim, num_classes)
         self.weight = nn.Parameter(torch.empty(num_classes, embedding_dim))
         nn.init.xavier_normal_(self.weight, gain=1)
-        margin = self.params.margin
-        self._cos_m, self._sin_m = math.cos(margin), math.sin(margin)
-        self._threshold = math.cos(math.pi - margin)  # cos θ above this <=> θ + m < π
-        self._fallback = math.sin(math.pi - margin) * margin
+        self.margin = self.params.margin
+
+    @property
+    def margin(self) -> float:
+        """The angular margin m (rad) the forward pass applies; settable (margin ramps)."""
+        return self._margin
+
+    @margin.setter
+    def margin(self, value: float) -> None:
+        if not 0 <= value < math.pi:
+            raise ValueError(f"AAMSoftmax margin must be in [0, pi), got {value}")
+        self._margin = float(value)
+        self._cos_m, self._sin_m = math.cos(value), math.sin(value)
+        self._threshold = math.cos(math.pi - value)  # cos θ above this <=> θ + m < π
+        self._fallback = math.sin(math.pi - value) * value
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         check_input(self, x, labels)

@@ -43,9 +43,17 @@ from xvec.evaluate import EvalResult, evaluate_model, write_eval_outputs
 from xvec.plots import plot_histogram, plot_training
 from xvec.protocol import Protocol
 from xvec.runlog import LOG_FILE, RunLog, read_log
+from xvec.schedules import has_margin
+from xvec.training.averaging import epoch_model_path, prune_epoch_models
 from xvec.training.distributed import world_position
 from xvec.training.events import EpochStats, TrainingObserver, TrainingOutcome, TrainingStart
-from xvec.training.optim import autocast_settings, make_optimizer, make_scheduler
+from xvec.training.optim import (
+    apply_schedules,
+    autocast_settings,
+    decay_groups,
+    make_optimizer,
+    make_scheduler,
+)
 from xvec.training.run_dir import (
     EVAL_OUTPUTS,
     FINAL_OUTPUTS,
@@ -179,7 +187,10 @@ def _setup(recipe: Recipe, resume: bool, observer: TrainingObserver, lock: RunLo
     loss = _build_loss(recipe, model, train_list)
     net = SpeakerNet(model, loss).to(device)
     batches, loader = _build_loader(recipe, train_list, loss, rank, world, device)
-    optimizer = make_optimizer(recipe, net.parameters())
+    params = net.parameters()
+    if recipe.optim.exempt_norm_and_bias:
+        params = decay_groups(net, recipe.optim.weight_decay)
+    optimizer = make_optimizer(recipe, params)
     scheduler, schedule_unit = make_scheduler(recipe, optimizer, len(batches))
     use_amp, amp_dtype = autocast_settings(device, recipe.train.mixed_precision)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
@@ -326,13 +337,19 @@ def _build_loss(recipe: Recipe, model: nn.Module, train_list: TrainList) -> nn.M
         loss_cls.distinct_speakers,
         recipe.loss.name,
     )
-    return registry.build(
+    loss = registry.build(
         "loss",
         recipe.loss.name,
         recipe.loss.params,
         embedding_dim=model.embedding_dim,
         num_classes=train_list.num_classes,
     )
+    if recipe.loss.margin_ramp is not None and not has_margin(loss):
+        raise XvecError(
+            f"loss '{recipe.loss.name}' has no settable margin, so [loss.margin_ramp] cannot "
+            "drive it; remove the ramp or use a margin loss (amsoftmax, aamsoftmax)"
+        )
+    return loss
 
 
 def _build_loader(
@@ -389,6 +406,17 @@ def _step(run: _Run, waves: torch.Tensor, labels: torch.Tensor) -> tuple[float, 
     """One optimiser step on a batch; a non-finite loss stops training with a clear error."""
     waves = waves.to(run.device, non_blocking=True)
     labels = labels.to(run.device, non_blocking=True)
+    recipe = run.recipe
+    apply_schedules(  # from the step counter alone: a resume continues exactly
+        run.optimizer,
+        run.loss,
+        recipe.train.schedule,
+        recipe.loss.margin_ramp,  # type: ignore[union-attr]  # training needs a loss
+        run.position.step,
+        steps_per_epoch=len(run.batches),
+        total_epochs=recipe.train.max_epoch,
+        base_lr=recipe.optim.lr,
+    )
     with torch.autocast(device_type=run.device.type, dtype=run.amp_dtype, enabled=run.use_amp):
         value, accuracy = run.ddp_net(waves, labels)
     if not torch.isfinite(value):
@@ -514,6 +542,10 @@ def _close_epoch(run: _Run, epoch: int, stop: StopFlag) -> bool:
             meta["metrics"] = result.metrics.to_dict()
         save = {"loss": run.loss, "loss_name": recipe.loss.name, "extra": meta}  # type: ignore[union-attr]
         save_checkpoint(run.run_dir / "last.safetensors", run.model, recipe.model.name, **save)
+        if recipe.train.keep_epoch_models:
+            path = epoch_model_path(run.run_dir, epoch)
+            save_checkpoint(path, run.model, recipe.model.name, **save)
+            prune_epoch_models(run.run_dir, recipe.train.keep_epoch_models)
         if result is not None and (
             position.best_eer is None or result.metrics.eer <= position.best_eer
         ):

@@ -1,13 +1,18 @@
-"""The optimiser, learning-rate schedule and mixed-precision settings a recipe asks for."""
+"""The optimiser (with weight-decay groups), learning-rate schedule, margin ramp and
+mixed-precision settings a recipe asks for, applied to torch objects."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from xvec.config import Recipe
+from xvec.errors import XvecError
+from xvec.schedules import LrSchedule, MarginRamp, learning_rate, margin_at, set_margin
 
 
 def make_optimizer(recipe: Recipe, params: Any) -> torch.optim.Optimizer:
@@ -34,6 +39,8 @@ def make_scheduler(
     ``cosine`` warms up linearly for ``warmup_epochs`` then decays to ``min_lr``.
     """
     optim = recipe.optim
+    if recipe.train.schedule is not None:  # per-step, set by the loop (training.schedules)
+        return None, "none"
     if optim.scheduler == "steplr":
         return (
             torch.optim.lr_scheduler.StepLR(
@@ -74,3 +81,81 @@ def _cpu_has_bf16() -> bool:
         )
     except (AttributeError, RuntimeError):
         return False
+
+
+@dataclass(frozen=True)
+class ScheduledValues:
+    """What :func:`apply_schedules` set: the base rate and the margin (None: left alone)."""
+
+    lr: float | None
+    margin: float | None
+
+
+def apply_schedules(
+    optimizer: torch.optim.Optimizer,
+    loss: Any,
+    lr_schedule: LrSchedule | None,
+    margin_ramp: MarginRamp | None,
+    step: int,
+    *,
+    steps_per_epoch: int,
+    total_epochs: int,
+    base_lr: float,
+) -> ScheduledValues:
+    """Set every param group's rate and the loss's margin for global step ``step`` (0-based).
+
+    Call it before the step's forward pass (the margin shapes the loss). A group with an
+    ``lr_scale`` entry runs at that multiple of the scheduled rate. A ramp on a loss without a
+    settable ``margin`` is an error (an XvecError naming the loss), never silently ignored.
+    """
+    lr = None
+    if lr_schedule is not None:
+        lr = learning_rate(lr_schedule, step, steps_per_epoch, total_epochs, base_lr)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+    margin = None
+    if margin_ramp is not None:
+        margin = margin_at(margin_ramp, step, steps_per_epoch)
+        if not set_margin(loss, margin):
+            raise XvecError(
+                f"loss {type(loss).__name__} has no settable margin, so a margin ramp cannot "
+                "drive it; remove the margin ramp or use a margin loss (amsoftmax, aamsoftmax)"
+            )
+    return ScheduledValues(lr=lr, margin=margin)
+
+
+# --------------------------------------------------------------------------- weight decay
+
+
+def _norm_layers() -> tuple[type[nn.Module], ...]:
+    return (
+        nn.modules.batchnorm._NormBase,  # BatchNorm*, SyncBatchNorm, InstanceNorm*, lazy ones
+        nn.LayerNorm,
+        nn.GroupNorm,
+        *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
+    )
+
+
+def decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Optimiser param groups with ``weight_decay`` except on biases and normalisation layers.
+
+    Decaying BatchNorm scales and biases only shrinks them towards zero without regularising
+    anything, so SGD recipes exempt them. Returns the decayed group first, then the exempt one
+    (``weight_decay`` 0.0); an empty group is left out. Shared parameters appear once.
+    """
+    decayed: list[nn.Parameter] = []
+    exempt: list[nn.Parameter] = []
+    seen: set[int] = set()
+    norm_layers = _norm_layers()
+    for module in model.modules():
+        is_norm = isinstance(module, norm_layers)
+        for name, param in module.named_parameters(recurse=False):
+            if id(param) in seen:
+                continue
+            seen.add(id(param))
+            (exempt if is_norm or name == "bias" else decayed).append(param)
+    groups = [
+        {"params": decayed, "weight_decay": weight_decay},
+        {"params": exempt, "weight_decay": 0.0},
+    ]
+    return [group for group in groups if group["params"]]
