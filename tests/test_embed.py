@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile
@@ -55,7 +57,7 @@ def test_batches_equal_single_files_and_done_files_are_not_recomputed(tmp_path):
 
 
 def test_length_tolerance_trims_within_a_batch_and_zero_keeps_files_whole(tmp_path):
-    names = _voices(tmp_path, [1.0, 0.98])  # 2 % apart: batched together at the default 5 %
+    names = _voices(tmp_path, [1.0, 0.98])  # 2 % apart: batched together (trimmed) at 0.05
     model = _model().eval()
     whole = embed_files(model, tmp_path, names[:1], Protocol(length_tolerance=0.0), device="cpu")
     exact = embed_files(model, tmp_path, names, Protocol(length_tolerance=0.0), device="cpu")
@@ -147,3 +149,131 @@ def test_streams_keep_order_and_finish_work_before_a_read_error():
             got.append(value)
     assert got == [0, 10, 20, 30, 40]  # every item read before the error was computed and kept
     assert threading.get_ident() not in threads
+
+
+# --- the default is exact: real speech of close but different lengths ------------------------
+
+SPEECH = Path("/work/shared/data/speechocean762/audio")
+# Pairs within 5 % of each other's length (0.05 used to batch and trim them), one pair of equal
+# length (batched together by default), with speakers repeated so trials have targets.
+CLOSE_PAIRS = [
+    ("SPEAKER0003/000030175.ogg", "SPEAKER0005/000050174.ogg"),  # 30992 / 31072 samples
+    ("SPEAKER0005/000050049.ogg", "SPEAKER0001/000010106.ogg"),  # 34064 / 34080
+    ("SPEAKER0005/000050083.ogg", "SPEAKER0006/000060113.ogg"),  # 38960 / 39040
+]
+EQUAL_PAIR = ("SPEAKER0001/000010075.ogg", "SPEAKER0006/000060136.ogg")  # 41440 each
+SPEECH_FILES = [name for pair in [*CLOSE_PAIRS, EQUAL_PAIR] for name in pair]
+EXACT = 1e-5  # max |difference| from embedding each file alone
+
+
+@pytest.fixture(scope="module")
+def speech() -> Path:
+    if not all((SPEECH / name).is_file() for name in SPEECH_FILES):
+        pytest.skip(f"needs the speechocean762 audio in {SPEECH}")
+    from xvec.audio import audio_info
+
+    lengths = {name: audio_info(SPEECH / name).frames_at(16000) for name in SPEECH_FILES}
+    for first, second in CLOSE_PAIRS:
+        shorter, longer = sorted((lengths[first], lengths[second]))
+        assert shorter < longer <= shorter / 0.95  # close but different
+    assert lengths[EQUAL_PAIR[0]] == lengths[EQUAL_PAIR[1]]
+    return SPEECH
+
+
+@pytest.fixture(scope="module")
+def speech_checkpoint(tmp_path_factory) -> Path:
+    """The small TDNN with its embedding layer scaled so that embeddings are about 1 in size:
+    the 1e-5 bound is then relative to the embedding, as for trained models."""
+    model = _model()
+    with torch.no_grad():
+        model.segment6.weight.mul_(10.0)
+        model.segment6.bias.mul_(10.0)
+    return save_checkpoint(tmp_path_factory.mktemp("model") / "m.safetensors", model, "TDNN")
+
+
+@pytest.fixture(scope="module")
+def alone(speech, speech_checkpoint) -> dict[str, np.ndarray]:
+    """Each file's embedding computed by itself: the whole-utterance reference."""
+    from xvec.checkpoint import load_model
+
+    model = load_model(speech_checkpoint)
+    return {
+        name: embed_files(model, speech, [name], batch_size=1, device="cpu")[name]
+        for name in SPEECH_FILES
+    }
+
+
+def _largest_difference(got: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> float:
+    return max(float(np.abs(got[name] - reference[name]).max()) for name in reference)
+
+
+def test_embed_cli_default_gives_whole_file_embeddings(tmp_path, speech, speech_checkpoint, alone):
+    from xvec.embed import EmbeddingStore
+
+    listing = tmp_path / "files.txt"
+    listing.write_text("\n".join(SPEECH_FILES) + "\n")
+    output = tmp_path / "emb.safetensors"
+    command = ["embed", "--model", speech_checkpoint, "--list", listing, "--audio-root", speech]
+    result = run_cli(*command, "-o", output, "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert "trimmed" not in result.stderr
+    assert _largest_difference(EmbeddingStore.load(output).vectors, alone) <= EXACT
+
+
+def test_encoder_embed_batch_gives_whole_file_embeddings(speech, speech_checkpoint, alone):
+    import xvec
+
+    encoder = xvec.load(speech_checkpoint, device="cpu")
+    batched = encoder.embed_batch([speech / name for name in SPEECH_FILES])
+    got = dict(zip(SPEECH_FILES, batched, strict=True))
+    assert _largest_difference(got, alone) <= EXACT
+    single = encoder.embed(speech / EQUAL_PAIR[1])
+    assert np.abs(single - alone[EQUAL_PAIR[1]]).max() <= EXACT
+
+
+def test_eval_cli_default_scores_whole_file_embeddings(tmp_path, speech, speech_checkpoint, alone):
+    from xvec.scoring import read_scores
+
+    a1, a2 = CLOSE_PAIRS[0]
+    b1, b2 = CLOSE_PAIRS[1]
+    c1, c2 = CLOSE_PAIRS[2]
+    e1, e2 = EQUAL_PAIR
+    trials = [(1, a2, b1), (1, b1, c1), (1, a2, c1), (0, a1, a2), (0, b2, c2), (0, e1, e2)]
+    trials.append((1, e1, b2))  # SPEAKER0001 twice
+    path = tmp_path / "trials.txt"
+    path.write_text("".join(f"{label} {enroll} {test}\n" for label, enroll, test in trials))
+    command = ["eval", "--model", speech_checkpoint, "--trials", path, "--audio-root", speech]
+    result = run_cli(*command, "-o", tmp_path / "out", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    scores, _, _ = read_scores(tmp_path / "out" / "scores.txt")
+
+    def cosine(first: str, second: str) -> float:
+        x, y = alone[first], alone[second]
+        return float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y)))
+
+    expected = [cosine(enroll, test) for _, enroll, test in trials]
+    assert np.abs(scores - expected).max() <= EXACT
+
+
+def test_length_tolerance_is_an_opt_in_that_trims_and_says_so(
+    tmp_path, speech, speech_checkpoint, alone
+):
+    from xvec.embed import EmbeddingStore
+
+    listing = tmp_path / "files.txt"
+    listing.write_text("\n".join(SPEECH_FILES) + "\n")
+    output = tmp_path / "emb.safetensors"
+    command = ["embed", "--model", speech_checkpoint, "--list", listing, "--audio-root", speech]
+    command += ["-o", output, "--device", "cpu", "--length-tolerance", "0.05"]
+    result = run_cli(*command)
+    assert result.returncode == 0, result.stderr
+    assert "3 file(s) were trimmed to the shortest file of their batch" in result.stderr
+    assert "(up to 0.3 % of a file dropped, length tolerance 0.05)" in result.stderr
+    vectors = EmbeddingStore.load(output).vectors
+    for pair in CLOSE_PAIRS:  # the longer file of each pair lost its last samples
+        changed = max(float(np.abs(vectors[name] - alone[name]).max()) for name in pair)
+        assert changed > 10 * EXACT  # measured 3.7e-4 to 6.7e-4
+    equal = {name: alone[name] for name in EQUAL_PAIR}
+    assert _largest_difference(vectors, equal) <= EXACT  # nothing to trim: still whole
+    help_text = " ".join(run_cli("embed", "--help").stdout.replace("│", " ").split())
+    assert "Above 0 trades exactness for batching" in help_text

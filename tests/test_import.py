@@ -376,7 +376,12 @@ def test_wespeaker_loss_head_nesting_and_config_checks(tmp_path: Path) -> None:
     )
     summary = import_checkpoint("wespeaker", nested, tmp_path / "a.safetensors")
     assert summary.model_name == "WeSpeakerResNet" and summary.loss_name is None
-    assert summary.notes == ["loss head projection.* (7 classes) left out"]
+    assert summary.notes == [
+        "assumed pooling_func='TSTP' with 80 mel bands (not stored; every published 16 kHz "
+        "WeSpeaker ResNet uses it; seg_1 also fits TAP or TSDP with 160 mel bands: give --param "
+        "pooling_func or --config if so)",
+        "loss head projection.* (7 classes) left out",
+    ]
     wave = 0.1 * torch.randn(1, 16000)
     direct = import_checkpoint("wespeaker", source, tmp_path / "b.safetensors")
     assert torch.equal(embed(summary.output, wave), embed(direct.output, wave))

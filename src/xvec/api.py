@@ -9,7 +9,10 @@
 
 The protocols (:class:`xvec.protocol.Protocol`) are those of ``xvec embed``: ``full`` (whole
 file, cosine scoring) and ``vt-crops`` (voxceleb_trainer's evenly spaced crops and its
-crop-distance score).
+crop-distance score). Every file is embedded whole by default, in batches of files of equal
+length, so :meth:`Encoder.embed_batch` gives each file's :meth:`Encoder.embed` result;
+``length_tolerance`` above 0 batches files of nearly equal length by trimming them (faster,
+not exact).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch
 from xvec.audio import SAMPLE_RATE
 from xvec.devices import parse_device
 from xvec.embed import embed_files
-from xvec.protocol import EVAL_FRAMES, NUM_EVAL, Protocol, ProtocolName
+from xvec.protocol import EVAL_FRAMES, LENGTH_TOLERANCE, NUM_EVAL, Protocol, ProtocolName
 
 AudioInput = str | Path | np.ndarray
 
@@ -61,7 +64,9 @@ class Encoder:
         return self.embed_batch([audio])[0]
 
     def embed_batch(self, files: Sequence[str | Path]) -> np.ndarray:
-        """Embeddings of several files, batched by length: ``[files, dim]`` (or with crops)."""
+        """Embeddings of several files, ``[files, dim]`` (or with crops): each equal to the
+        file's :meth:`embed`, as files share a batch only when of equal length (unless the
+        protocol's ``length_tolerance`` trims them)."""
         names = [str(f) for f in files]
         vectors = embed_files(
             self.model,
@@ -97,10 +102,21 @@ def load(
     eval_frames: int = EVAL_FRAMES,
     num_eval: int = NUM_EVAL,
     batch_size: int = 32,
+    length_tolerance: float = LENGTH_TOLERANCE,
 ) -> Encoder:
-    """Load an xvec checkpoint (``.safetensors``) as an :class:`Encoder`."""
+    """Load an xvec checkpoint (``.safetensors``) as an :class:`Encoder`.
+
+    ``length_tolerance`` above 0 trades exactness for speed in :meth:`Encoder.embed_batch`:
+    files whose lengths differ by up to that fraction are batched, trimmed to the shortest.
+    """
     from xvec.checkpoint import load_model
 
     model = load_model(path)
-    chosen = Protocol(protocol, max_seconds=max_seconds, eval_frames=eval_frames, num_eval=num_eval)
+    chosen = Protocol(
+        protocol,
+        max_seconds=max_seconds,
+        eval_frames=eval_frames,
+        num_eval=num_eval,
+        length_tolerance=length_tolerance,
+    )
     return Encoder(model, chosen, device=device, batch_size=batch_size)

@@ -1,9 +1,12 @@
 """Batched embedding extraction and embedding files.
 
-Files are read, cut and batched as the :class:`~xvec.protocol.Protocol` says. Audio is decoded
-in a background thread while the model runs, under ``torch.inference_mode``; on the CPU several
-batches run at once, each on its own thread. Each unique file is embedded once. Partial results
-are saved next to the output, so an interrupted ``xvec embed`` resumes without recomputing.
+Files are read, cut and batched as the :class:`~xvec.protocol.Protocol` says: by default only
+files of equal length share a batch, so every embedding is the whole file's, equal to embedding
+the file alone; a length tolerance above 0 trims files to batch them, and says so in a note.
+Audio is decoded in a background thread while the model runs, under ``torch.inference_mode``;
+on the CPU several batches run at once, each on its own thread. Each unique file is embedded
+once. Partial results are saved next to the output, so an interrupted ``xvec embed`` resumes
+without recomputing.
 """
 
 from __future__ import annotations
@@ -43,14 +46,24 @@ class EmbedStats:
     seconds: float = 0.0
     short_files: int = 0
     resampled_files: int = 0
+    trimmed_files: int = 0
+    most_trimmed: float = 0.0  # the largest fraction of one file that trimming dropped
+    length_tolerance: float = 0.0
     notes: list[str] = field(default_factory=list)
 
     def finish(self, seconds: float) -> None:
-        """Record the extraction time and the note on padded files."""
+        """Record the extraction time and the notes on padded and trimmed files."""
         self.seconds = seconds
         if self.short_files:
             self.notes.append(
                 f"{self.short_files} file(s) shorter than 0.5 s were wrap-padded to 0.5 s"
+            )
+        if self.trimmed_files:
+            self.notes.append(
+                f"{self.trimmed_files} file(s) were trimmed to the shortest file of their batch "
+                f"(up to {100 * self.most_trimmed:.1f} % of a file dropped, length tolerance "
+                f"{self.length_tolerance:g}), so their embeddings are not whole-file ones; "
+                "length tolerance 0 embeds every file whole"
             )
 
     @property
@@ -58,15 +71,35 @@ class EmbedStats:
         return self.computed / self.seconds if self.seconds > 0 else float("nan")
 
 
+# One model call's input: the positions of its files in the batch, and their rows.
+InputGroup = tuple[np.ndarray, np.ndarray]
+
+
 def _load_inputs(
     root: Path, files: Sequence[str], infos: Sequence[AudioInfo], protocol: Protocol
-) -> tuple[np.ndarray, int]:
-    """One batch's model input (see :meth:`Protocol.batch_input`), reading only needed frames."""
+) -> tuple[list[InputGroup], int]:
+    """One batch's model inputs, reading only needed frames, and how many files were padded.
+
+    With a length tolerance (or crops) the batch is one input (:meth:`Protocol.batch_input`).
+    Without, files are grouped by their exact decoded length: the planned lengths come from
+    file headers, which can be a sample off after resampling, and no file may be trimmed.
+    """
     audios = [
         read_audio(root / name, frames=protocol.read_frames, info=info)
         for name, info in zip(files, infos, strict=True)
     ]
-    return protocol.batch_input(audios)
+    if protocol.crops or protocol.length_tolerance > 0:
+        waves, short = protocol.batch_input(audios)
+        return [(np.arange(len(audios)), waves)], short
+    inputs = [protocol.file_input(audio) for audio in audios]
+    by_length: dict[int, list[int]] = {}
+    for position, (wave, _) in enumerate(inputs):
+        by_length.setdefault(wave.shape[1], []).append(position)
+    groups = [
+        (np.array(positions), np.concatenate([inputs[i][0] for i in positions]))
+        for positions in by_length.values()
+    ]
+    return groups, sum(padded for _, padded in inputs)
 
 
 class EmbeddingStore:
@@ -301,6 +334,16 @@ def _model_outputs(
         return model(torch.from_numpy(waves).to(device)).float().cpu().numpy()
 
 
+def _count_trimmed(protocol: Protocol, sizes: np.ndarray, stats: EmbedStats) -> None:
+    """Add to ``stats`` the files of one batch (model input ``sizes``) that ``full`` trims to
+    the batch's shortest, and the largest fraction of a file that drops."""
+    trimmed = 0 if protocol.crops else int((sizes > sizes.min()).sum())
+    if trimmed:
+        stats.trimmed_files += trimmed
+        stats.most_trimmed = max(stats.most_trimmed, float(1 - sizes.min() / sizes.max()))
+        stats.length_tolerance = protocol.length_tolerance
+
+
 def embed_files(
     model: torch.nn.Module,
     root: str | Path,
@@ -331,22 +374,32 @@ def embed_files(
         return results
     infos = _survey(root, todo, stats)
     lengths = np.array([i.frames_at(SAMPLE_RATE) for i in infos], dtype=np.int64)
-    batches = protocol.plan_batches(
-        protocol.input_lengths(lengths), batch_size, int(max_batch_seconds * SAMPLE_RATE)
-    )
+    input_lengths = protocol.input_lengths(lengths)
+    batches = protocol.plan_batches(input_lengths, batch_size, int(max_batch_seconds * SAMPLE_RATE))
     import torch  # here, not at import time: embedding files and scoring need no torch
 
     device = parse_device(str(device)) if not isinstance(device, torch.device) else device
     model = model.to(device).eval()
 
-    def load(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    def load(batch: np.ndarray) -> tuple[np.ndarray, list[InputGroup], int]:
         names = [todo[i] for i in batch]
-        waves, short = _load_inputs(root, names, [infos[i] for i in batch], protocol)
-        return batch, waves, short
+        groups, short = _load_inputs(root, names, [infos[i] for i in batch], protocol)
+        return batch, groups, short
 
-    def compute(loaded: tuple[np.ndarray, np.ndarray, int]) -> tuple[np.ndarray, np.ndarray, int]:
-        batch, waves, short = loaded
-        return batch, _model_outputs(model, waves, device, skip_repeats=protocol.crops), short
+    def compute(
+        loaded: tuple[np.ndarray, list[InputGroup], int],
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        batch, groups, short = loaded
+        parts = [
+            (positions, _model_outputs(model, waves, device, skip_repeats=protocol.crops))
+            for positions, waves in groups
+        ]
+        if len(parts) == 1:
+            return batch, parts[0][1], short
+        output = np.empty((len(batch), *parts[0][1].shape[1:]), dtype=parts[0][1].dtype)
+        for positions, rows in parts:
+            output[positions] = rows
+        return batch, output, short
 
     computed = _computed_in_order(compute, _prefetched(load, batches), *cpu_streams(device))
     start = last_save = time.perf_counter()
@@ -357,6 +410,7 @@ def embed_files(
             _check_finite(output, names, root)
             results.update(zip(names, output if protocol.crops else output[:, 0], strict=True))
             stats.short_files += short
+            _count_trimmed(protocol, input_lengths[batch], stats)
             stats.computed += len(batch)
             if progress is not None:
                 progress(len(batch), len(todo))

@@ -4,9 +4,10 @@ One typed object used by ``xvec eval``/``embed``/``score``, the Python API, reci
 training loop's periodic evaluation, so their settings and defaults cannot drift apart:
 
 - ``full``: each file embedded whole (optionally capped at ``max_seconds``) and cosine-scored.
-  Files are sorted by length and batched with files of nearly the same length; within a batch
-  every file is trimmed to the shortest (at most ``length_tolerance`` of a file is dropped;
-  0 = exact, batch only equal lengths).
+  Files are sorted by length and batched only with files of the same length, so every file
+  is embedded whole (``length_tolerance`` 0, the default). A ``length_tolerance`` above 0 is a
+  speed option that changes embeddings: files whose lengths differ by up to that fraction
+  share a batch, each trimmed to the batch's shortest.
 - ``vt-crops``: voxceleb_trainer's protocol, ``num_eval`` evenly spaced crops of
   ``eval_frames`` frames, scored by its crop-distance score; embeddings are
   ``[files, crops, dim]``.
@@ -33,7 +34,7 @@ MIN_MAX_SECONDS = 0.025  # a capped file must hold one 25 ms window
 EVAL_FRAMES = 400  # voxceleb_trainer's published evaluation (--eval_frames 400)
 TRAINING_EVAL_FRAMES = 300  # voxceleb_trainer's trainSpeakerNet default, used by recipes
 NUM_EVAL = 10
-LENGTH_TOLERANCE = 0.05
+LENGTH_TOLERANCE = 0.0  # exact: every file whole
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,13 @@
 
 The checkpoint is a plain ``torch.save`` of the module's state dict, read without executing any
 pickled code. Tensor shapes give every architecture parameter except the dilations, which come
-from the model's ``hyperparams.yaml`` when it is given (SpeechBrain's defaults otherwise) or from
-``NAME=VALUE`` overrides. The YAML is read by a small line parser for the flat ``key: value``
-entries of its ``embedding_model``, ``compute_features`` and ``mean_var_norm`` blocks (with
-``!ref <name>`` resolved from top-level scalars): SpeechBrain's files use custom tags, and xvec
-does not depend on a YAML library. Front-end settings xvec does not reproduce are refused.
+from the model's ``hyperparams.yaml`` or ``NAME=VALUE`` overrides. Without either, a five-layer
+ECAPA gets the dilations every published SpeechBrain ECAPA uses, ``[1, 2, 3, 4, 1]``, and the
+import notes the assumption; other depths have no published dilations and are refused. The
+YAML is read by a small line parser for the flat ``key: value`` entries of its
+``embedding_model``, ``compute_features`` and ``mean_var_norm`` blocks (with ``!ref <name>``
+resolved from top-level scalars): SpeechBrain's files use custom tags, and xvec does not depend
+on a YAML library. Front-end settings xvec does not reproduce are refused.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ _REF = re.compile(r"^!ref\s+<([\w.]+)>$")
 
 # Options of SpeechBrain's blocks that only matter in training or are xvec's only choice.
 _IGNORED_MODEL_KEYS = {"device", "dropout"}
+# The dilations of every published SpeechBrain ECAPA_TDNN configuration (all have five layers).
+PUBLISHED_DILATIONS = [1, 2, 3, 4, 1]
 _FIXED_MODEL_KEYS = {"activation": "!name:torch.nn.ReLU"}
 # Fbank / InputNormalization options and the only values xvec reproduces (None: any value).
 _FBANK_SUPPORTED: dict[str, Any] = {
@@ -204,15 +208,32 @@ def convert(source: Path, config: Path | None, overrides: dict[str, Any]) -> Con
         params = cls.params_from_state(state)
     except KeyError as exc:
         raise XvecError(f"{source}: incomplete ECAPA-TDNN state dict (no {exc})") from exc
-    if config is not None:
-        params.update(params_from_config(Path(config)))
+    stated = params_from_config(Path(config)) if config is not None else {}
+    if config is not None:  # a config without dilations keeps ECAPA_TDNN's default ones
+        stated.setdefault("dilations", list(PUBLISHED_DILATIONS))
+    params.update(stated)
     for name, value in overrides.items():
         params[name] = _parse_value(value, f"override {name}") if isinstance(value, str) else value
+    record: dict[str, Any] = {"format": FORMAT, "file": source.name}
+    if "dilations" not in params:
+        params["dilations"] = _assumed_dilations(source, len(params["channels"]))
+        record["notes"] = [
+            f"assumed dilations={PUBLISHED_DILATIONS} (not stored; every published SpeechBrain "
+            "ECAPA uses them; give --config with the model's hyperparams.yaml or --param "
+            "dilations=[...] if it was trained otherwise)"
+        ]
     model = registry.build("model", MODEL_NAME, params)
     _load_weights(model, state, source)
     model.eval()
-    return Converted(
-        model_name=MODEL_NAME,
-        model=model,
-        extra={"imported_from": {"format": FORMAT, "file": source.name}},
-    )
+    return Converted(model_name=MODEL_NAME, model=model, extra={"imported_from": record})
+
+
+def _assumed_dilations(source: Path, layers: int) -> list[int]:
+    """The published dilations for a five-layer ECAPA; other depths are an error."""
+    if layers != len(PUBLISHED_DILATIONS):
+        raise XvecError(
+            f"{source}: the dilations of this {layers}-layer ECAPA-TDNN are not stored in the "
+            f"weights and no published SpeechBrain ECAPA has {layers} layers; give --config "
+            f"(the model's hyperparams.yaml) or --param dilations=[...] ({layers} numbers)"
+        )
+    return list(PUBLISHED_DILATIONS)

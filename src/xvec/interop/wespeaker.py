@@ -7,10 +7,17 @@ comes from the key names (ResNet: ``layer1.0.conv1.weight`` and ``seg_1.*``; CAM
 and ``xvector.*``) and the sizes from the shapes (the model class's ``params_from_state``).
 The optional ``config.yaml`` WeSpeaker writes next to the model is checked against them: a
 value that contradicts the weights is an error, and its fbank dither is kept.
+
+One choice no tensor settles: a ResNet's parameter-free pooling and its mel bands are tied, as
+``seg_1``'s input width fits TSTP over f bands or TAP / TSDP over 2f. It comes from the config
+(``model_args.pooling_func``, ``feat_dim``) or ``--param``; without them, the reading of every
+published 16 kHz WeSpeaker ResNet (TSTP over 80 bands) is assumed when it fits, with a note,
+and any other width is refused with the candidates.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +40,11 @@ LOSS_PREFIX = "projection."
 # WeSpeaker model names (config ``model:``) of each supported xvec model.
 RESNET_DEPTHS = {f"ResNet{depth}": depth for depth in (18, 34, 50, 101, 152, 221, 293)}
 CONFIG_MODELS = {**dict.fromkeys(RESNET_DEPTHS, "WeSpeakerResNet"), "CAMPPlus": "CAMPPlus"}
+# The poolings each model computes (WeSpeaker's learnt ones, ASTP and others, are refused).
+MODEL_POOLINGS = {"WeSpeakerResNet": ("TSTP", "TAP", "TSDP"), "CAMPPlus": ("TSTP",)}
+# Every published 16 kHz WeSpeaker ResNet config (VoxCeleb, CN-Celeb) pools TSTP over 80 bands.
+PUBLISHED_RESNET_READING = ("TSTP", 80)
+SAMPLE_RATE = 16000
 
 
 def wespeaker_state(path: Path) -> dict[str, torch.Tensor]:
@@ -134,15 +146,25 @@ def _config_values(path: Path, model_name: str) -> dict[str, tuple[Any, str]]:
             values["depth"] = (RESNET_DEPTHS[name], f"{path}: model: {name}")
     args = config.get("model_args") or {}
     if isinstance(args, dict):
-        pooling = args.get("pooling_func", "TSTP")
-        if pooling != "TSTP":
+        pooling = args.get("pooling_func", "TSTP")  # WeSpeaker's models default to TSTP
+        if pooling not in MODEL_POOLINGS[model_name]:
+            supported = ", ".join(MODEL_POOLINGS[model_name])
             raise XvecError(
-                f"{path}: model_args.pooling_func: {pooling} is not supported (only TSTP)"
+                f"{path}: model_args.pooling_func: {pooling} is not supported by {model_name} "
+                f"(it computes {supported})"
             )
+        values["pooling_func"] = (pooling, f"{path}: model_args.pooling_func")
         for key in ("feat_dim", "embed_dim", "two_emb_layer"):
             if key in args:
                 values[key] = (args[key], f"{path}: model_args.{key}")
-    fbank = (config.get("dataset_args") or {}).get("fbank_args") or {}
+    dataset = config.get("dataset_args") or {}
+    rate = dataset.get("resample_rate", SAMPLE_RATE) if isinstance(dataset, dict) else SAMPLE_RATE
+    if rate != SAMPLE_RATE:
+        raise XvecError(
+            f"{path}: dataset_args.resample_rate: {rate} is not supported (xvec's WeSpeaker "
+            f"front end reads {SAMPLE_RATE} Hz audio)"
+        )
+    fbank = (dataset.get("fbank_args") if isinstance(dataset, dict) else None) or {}
     if isinstance(fbank, dict):
         for key, expected in (("frame_shift", 10), ("frame_length", 25)):
             if fbank.get(key, expected) != expected:
@@ -162,6 +184,80 @@ def _config_values(path: Path, model_name: str) -> dict[str, tuple[Any, str]]:
 # --------------------------------------------------------------------------- conversion
 
 
+def _describe_readings(readings: dict[str, int]) -> str:
+    """``TSTP with 40 mel bands, TAP or TSDP with 80``: poolings grouped by their bands."""
+    by_bands: dict[int, list[str]] = {}
+    for pooling, bands in readings.items():
+        by_bands.setdefault(bands, []).append(pooling)
+    parts = [f"{' or '.join(names)} with {bands}" for bands, names in by_bands.items()]
+    return ", ".join(parts) + " mel bands"
+
+
+def _resnet_pooling(
+    source: Path,
+    readings: dict[str, int],
+    given: dict[str, tuple[Any, str]],
+    notes: list[str],
+) -> str:
+    """The pooling of a WeSpeaker ResNet: stated, implied by stated mel bands, or assumed.
+
+    ``readings`` is :meth:`WeSpeakerResNet.pooling_readings`. The published reading (TSTP, 80
+    bands) is assumed, with a note, when it fits and nothing is stated; any other ambiguity is
+    an error naming the candidates and how to choose.
+    """
+    choose = "give --config (WeSpeaker's config.yaml) or --param pooling_func="
+    if not readings:
+        raise XvecError(f"{source}: seg_1's input width fits none of TSTP, TAP and TSDP")
+    if "pooling_func" in given:
+        pooling, origin = given["pooling_func"]
+        if pooling not in readings:
+            raise XvecError(
+                f"{source}: {origin} = {pooling!r} contradicts the weights: seg_1's input fits "
+                f"{_describe_readings(readings)}"
+            )
+        return pooling
+    if "feat_dim" in given:
+        feat_dim, origin = given["feat_dim"]
+        fitting = [pooling for pooling, bands in readings.items() if bands == feat_dim]
+        if len(fitting) == 1:
+            return fitting[0]
+        if fitting:
+            raise XvecError(
+                f"{source}: the pooling is ambiguous: {' or '.join(fitting)} with {feat_dim} mel "
+                f"bands (the weights cannot tell them apart); {choose}{'|'.join(fitting)}"
+            )
+        raise XvecError(
+            f"{source}: {origin} = {feat_dim!r} contradicts the weights: seg_1's input fits "
+            f"{_describe_readings(readings)}"
+        )
+    if len(readings) == 1:
+        return next(iter(readings))
+    published, bands = PUBLISHED_RESNET_READING
+    if readings.get(published) == bands:
+        others = {key: value for key, value in readings.items() if key != published}
+        notes.append(
+            f"assumed pooling_func={published!r} with {bands} mel bands (not stored; every "
+            f"published 16 kHz WeSpeaker ResNet uses it; seg_1 also fits "
+            f"{_describe_readings(others)}: give --param pooling_func or --config if so)"
+        )
+        return published
+    raise XvecError(
+        f"{source}: the pooling is ambiguous: seg_1's input fits {_describe_readings(readings)} "
+        f"(the weights cannot tell them apart); {choose}{'|'.join(readings)}"
+    )
+
+
+def _from_weights(
+    source: Path, read: Callable[..., Any], state: dict[str, torch.Tensor], **options: Any
+) -> Any:
+    """``read(state, **options)``, a model class's reading of the weights; its error names
+    ``source``."""
+    try:
+        return read(state, **options)
+    except XvecError as exc:
+        raise XvecError(f"{source}: {exc}") from exc
+
+
 def convert(
     source: Path,
     config: Path | None,
@@ -178,30 +274,35 @@ def convert(
         sample = ", ".join(list(state)[:4]) or "none"
         raise XvecError(
             f"{source}: not a WeSpeaker ResNet or CAM++ state dict (keys: {sample}, ...); "
-            "supported: ResNet18-293 (TSTP) and CAM++"
+            "supported: ResNet18-293 (TSTP, TAP or TSDP pooling) and CAM++"
         )
     if model is not None and registry.get_entry("model", model).name != detected:
         raise XvecError(
             f"{source}: --model {model} contradicts the weights, which are a {detected}"
         )
     cls = registry.get_class("model", detected)
-    try:
-        inferred = cls.params_from_state(state)
-    except XvecError as exc:
-        raise XvecError(f"{source}: {exc}") from exc
     given = _config_values(config, detected) if config is not None else {}
     given.update({key: (value, "--param " + key) for key, value in overrides.items()})
+    notes: list[str] = []
+    chosen: dict[str, Any] = {}  # what the weights read under: the pooling (ResNet)
+    if detected == "WeSpeakerResNet":
+        readings = _from_weights(source, cls.pooling_readings, state)
+        chosen["pooling_func"] = _resnet_pooling(source, readings, given, notes)
+    elif "pooling_func" in given:
+        value, origin = given.pop("pooling_func")
+        if value != "TSTP":
+            raise XvecError(f"{source}: {origin} = {value!r}: {detected} computes TSTP only")
+    inferred = _from_weights(source, cls.params_from_state, state, **chosen)
     for key, (value, origin) in given.items():
         if key in inferred and inferred[key] != value:
             raise XvecError(
                 f"{source}: {origin} = {value!r} contradicts the weights, which mean "
                 f"{key} = {inferred[key]!r}"
             )
-    params = {**inferred, **{key: value for key, (value, _) in given.items()}}
+    params = {**inferred, **chosen, **{key: value for key, (value, _) in given.items()}}
     speaker_model = registry.build("model", detected, params)
     load_state_strict(speaker_model, state, str(source))
     head = full.get(LOSS_PREFIX + "weight")
-    notes = []
     if any(k.startswith(LOSS_PREFIX) for k in full):
         classes = f" ({head.shape[0]} classes)" if head is not None and head.dim() == 2 else ""
         notes.append(f"loss head projection.*{classes} left out")

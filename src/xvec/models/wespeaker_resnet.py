@@ -2,12 +2,15 @@
 
 The network of WeSpeaker's ``wespeaker/models/resnet.py``: a 3x3 stem convolution, four stages
 of basic (ResNet18/34) or bottleneck (ResNet50 and deeper) residual blocks with widths m, 2m, 4m,
-8m that halve time and frequency from the second stage on (no max pooling), temporal statistics
-pooling (mean and standard deviation over time of every channel x frequency), and one linear
-layer ``seg_1`` to the embedding, optionally followed by ReLU, a parameter-free batch norm and a
+8m that halve time and frequency from the second stage on (no max pooling), a parameter-free
+pooling over time of every channel x frequency (``pooling_func``: TSTP, the mean and standard
+deviation; TAP, the mean; TSDP, the standard deviation), and one linear layer ``seg_1`` to the
+embedding, optionally followed by ReLU, a parameter-free batch norm and a
 second linear layer (``two_emb_layer``). Module names equal WeSpeaker's, so the ``avg_model.pt``
 that WeSpeaker saves (a plain ``state_dict``) loads with ``strict=True`` after dropping its loss
-head (``projection.*``); :meth:`WeSpeakerResNet.params_from_state` reads the sizes off it.
+head (``projection.*``); :meth:`WeSpeakerResNet.params_from_state` reads the sizes off it. The
+pooling is not stored: TSTP over f mel bands has the shapes of TAP or TSDP over 2f
+(:meth:`WeSpeakerResNet.pooling_readings` lists what fits), so importers ask for it.
 
 The model takes 16 kHz waveforms and computes WeSpeaker's inference input itself
 (:class:`WeSpeakerFrontEnd`), so its embeddings equal WeSpeaker's ``extract.py`` output.
@@ -33,6 +36,7 @@ __all__ = [
     "WeSpeakerFrontEnd",
     "WeSpeakerResNet",
     "WeSpeakerResNetParams",
+    "temporal_pool",
     "temporal_stats",
 ]
 
@@ -40,6 +44,10 @@ INT16_SCALE = 32768.0  # WeSpeaker's data pipeline multiplies [-1, 1] audio by 1
 STATS_VARIANCE_FLOOR = 1e-7  # WeSpeaker's TSTP: sqrt(unbiased variance + 1e-7)
 
 WeSpeakerWindow = Literal["hamming", "povey"]
+WeSpeakerPooling = Literal["TSTP", "TAP", "TSDP"]
+# statistics per channel x band of each parameter-free WeSpeaker pooling
+POOLED_STATISTICS: dict[str, int] = {"TSTP": 2, "TAP": 1, "TSDP": 1}
+FREQUENCY_STRIDE = 8  # three stride-2 stages: seg_1 sees feat_dim / 8 bands
 Depth = Literal[18, 34, 50, 101, 152, 221, 293]
 # depth -> (bottleneck blocks?, blocks per stage), as WeSpeaker's ResNet18 ... ResNet293
 RESNET_LAYOUTS: dict[int, tuple[bool, tuple[int, int, int, int]]] = {
@@ -99,6 +107,19 @@ def temporal_stats(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([mean.flatten(1), std.flatten(1)], dim=1)
 
 
+def temporal_pool(x: torch.Tensor, pooling_func: WeSpeakerPooling) -> torch.Tensor:
+    """WeSpeaker's parameter-free poolings over the last (time) axis, ``[B, C, (F,) T] ->
+    [B, stats * C (* F)]``: TSTP (:func:`temporal_stats`), TAP (the mean) or TSDP (the floored
+    unbiased standard deviation alone); float32 as :func:`temporal_stats`."""
+    if pooling_func == "TSTP":
+        return temporal_stats(x)
+    x = x.float()
+    if pooling_func == "TAP":
+        return x.mean(dim=-1).flatten(1)
+    variance = torch.var(x, dim=-1, correction=1)
+    return torch.sqrt(variance + STATS_VARIANCE_FLOOR).flatten(1)
+
+
 def _shortcut(in_planes: int, out_planes: int, stride: int | tuple[int, int]) -> nn.Sequential:
     """Identity (empty) unless the shape changes: then a strided 1x1 convolution and batch norm."""
     if stride == 1 and in_planes == out_planes:
@@ -150,19 +171,39 @@ class Bottleneck(nn.Module):
 
 
 class WeSpeakerResNetParams(Params):
-    """WeSpeaker ResNet options: depth, stem width, mel bands, embedding size, second layer."""
+    """WeSpeaker ResNet options: depth, stem width, mel bands, pooling, embedding size, second
+    layer."""
 
     depth: Depth = 34
     m_channels: int = Field(32, ge=1, description="width of the first stage (x2 per stage)")
     feat_dim: int = Field(80, ge=8, le=256, multiple_of=8, description="Kaldi mel bands")
     embed_dim: int = Field(256, ge=1)
+    pooling_func: WeSpeakerPooling = Field(
+        "TSTP", description="TSTP (mean and std), TAP (mean) or TSDP (std) over time"
+    )
     two_emb_layer: bool = False
     window: WeSpeakerWindow = "hamming"
     dither: float = Field(1.0, ge=0, description="training-time fbank dither (int16 units)")
 
 
+def _check_resnet_keys(state: dict[str, torch.Tensor]) -> str:
+    """Refuse a state dict without a ResNet's stem and ``seg_1`` or with a learnt pooling;
+    returns the name to use in further errors."""
+    what = "WeSpeaker ResNet state dict"
+    for key in ("conv1.weight", "seg_1.weight"):
+        if key not in state:
+            raise XvecError(f"{what}: no '{key}' (not a WeSpeaker ResNet checkpoint)")
+    if any(key.startswith("pool.") for key in state):
+        raise XvecError(
+            f"{what}: has a learnt pooling ('pool.*'); only the parameter-free TSTP, TAP and "
+            "TSDP are supported"
+        )
+    return what
+
+
 class WeSpeakerResNet(SpeakerModel):
-    """WeSpeaker's ResNet (18-293) with TSTP pooling on Kaldi fbanks; loads WeSpeaker weights.
+    """WeSpeaker's ResNet (18-293) with TSTP, TAP or TSDP pooling on Kaldi fbanks; loads
+    WeSpeaker weights.
 
     Input: 16 kHz waveforms; :class:`WeSpeakerFrontEnd` makes WeSpeaker's 80-band Kaldi
     fbank with mean normalisation. ResNet34 with ``m_channels`` 32 and a 256-dim embedding is
@@ -195,7 +236,7 @@ class WeSpeakerResNet(SpeakerModel):
                 in_planes = width * block.expansion
             stages.append(nn.Sequential(*layers))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        pooled = 2 * in_planes * (p.feat_dim // 8)
+        pooled = POOLED_STATISTICS[p.pooling_func] * in_planes * (p.feat_dim // FREQUENCY_STRIDE)
         self.seg_1 = nn.Linear(pooled, p.embed_dim)
         if p.two_emb_layer:
             self.seg_bn_1 = nn.BatchNorm1d(p.embed_dim, affine=False)
@@ -210,7 +251,7 @@ class WeSpeakerResNet(SpeakerModel):
         x = features.transpose(1, 2).unsqueeze(1)  # [B, 1, F, T]
         x = F.relu(self.bn1(self.conv1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        embedding = self.seg_1(temporal_stats(x))
+        embedding = self.seg_1(temporal_pool(x, self.params.pooling_func))
         if self.params.two_emb_layer:
             embedding = self.seg_2(self.seg_bn_1(F.relu(embedding)))
         return embedding
@@ -223,20 +264,41 @@ class WeSpeakerResNet(SpeakerModel):
         return self.embed_features(self.front_end(waveform))
 
     @classmethod
-    def params_from_state(cls, state: dict[str, torch.Tensor]) -> dict[str, Any]:
-        """The parameters of the WeSpeaker ResNet whose ``state_dict`` is ``state``.
+    def pooling_readings(cls, state: dict[str, torch.Tensor]) -> dict[str, int]:
+        """``{pooling_func: feat_dim}`` for each pooling under which ``seg_1``'s input fits.
+
+        ``seg_1`` takes ``stats x 8m x expansion x feat_dim / 8`` inputs (stats: 2 for TSTP, 1
+        for TAP and TSDP), so TSTP over f bands looks exactly like TAP or TSDP over 2f. Only
+        ``feat_dim`` values the model accepts (multiples of 8, 8..256) are listed.
+        """
+        _check_resnet_keys(state)
+        expansion = Bottleneck.expansion if "layer1.0.conv3.weight" in state else 1
+        per_band = 8 * int(state["conv1.weight"].shape[0]) * expansion
+        pooled = int(state["seg_1.weight"].shape[1])
+        readings = {}
+        for pooling, statistics in POOLED_STATISTICS.items():
+            if pooled % (statistics * per_band) == 0:
+                feat_dim = FREQUENCY_STRIDE * pooled // (statistics * per_band)
+                try:
+                    WeSpeakerResNetParams(feat_dim=feat_dim)
+                except ValueError:  # outside the mel bands the model takes
+                    continue
+                readings[pooling] = feat_dim
+        return readings
+
+    @classmethod
+    def params_from_state(
+        cls, state: dict[str, torch.Tensor], pooling_func: WeSpeakerPooling = "TSTP"
+    ) -> dict[str, Any]:
+        """The parameters of the WeSpeaker ResNet whose ``state_dict`` is ``state``, given
+        its ``pooling_func`` (not stored: see :meth:`pooling_readings`).
 
         Depth from the block type (``conv3`` present: bottleneck) and the blocks per stage,
         ``m_channels`` from the stem, ``embed_dim`` and ``feat_dim`` from ``seg_1`` (its input
-        is 2 x 8m x expansion x feat_dim / 8), ``two_emb_layer`` from ``seg_2``. A loss head
+        is stats x 8m x expansion x feat_dim / 8), ``two_emb_layer`` from ``seg_2``. A loss head
         (``projection.*``) is ignored. Raises :class:`XvecError` when a size cannot be read.
         """
-        what = "WeSpeaker ResNet state dict"
-        for key in ("conv1.weight", "seg_1.weight"):
-            if key not in state:
-                raise XvecError(f"{what}: no '{key}' (not a WeSpeaker ResNet checkpoint)")
-        if any(key.startswith("pool.") for key in state):
-            raise XvecError(f"{what}: has a learnt pooling ('pool.*'); only TSTP is supported")
+        what = _check_resnet_keys(state)
         bottleneck = "layer1.0.conv3.weight" in state
         blocks = []
         for stage in range(1, 5):
@@ -253,9 +315,12 @@ class WeSpeakerResNet(SpeakerModel):
         m_channels = int(state["conv1.weight"].shape[0])
         expansion = Bottleneck.expansion if bottleneck else BasicBlock.expansion
         embed_dim, pooled = (int(size) for size in state["seg_1.weight"].shape)
-        per_band = 2 * 8 * m_channels * expansion
+        per_band = POOLED_STATISTICS[pooling_func] * 8 * m_channels * expansion
         if pooled % per_band:
-            raise XvecError(f"{what}: seg_1 input {pooled} is not a multiple of {per_band}")
+            raise XvecError(
+                f"{what}: seg_1 input {pooled} is not a multiple of {per_band} "
+                f"(as {pooling_func} pooling needs)"
+            )
         return {
             "depth": depths[0],
             "m_channels": m_channels,
