@@ -22,7 +22,17 @@ SOURCE = ROOT / "src"
 LAYERS: list[tuple[str, set[str]]] = [
     (
         "foundation",
-        {"errors", "files", "compat", "devices", "registry", "schedules", "config", "runlog"},
+        {
+            "errors",
+            "files",
+            "outputs",
+            "compat",
+            "devices",
+            "registry",
+            "schedules",
+            "config",
+            "runlog",
+        },
     ),
     (
         "kernels",

@@ -232,3 +232,76 @@ def test_run_log_with_am_softmax_accuracy_of_zero_is_drawn_from_zero(tmp_path) -
     bottom, top = accuracy_axes.get_ylim()
     assert bottom == 0.0 and top > 7.5
     assert_no_pyplot_figures()
+
+
+# ---------------------------------------------------------------- calibration plots
+
+
+def calibrated_trials(n: int = 4000, seed: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian LLRs that are calibrated by construction: N(+-d^2/2, d^2) with d = 2."""
+    rng = np.random.default_rng(seed)
+    labels = rng.random(n) < 0.3
+    llrs = 2.0 * rng.normal(size=n) + np.where(labels, 2.0, -2.0)
+    return llrs, labels
+
+
+def test_bayes_error_curves_bound_and_meet() -> None:
+    from xvec.calibration import act_dcf
+    from xvec.plots import bayes_error_curves
+
+    llrs, labels = calibrated_trials()
+    log_odds = np.linspace(-6, 6, 25)
+    actual, minimum = bayes_error_curves(llrs, llrs, labels, log_odds)
+    assert (minimum <= actual + 1e-12).all() and (minimum <= 1 + 1e-12).all()
+    priors = 1 / (1 + np.exp(-log_odds))
+    assert actual[12] == pytest.approx(act_dcf(llrs[labels], llrs[~labels], float(priors[12])))
+    assert np.abs(actual - minimum)[6:19].max() < 0.1  # calibrated: close to the minimum
+    shifted, _ = bayes_error_curves(llrs + 3.0, llrs, labels, log_odds)
+    assert (shifted[6:19] > actual[6:19]).any() and shifted.max() > 1.2  # worse than default
+
+
+def test_reliability_points_follow_the_diagonal_when_calibrated() -> None:
+    from xvec.plots import reliability_points
+
+    llrs, labels = calibrated_trials(20000)
+    predicted, observed, counts = reliability_points(llrs, labels)
+    assert counts.sum() == 20000 and (np.diff(predicted) > 0).all()
+    assert np.abs(predicted - observed).max() < 0.05
+    over, observed_over, _ = reliability_points(3 * llrs, labels)  # over-confident
+    assert observed_over[0] > over[0] and observed_over[-1] < over[-1]
+
+
+def test_calibration_plot_png_and_cli(tmp_path) -> None:
+    from xvec.calibration import fit_calibration
+    from xvec.plots import plot_calibration
+    from xvec.scoring import write_scores
+
+    from conftest import run_cli
+
+    llrs, labels = calibrated_trials()
+    scores = 0.1 * llrs + 0.5  # cosine-like: the same order, not LLRs
+    figure = plot_calibration(scores, labels, tmp_path / "raw.png")
+    assert png_size(tmp_path / "raw.png") == (1650, 690)  # 11 x 4.6 in at 150 dpi
+    bayes, reliability = figure.axes
+    assert bayes.get_xlim() == (-6.0, 6.0) and len(bayes.get_lines()) == 3
+    assert reliability.get_title() == "reliability"
+    assert_no_pyplot_figures()
+
+    names = [f"f{i}.wav" for i in range(len(labels) + 1)]
+    trials = tmp_path / "trials.txt"
+    trials.write_text(
+        "".join(f"{int(y)} {names[i]} {names[i + 1]}\n" for i, y in enumerate(labels))
+    )
+    write_scores(tmp_path / "s.txt", scores, names[:-1], names[1:])
+    calibration = fit_calibration(scores, labels)
+    (tmp_path / "c.json").write_text(calibration.to_json())
+    output = tmp_path / "calibration.png"
+    done = run_cli(
+        "plot", "calibration", "--scores", tmp_path / "s.txt", "-t", trials,
+        "--calibration", tmp_path / "c.json", "-o", output,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"calibration plot -> {output} (calibrated LLRs: Cllr 0.")
+    assert png_size(output) == (1650, 690)
+    raw = run_cli("plot", "calibration", "--scores", tmp_path / "s.txt", "-t", trials, "-o", output)
+    assert raw.returncode == 0 and "scores as LLRs" in raw.stdout

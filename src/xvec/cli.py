@@ -76,7 +76,8 @@ app = typer.Typer(
     cls=XvecGroup,
 )
 plot_app = typer.Typer(
-    help="Plots: score histograms, DET curves, training curves.", no_args_is_help=True
+    help="Plots: score histograms, DET curves, training curves, calibration.",
+    no_args_is_help=True,
 )
 prepare_app = typer.Typer(
     help="Write VoxCeleb-format lists for corpora on disk.", no_args_is_help=True
@@ -243,6 +244,10 @@ def eval_command(
     ] = None,
     c_miss: Annotated[float, typer.Option(help="minDCF cost of a miss.")] = 1.0,
     c_fa: Annotated[float, typer.Option(help="minDCF cost of a false acceptance.")] = 1.0,
+    calibration: Annotated[
+        Path | None,
+        typer.Option(help="Calibration JSON: adds Cllr, actDCF and thresholds per p_target."),
+    ] = None,
 ) -> None:
     """Evaluate model(s) or score file(s) on a trial list: EER and minDCF in a table."""
     prefer_sleeping_threads()
@@ -262,6 +267,7 @@ def eval_command(
         max_trials=max_trials,
         dcf=DcfSettings(tuple(p_target or ()), c_miss, c_fa),
         progress_for=lambda path: report.FileProgress(f"embedding ({path.name})", err),
+        calibration=calibration,
     )
     keep_table = out_dir is not None or bool(model)
     table_file = (out_dir or Path("eval_out")) / "table.txt" if keep_table else None
@@ -320,11 +326,20 @@ def score_command(
         Path | None, typer.Option(help="Embeddings file of the cohort (asnorm/mean).")
     ] = None,
     top_k: Annotated[int, typer.Option(help="Cohort size per side for AS-norm.")] = 300,
+    backend: Annotated[
+        Path | None, typer.Option(help="PLDA back end (xvec backend fit): PLDA LLRs, not cosine.")
+    ] = None,
 ) -> None:
-    """Score trials from stored embeddings (cosine, or voxceleb_trainer crops)."""
+    """Score trials from stored embeddings (cosine, voxceleb_trainer crops, or PLDA)."""
+    from xvec.workflows.backend import score_with_backend
     from xvec.workflows.score import score_to_file
 
-    count = score_to_file(embeddings, trials, output, norm=norm.value, cohort=cohort, top_k=top_k)
+    if backend is not None:
+        count = score_with_backend(backend, embeddings, trials, output, norm=norm.value)
+    else:
+        count = score_to_file(
+            embeddings, trials, output, norm=norm.value, cohort=cohort, top_k=top_k
+        )
     out.print(f"{count} scores -> {output}")
 
 
@@ -642,6 +657,117 @@ def prepare_folder_command(
             f"trained on it is tested on its own speakers; pass --exclude-trials {trials}",
         )
     out.print(report.prepared_text(lists))
+
+
+# --------------------------------------------------------------------------- calibration, PLDA
+
+calibrate_app = typer.Typer(
+    help="Score calibration: fit a calibration (or fusion, or QMF) on labelled trials, apply it.",
+    no_args_is_help=True,
+)
+backend_app = typer.Typer(
+    help="A PLDA back end (centering, LDA, length norm, PLDA) on stored embeddings.",
+    no_args_is_help=True,
+)
+app.add_typer(calibrate_app, name="calibrate")
+app.add_typer(backend_app, name="backend")
+
+
+@calibrate_app.command("fit")
+@one_line_errors
+def calibrate_fit_command(
+    scores: Annotated[
+        list[Path],
+        typer.Option("--scores", help="Score file(s) of the trial list; several are fused."),
+    ],
+    trials: Annotated[Path, typer.Option("--trials", "-t", help="Labelled trial list.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Calibration JSON to write.")],
+    p_target: Annotated[
+        float, typer.Option("--p-target", help="Prior the fit is weighted for.")
+    ] = 0.05,
+    quality: Annotated[
+        bool,
+        typer.Option("--quality", help="Add file durations as side information (QMF)."),
+    ] = False,
+    audio_root: Annotated[
+        Path | None,
+        typer.Option("--audio-root", "-r", help="Folder the trial paths are under (--quality)."),
+    ] = None,
+) -> None:
+    """Fit a linear calibration from scores to log-likelihood ratios on labelled trials."""
+    from xvec.workflows.calibrate import fit_calibration_files
+
+    fit = fit_calibration_files(
+        scores, trials, output, p_target=p_target, quality=quality, audio_root=audio_root
+    )
+    report.print_calibration_fit(fit, out)
+
+
+@calibrate_app.command("apply")
+@one_line_errors
+def calibrate_apply_command(
+    calibration: Annotated[Path, typer.Argument(help="Calibration JSON (xvec calibrate fit).")],
+    scores: Annotated[
+        list[Path], typer.Argument(help="Score file(s), in the order the fit was given them.")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="LLR score file to write.")],
+    audio_root: Annotated[
+        Path | None,
+        typer.Option("--audio-root", "-r", help="Folder the trial paths are under (QMF)."),
+    ] = None,
+) -> None:
+    """Turn score file(s) into calibrated log-likelihood ratios ('SCORE ENROLL TEST')."""
+    from xvec.workflows.calibrate import apply_calibration_file
+
+    applied = apply_calibration_file(calibration, scores, output, audio_root=audio_root)
+    report.print_calibration_applied(applied, out)
+
+
+@backend_app.command("fit")
+@one_line_errors
+def backend_fit_command(
+    embeddings: Annotated[
+        Path, typer.Option("--embeddings", "-e", help="Embeddings of the train list's files.")
+    ],
+    train_list: Annotated[
+        Path, typer.Option("--list", help="Train list 'SPEAKER relative/path' (the labels).")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Back end (.safetensors).")],
+    lda_dim: Annotated[
+        int | None, typer.Option("--lda-dim", help="Reduce to this many dimensions by LDA.")
+    ] = None,
+) -> None:
+    """Fit centering, optional LDA, length normalisation and a two-covariance PLDA."""
+    from xvec.workflows.backend import fit_backend_files
+
+    report.print_backend_fit(fit_backend_files(embeddings, train_list, output, lda_dim), out)
+
+
+@plot_app.command("calibration")
+@one_line_errors
+def plot_calibration_command(
+    scores: Annotated[Path, typer.Option("--scores", help="Score file 'SCORE ENROLL TEST'.")],
+    trials: Annotated[Path, typer.Option("--trials", "-t", help="Trial list with the labels.")],
+    calibration: Annotated[
+        Path | None,
+        typer.Option("--calibration", help="Calibration JSON; without it scores are LLRs."),
+    ] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="PNG, PDF or SVG.")] = Path(
+        "calibration.png"
+    ),
+    title: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Normalised Bayes error-rate plot (actual and minimum DCF) and reliability plot."""
+    from xvec.workflows.plot import plot_calibration_files
+
+    drawn = plot_calibration_files(scores, trials, output, calibration, title)
+    which = "calibrated LLRs" if drawn.calibrated else "scores as LLRs"
+    out.print(
+        f"calibration plot -> {drawn.path} ({which}: Cllr {drawn.cllr:.4f}, "
+        f"minCllr {drawn.min_cllr:.4f} bits)",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def run(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""Figures: score histograms, DET curves and training curves (PNG, PDF or SVG by extension).
+"""Figures: score histograms, DET curves, calibration plots and training curves (PNG, PDF or SVG
+by extension).
 
 Figures are built on matplotlib's object API with the Agg canvas, never through pyplot, so no
 global figure state is created or left open, and no display is needed. Files are written
@@ -14,11 +15,20 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from xvec.calibration import act_dcf
 from xvec.errors import XvecError
 from xvec.files import atomic_write
 from xvec.metrics import compute_metrics, det_curve
 
-__all__ = ["plot_det", "plot_histogram", "plot_training", "probit"]
+__all__ = [
+    "bayes_error_curves",
+    "plot_calibration",
+    "plot_det",
+    "plot_histogram",
+    "plot_training",
+    "probit",
+    "reliability_points",
+]
 
 TARGET_COLOR = "tab:blue"
 NONTARGET_COLOR = "tab:red"
@@ -300,5 +310,102 @@ def plot_training(records: Sequence[Mapping[str, Any]], path: str | Path) -> Any
             axes.set_ylim(0.0, max(1.0, float(data[:, 1].max()) * 1.05))
     all_axes[-1].set_xlabel("epoch" if to_epoch is not None else "step")
     all_axes[0].set_title("training curves")
+    _save(figure, path)
+    return figure
+
+
+PRIOR_LOG_ODDS_RANGE = (-6.0, 6.0)  # x axis of the normalised Bayes error-rate plot
+_PRIOR_POINTS = 121  # 0.1 steps of prior log-odds
+_RELIABILITY_BINS = 10
+BAYES_PLOT_TOP = 1.5  # normalised DCF shown; the default system costs 1
+
+
+def bayes_error_curves(
+    llrs: ArrayLike, scores: ArrayLike, labels: ArrayLike, prior_log_odds: ArrayLike
+) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised actual DCF of ``llrs`` and minimum DCF of ``scores`` at each prior log-odds.
+
+    Actual: the trials decided at the Bayes threshold ``-prior log-odds``; minimum: the best
+    threshold of the scores (any monotone calibration of them). C_miss = C_fa = 1.
+    """
+    values, is_target = _scores_and_labels(scores, labels)
+    calibrated, _ = _scores_and_labels(llrs, labels)
+    priors = 1.0 / (1.0 + np.exp(-np.asarray(prior_log_odds, dtype=np.float64)))
+    actual = act_dcf(calibrated[is_target], calibrated[~is_target], list(priors))
+    fpr, fnr, _ = det_curve(values, is_target)
+    minimum = [float(np.min(p * fnr + (1 - p) * fpr) / min(p, 1 - p)) for p in priors.tolist()]
+    return np.array(list(actual.values())), np.array(minimum)
+
+
+def reliability_points(
+    llrs: ArrayLike, labels: ArrayLike, bins: int = _RELIABILITY_BINS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Predicted against observed target posteriors at equal priors, per bin of prediction.
+
+    The predicted posterior is ``sigmoid(llr)``; the observed one weighs each target by
+    ``1 / N_target`` and each non-target by ``1 / N_non-target`` (equal priors, whatever the
+    trial list's proportion). Returns ``(mean predicted, observed, trials)`` of the non-empty
+    bins of ``bins`` equal-width bins over [0, 1].
+    """
+    values, is_target = _scores_and_labels(llrs, labels)
+    predicted = 1.0 / (1.0 + np.exp(-values))
+    which = np.minimum((predicted * bins).astype(int), bins - 1)
+    n_target, n_nontarget = max(int(is_target.sum()), 1), max(int((~is_target).sum()), 1)
+    targets = np.bincount(which[is_target], minlength=bins) / n_target
+    nontargets = np.bincount(which[~is_target], minlength=bins) / n_nontarget
+    counts = np.bincount(which, minlength=bins)
+    sums = np.bincount(which, weights=predicted, minlength=bins)
+    used = counts > 0
+    observed = targets[used] / np.maximum(targets[used] + nontargets[used], 1e-300)
+    return sums[used] / counts[used], observed, counts[used]
+
+
+def plot_calibration(
+    scores: ArrayLike,
+    labels: ArrayLike,
+    path: str | Path,
+    llrs: ArrayLike | None = None,
+    title: str | None = None,
+) -> Any:
+    """A normalised Bayes error-rate plot and a reliability plot, side by side.
+
+    Left: normalised actual DCF of the LLRs (``llrs``, or the scores themselves taken as LLRs)
+    and the minimum DCF of the scores over prior log-odds -6..6, with the default system's
+    cost 1 (always decide the likelier class a priori, "no decision" from the scores). Right:
+    predicted against observed target posterior at equal priors. Returns the figure.
+    """
+    values, is_target = _scores_and_labels(scores, labels)
+    calibrated = values if llrs is None else _scores_and_labels(llrs, labels)[0]
+    log_odds = np.linspace(*PRIOR_LOG_ODDS_RANGE, _PRIOR_POINTS)
+    actual, minimum = bayes_error_curves(calibrated, values, is_target, log_odds)
+    which = "calibrated LLRs" if llrs is not None else "scores taken as LLRs"
+    figure = _new_figure(11, 4.6)
+    bayes, reliability = figure.subplots(1, 2)
+    bayes.plot(log_odds, actual, color=TARGET_COLOR, linewidth=1.6, label=f"actual ({which})")
+    bayes.plot(log_odds, minimum, color="black", linestyle="--", linewidth=1.3, label="minimum")
+    bayes.axhline(1.0, color="0.5", linestyle=":", linewidth=1.2, label="default (no decision)")
+    bayes.set_xlim(*PRIOR_LOG_ODDS_RANGE)
+    bayes.set_ylim(0.0, BAYES_PLOT_TOP)  # a badly calibrated curve leaves the frame
+    bayes.set_xlabel("prior log-odds  logit(p_target)")
+    bayes.set_ylabel("normalised DCF")
+    bayes.set_title("normalised Bayes error rate")
+    bayes.grid(True, color="0.9")
+    bayes.legend(loc="upper right", frameon=False)
+    predicted, observed, counts = reliability_points(calibrated, is_target)
+    reliability.plot([0, 1], [0, 1], color="0.6", linestyle=":", linewidth=1, label="perfect")
+    reliability.plot(
+        predicted, observed, marker="o", color=NONTARGET_COLOR, linewidth=1.4,
+        label=f"{which} ({int(counts.sum()):,} trials)",
+    )  # fmt: skip
+    reliability.set_xlim(0, 1)
+    reliability.set_ylim(0, 1)
+    reliability.set_aspect("equal")
+    reliability.set_xlabel("predicted P(target), equal priors")
+    reliability.set_ylabel("observed P(target), equal priors")
+    reliability.set_title("reliability")
+    reliability.grid(True, color="0.9")
+    reliability.legend(loc="upper left", frameon=False)
+    if title:
+        figure.suptitle(title)
     _save(figure, path)
     return figure

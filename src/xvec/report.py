@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from xvec.checkpoint import Position
     from xvec.evaluate import EvalResult
     from xvec.prepare import FolderLists, SpeechoceanLists, VoxcelebLists
+    from xvec.workflows.backend import BackendFit
+    from xvec.workflows.calibrate import CalibrationApplied, CalibrationFit
     from xvec.workflows.embed import EmbedRun
     from xvec.workflows.eval import EvalRun
 
@@ -190,9 +192,18 @@ def print_eval(
     if run.subset:
         counted = f"{len(run.trials)} of {run.total_trials} trials, stratified"
     title = f"{trials} ({counted})"
-    out.print(metrics_table(run.summaries, title, width=out.width))
+    out.print(*_eval_tables(run.summaries, title, out.width))
     if table_file is not None:
-        write_table(table_file, metrics_table(run.summaries, title))
+        from rich.console import Group
+
+        write_table(table_file, Group(*_eval_tables(run.summaries, title, None)))
+
+
+def _eval_tables(results: list[dict[str, Any]], title: str, width: int | None) -> list[Any]:
+    """The metrics table, and the calibration table of the results that have one."""
+    calibrated = [r for r in results if "calibration" in r]
+    tables: list[Any] = [metrics_table(results, title, width=width)]
+    return tables + [calibration_table(calibrated, width)] * bool(calibrated)
 
 
 def print_embed(run: EmbedRun, out: Console, err: Console) -> None:
@@ -204,6 +215,119 @@ def print_embed(run: EmbedRun, out: Console, err: Console) -> None:
     out.print(
         f"{run.count} embeddings ({run.stats.computed} computed, "
         f"{run.stats.files_per_second:.1f} files/s) -> {run.output}",
+        soft_wrap=True,
+    )
+
+
+# --------------------------------------------------------------------------- calibration, PLDA
+#
+# How to read the calibration numbers (xvec eval --calibration, xvec calibrate fit):
+# - minCllr (bits) depends only on the order of the scores: the discrimination, like EER;
+# - Cllr (bits) adds the cost of the scores' calibration: Cllr - minCllr is what a better
+#   calibration could still gain (0 is perfect, 1 is a system that always says LLR 0);
+# - actDCF is the cost of deciding at the Bayes threshold -logit(p_target) on the LLRs; it is
+#   never below minDCF, and close to it when the LLRs are well calibrated at that prior;
+# - threshold is that Bayes threshold mapped back to raw score units (for a one-score
+#   calibration): the score from which a trial is accepted at that prior.
+# The tables keep every number whole: too wide a table becomes one small table per row.
+
+
+def _number_table(
+    title: str, headers: list[str], rows: list[list[str]], caption: str, width: int | None
+) -> Table | Group:
+    """Named rows of numbers in one table, or, when that is wider than ``width``, one small
+    two-column table per row, so that no number is ever cut. Headers may hold a line break."""
+    table = Table(title=title, caption=caption)
+    table.add_column(headers[0], no_wrap=True)
+    for header in headers[1:]:
+        table.add_column(header, justify="right", no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
+    if width is None or rendered_width(table) <= width:
+        return table
+    from rich.console import Group
+
+    return Group(title, *(_row_table(headers, row, width) for row in rows), caption)
+
+
+def _row_table(headers: list[str], row: list[str], width: int) -> Table:
+    """One row of :func:`_number_table` as a two-column table titled with its name."""
+    table = Table(title=shorten_left(row[0], max(min(width, 38) - 2, 8)), show_header=False)
+    table.add_column("metric", no_wrap=True)
+    table.add_column("value", justify="right", no_wrap=True)
+    for header, cell in zip(headers[1:], row[1:], strict=True):
+        table.add_row(header.replace("\n", " "), cell)
+    return table
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def calibration_table(results: list[dict[str, Any]], width: int | None = None) -> Table | Group:
+    """``xvec eval --calibration``: per system Cllr, minCllr, and per p_target the actDCF of
+    the calibrated scores and the raw-score threshold (each result's ``calibration`` entry)."""
+    p_targets = list(dict.fromkeys(p for r in results for p in r["calibration"]["act_dcf"]))
+    headers = ["system", "Cllr", "minCllr"]
+    headers += [f"actDCF\n{p}" for p in p_targets] + [f"threshold\n{p}" for p in p_targets]
+    rows = []
+    for r in results:
+        entry = r["calibration"]
+        values = [entry["cllr"], r.get("min_cllr")]
+        values += [entry["act_dcf"].get(p) for p in p_targets]
+        values += [entry["thresholds"].get(p) for p in p_targets]
+        rows.append([r["name"], *map(_number, values)])
+    files = ", ".join(sorted({r["calibration"]["file"] for r in results}))
+    caption = (
+        f"calibrated by {files}: Cllr and minCllr in bits; actDCF at the Bayes threshold of the "
+        "LLRs; threshold: the raw score from which a trial is accepted"
+    )
+    return _number_table("calibration", headers, rows, caption, width)
+
+
+def print_calibration_fit(fit: CalibrationFit, out: Console) -> None:
+    """``xvec calibrate fit``'s output: the file, measures before and after on the fit trials,
+    and for one score the raw-score thresholds."""
+    calibration = fit.calibration
+    inputs = ", ".join(calibration.inputs)
+    out.print(
+        f"calibration ({inputs}; p_target {calibration.p_target:g}) -> {fit.output}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    headers = ["scores", "Cllr", "minCllr"]
+    headers += [f"{kind}\n{p:g}" for p in fit.after.act_dcf for kind in ("actDCF", "minDCF")]
+    names = [f"{path} (as LLRs)" for path in fit.score_files] + ["calibrated"]
+    measures = [*fit.before, fit.after]
+    rows = [[name, *map(_number, m.row())] for name, m in zip(names, measures, strict=True)]
+    caption = (
+        f"on the {fit.n_trials} fit trials ({fit.n_target} target, {fit.n_nontarget} "
+        "non-target), so optimistic: evaluate on other trials"
+    )
+    out.print(_number_table("calibration fit", headers, rows, caption, out.width))
+    if fit.thresholds:
+        text = ", ".join(f"{t:.4f} at p_target {p:g}" for p, t in fit.thresholds.items())
+        out.print(f"accept a trial from raw score {text}", highlight=False, soft_wrap=True)
+
+
+def print_calibration_applied(applied: CalibrationApplied, out: Console) -> None:
+    """``xvec calibrate apply``'s output: how many LLRs went where."""
+    inputs = ", ".join(applied.calibration.inputs)
+    out.print(f"{applied.count} LLRs ({inputs}) -> {applied.output}", highlight=False)
+
+
+def print_backend_fit(fit: BackendFit, out: Console) -> None:
+    """``xvec backend fit``'s output: sizes, training data, EM log-likelihood, the file."""
+    backend = fit.backend
+    lda = "" if backend.lda_dim is None else f"LDA to {backend.lda_dim}, "
+    first, last = backend.log_likelihoods[0], backend.log_likelihoods[-1]
+    iterations = len(backend.log_likelihoods) - 1
+    out.print(
+        f"PLDA back end: {backend.embedding_dim}-dim embeddings, {lda}PLDA in {backend.dim} "
+        f"dims, from {fit.n_vectors} vectors of {fit.n_speakers} speakers "
+        f"({fit.unused} other embeddings unused); log-likelihood per vector {first:.2f} -> "
+        f"{last:.2f} in {iterations} EM iterations -> {fit.output}",
+        highlight=False,
         soft_wrap=True,
     )
 
@@ -507,7 +631,7 @@ def class_table(summary: dict[str, Any], title: str) -> Table:
     return table
 
 
-def write_table(path: Path, table: Table) -> None:
+def write_table(path: Path, table: Table | Group) -> None:
     """A plain-text copy of a rich table (no colours), written atomically."""
     import io
 

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from xvec.calibration import Calibration, min_cllr
 from xvec.checkpoint import load_model
 from xvec.data import Trials, read_trials, require_both_labels
 from xvec.devices import parse_device
@@ -28,6 +31,7 @@ from xvec.evaluate import (
 from xvec.metrics import compute_metrics
 from xvec.protocol import Protocol
 from xvec.scoring import read_scores_in_trial_order
+from xvec.workflows.calibrate import calibrated_summary, read_calibration, trial_llrs
 
 
 def result_folders(systems: Sequence[Path]) -> list[str]:
@@ -68,13 +72,16 @@ def run_eval(
     max_trials: int | None = None,
     dcf: DcfSettings | None = None,
     progress_for: Callable[[Path], AbstractContextManager[Progress | None]] | None = None,
+    calibration: Path | None = None,
 ) -> EvalRun:
     """Evaluate checkpoints and/or score files on one trial list (``xvec eval``).
 
     Every input is checked before anything is computed. Score files are aligned with the list
     (same order, names checked). ``max_trials`` evaluates a stratified subset (seed 0). Models
     write their results under ``out_dir`` (default ``eval_out``), score files only when
-    ``out_dir`` is given; with several systems each gets a sub-folder.
+    ``out_dir`` is given; with several systems each gets a sub-folder. Every summary has
+    minCllr; a one-score ``calibration`` (``xvec calibrate fit``) adds the calibrated scores'
+    Cllr, actDCF and the raw-score Bayes threshold per prior (``summary["calibration"]``).
     """
     if not models and not score_files:
         raise XvecError(
@@ -92,6 +99,10 @@ def run_eval(
                 "audio_root is required with models (the folder trial paths are under)",
                 options=("audio_root", "models"),
             )
+    fitted = None
+    if calibration is not None:
+        fitted = read_calibration(calibration)
+        trial_llrs(fitted, np.zeros(1), calibration)  # a fusion or QMF fails before any work
     full = read_trials(trials_path)
     require_both_labels(full)
     trials, kept = (full, None) if max_trials is None else subsample_trials(full, max_trials)
@@ -103,6 +114,7 @@ def run_eval(
         values = values if kept is None else values[kept]
         metrics = compute_metrics(values, trials.labels, **dcf.kwargs())
         summary = {"name": str(score_file), **metrics.to_dict(), "seconds": None}
+        summary.update(_calibration_entries(values, trials, dcf, fitted, calibration))
         if subset:
             summary["subset"] = subset
         run.summaries.append(summary)
@@ -127,6 +139,7 @@ def run_eval(
                     **dcf.kwargs(),
                 )
             summary = {**result.summary(), "protocol": protocol.describe()}
+            summary.update(_calibration_entries(result.scores, trials, dcf, fitted, calibration))
             if subset:
                 summary["subset"] = subset
             run.summaries.append(summary)
@@ -135,3 +148,20 @@ def run_eval(
                 write_eval_outputs(model_dir / folder, summary, result.scores, trials)
             )
     return run
+
+
+def _calibration_entries(
+    scores: np.ndarray,
+    trials: Trials,
+    dcf: DcfSettings,
+    fitted: Calibration | None,
+    source: Path | None,
+) -> dict[str, Any]:
+    """minCllr of the raw scores, and with a calibration its measures (``result.json``)."""
+    is_target = trials.labels.astype(bool)
+    entries: dict[str, Any] = {"min_cllr": min_cllr(scores[is_target], scores[~is_target])}
+    if fitted is not None and source is not None:
+        entries["calibration"] = calibrated_summary(
+            fitted, source, scores, trials, dcf.p_targets, dcf.c_miss, dcf.c_fa
+        )
+    return entries
