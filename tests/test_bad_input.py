@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import soundfile
 
+from xvec.data import read_trials
+
 from conftest import SPEECHOCEAN, plugin_on_path, requires_speechocean, run_cli, write_tone_corpus
 
 RECIPE = """\
@@ -888,3 +890,52 @@ def test_listed_audio_that_is_not_a_regular_file(tmp_path, corpus, tiny_checkpoi
     )  # fmt: skip
     line = one_line_error(result, "files.txt", "x.wav is not a regular file")
     assert "not found" not in line
+
+
+# --------------------------------------------------------------------------- outputs (issue 31)
+
+
+def test_an_output_that_is_an_input_is_refused_before_any_work(
+    tmp_path, corpus, tiny_checkpoint, tiny_site
+):
+    model = tmp_path / "m.safetensors"
+    model.write_bytes(tiny_checkpoint.read_bytes())
+    before = model.read_bytes()
+    root, trials = corpus / "audio", corpus / "trials.txt"
+    embed = ["embed", "-m", model, "--audio-root", root, "--trials", trials]
+    one_line_error(xvec(*embed, "-o", model, site=tiny_site), str(model), "is also an input")
+    one_line_error(
+        xvec(*embed, "-o", model, "--force", site=tiny_site), "is also an input"
+    )  # --force never replaces an input
+    listed = read_trials(trials).files[0]
+    one_line_error(
+        xvec(*embed, "-o", root / listed, site=tiny_site), "is one of the listed input files"
+    )
+    one_line_error(
+        xvec("export", model, "--format", "vt", "-o", model, site=tiny_site), "is also an input"
+    )
+    one_line_error(
+        xvec("score", "-e", model, "-t", trials, "-o", trials, site=tiny_site), "is also an input"
+    )
+    assert model.read_bytes() == before
+    assert read_trials(trials).files[0] == listed
+
+
+def test_foreign_outputs_need_force(tmp_path, corpus, tiny_checkpoint, tiny_site):
+    root, trials = corpus / "audio", corpus / "trials.txt"
+    notes = tmp_path / "notes.safetensors"
+    notes.write_text("my notes\n")
+    embed = ["embed", "-m", tiny_checkpoint, "--audio-root", root, "--trials", trials, "-o", notes]
+    line = one_line_error(xvec(*embed, site=tiny_site), "exists and is a file xvec did not write")
+    assert "--force" in line
+    assert notes.read_text() == "my notes\n"
+    assert xvec(*embed, "--force", site=tiny_site).returncode == 0
+    trained = tmp_path / "trained.safetensors"
+    trained.write_bytes(tiny_checkpoint.read_bytes())
+    vt_file = tmp_path / "x.model"
+    assert xvec("export", tiny_checkpoint, "--format", "vt", "-o", vt_file, site=tiny_site)
+    one_line_error(
+        xvec("import", "vt", vt_file, "-o", trained, "--model", "TinyModel", site=tiny_site),
+        "is an xvec checkpoint, not an imported xvec checkpoint",
+    )
+    assert trained.read_bytes() == tiny_checkpoint.read_bytes()

@@ -300,3 +300,38 @@ def test_decode_cache_in_the_recipe_gives_the_same_weights(tmp_path, tone_corpus
     for key in a:
         if key.startswith("net."):
             assert torch.equal(a[key], b[key]), key
+
+
+def test_a_run_killed_before_its_first_step_resumes_exactly(
+    tmp_path, tone_corpus, tiny_model_dist, monkeypatch
+):
+    """The state is written before the first step: a kill there is resumable, not lost."""
+    from xvec.training import loop
+
+    train(load_recipe(recipe_file(tmp_path, tone_corpus, "straight")))
+    path = recipe_file(tmp_path, tone_corpus, "killed")
+
+    def killed(*args, **kwargs):
+        raise SystemExit(137)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "_train_epoch", killed)
+        with pytest.raises(SystemExit):
+            train(load_recipe(path))
+    assert (tmp_path / "killed" / "state.safetensors").is_file()
+    train(load_recipe(path), resume=True)
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "killed")
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+@pytest.mark.parametrize("name", ["scores.txt", "result.json", "log.jsonl"])
+def test_a_folder_of_someone_elses_files_is_refused_before_writing(
+    tmp_path, tone_corpus, tiny_model_dist, name
+):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / name).write_text("the user's own file\n")
+    with pytest.raises(XvecError, match=rf"holds {name} but no xvec run .* new or empty folder"):
+        train(load_recipe(recipe_file(tmp_path, tone_corpus)))
+    assert sorted(p.name for p in run.iterdir()) == [name]
+    assert (run / name).read_text() == "the user's own file\n"

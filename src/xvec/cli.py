@@ -138,6 +138,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     report.print_warning(err, str(message))
 
 
+FORCE_OPTION = typer.Option(
+    "--force", help="Replace an existing output that xvec did not write (never an input)."
+)
 LENGTH_TOLERANCE_OPTION = typer.Option(
     help="full: 0 (default) embeds every file whole, as voxceleb_trainer's eval_frames 0. Above "
     "0 trades exactness for batching: files whose lengths differ by up to this fraction share "
@@ -248,12 +251,13 @@ def eval_command(
         Path | None,
         typer.Option(help="Calibration JSON: adds Cllr, actDCF and thresholds per p_target."),
     ] = None,
+    force: Annotated[bool, FORCE_OPTION] = False,
 ) -> None:
     """Evaluate model(s) or score file(s) on a trial list: EER and minDCF in a table."""
     prefer_sleeping_threads()
     from xvec.evaluate import DcfSettings
     from xvec.protocol import Protocol
-    from xvec.workflows.eval import run_eval
+    from xvec.workflows.eval import DEFAULT_EVAL_DIR, run_eval
 
     run = run_eval(
         trials,
@@ -268,9 +272,10 @@ def eval_command(
         dcf=DcfSettings(tuple(p_target or ()), c_miss, c_fa),
         progress_for=lambda path: report.FileProgress(f"embedding ({path.name})", err),
         calibration=calibration,
+        force=force,
     )
     keep_table = out_dir is not None or bool(model)
-    table_file = (out_dir or Path("eval_out")) / "table.txt" if keep_table else None
+    table_file = (out_dir or DEFAULT_EVAL_DIR) / "table.txt" if keep_table else None
     report.print_eval(run, trials, out, err, table_file)
 
 
@@ -295,6 +300,7 @@ def embed_command(
     length_tolerance: Annotated[float, LENGTH_TOLERANCE_OPTION] = LENGTH_TOLERANCE,
     batch_size: Annotated[int, BATCH_OPTION] = 32,
     device: Annotated[str, DEVICE_OPTION] = "auto",
+    force: Annotated[bool, FORCE_OPTION] = False,
 ) -> None:
     """Embed audio files to vectors (resumable: an interrupted run keeps what it computed)."""
     prefer_sleeping_threads()
@@ -305,6 +311,7 @@ def embed_command(
         model,
         audio_root,
         output,
+        force=force,
         file_list=file_list,
         trials=trials,
         protocol=Protocol(protocol.value, max_seconds, eval_frames, num_eval, length_tolerance),
@@ -329,16 +336,19 @@ def score_command(
     backend: Annotated[
         Path | None, typer.Option(help="PLDA back end (xvec backend fit): PLDA LLRs, not cosine.")
     ] = None,
+    force: Annotated[bool, FORCE_OPTION] = False,
 ) -> None:
     """Score trials from stored embeddings (cosine, voxceleb_trainer crops, or PLDA)."""
     from xvec.workflows.backend import score_with_backend
     from xvec.workflows.score import score_to_file
 
     if backend is not None:
-        count = score_with_backend(backend, embeddings, trials, output, norm=norm.value)
+        count = score_with_backend(
+            backend, embeddings, trials, output, norm=norm.value, force=force
+        )
     else:
         count = score_to_file(
-            embeddings, trials, output, norm=norm.value, cohort=cohort, top_k=top_k
+            embeddings, trials, output, norm=norm.value, cohort=cohort, top_k=top_k, force=force
         )
     out.print(f"{count} scores -> {output}")
 
@@ -355,11 +365,12 @@ def plot_hist(
         "hist.png"
     ),
     title: Annotated[str | None, typer.Option()] = None,
+    force: Annotated[bool, FORCE_OPTION] = False,
 ) -> None:
     """Target and non-target score histograms with the EER threshold."""
     from xvec.workflows.plot import plot_score_histogram
 
-    metrics = plot_score_histogram(scores, trials, output, title)
+    metrics = plot_score_histogram(scores, trials, output, title, force=force)
     out.print(
         f"histogram -> {output} (EER {metrics.eer:.2f} %, threshold {metrics.eer_threshold:.4f})"
     )
@@ -371,11 +382,12 @@ def plot_det_command(
     scores: Annotated[list[Path], typer.Argument(help="One or more score files to compare.")],
     trials: Annotated[Path, typer.Option("--trials", "-t")],
     output: Annotated[Path, typer.Option("--output", "-o")] = Path("det.png"),
+    force: Annotated[bool, FORCE_OPTION] = False,
 ) -> None:
     """DET curves (normal-deviate axes) of one or more score files."""
     from xvec.workflows.plot import plot_det_files
 
-    plot_det_files(scores, trials, output)
+    plot_det_files(scores, trials, output, force=force)
     out.print(f"DET curves -> {output}")
 
 
@@ -384,11 +396,12 @@ def plot_det_command(
 def plot_training_command(
     run_dir: Annotated[Path, typer.Argument(help="Training run folder (holds log.jsonl).")],
     output: Annotated[Path | None, typer.Option("--output", "-o")] = None,
+    force: Annotated[bool, FORCE_OPTION] = False,
 ) -> None:
     """Loss, accuracy and EER curves from a run's JSON-lines log."""
     from xvec.workflows.plot import plot_run
 
-    out.print(f"training curves -> {plot_run(run_dir, output)}")
+    out.print(f"training curves -> {plot_run(run_dir, output, force=force)}")
 
 
 # --------------------------------------------------------------------------- training
@@ -451,11 +464,13 @@ def _config_option(what: str) -> Any:
     ]
 
 
-def _import(fmt: str, source: Path, output: Path, config: Path | None, **options: Any) -> None:
+def _import(
+    fmt: str, source: Path, output: Path, config: Path | None, force: bool, **options: Any
+) -> None:
     """Run one format's importer and print what it wrote."""
     from xvec.interop import import_checkpoint
 
-    summary = import_checkpoint(fmt, source, output, config=config, **options)
+    summary = import_checkpoint(fmt, source, output, config=config, force=force, **options)
     out.print(summary.describe(source, fmt), markup=False, highlight=False, soft_wrap=True)
 
 
@@ -490,6 +505,7 @@ def import_vt_command(
     margin: Annotated[float | None, typer.Option(help="Loss margin (VT's --margin).")] = None,
     scale: Annotated[float | None, typer.Option(help="Loss scale (VT's --scale).")] = None,
     params: ParamOption = None,
+    force: Annotated[bool, FORCE_OPTION] = False,
 ) -> None:
     """Convert a voxceleb_trainer .model file, architecture read off the weights."""
     from xvec.interop import model_overrides
@@ -502,6 +518,7 @@ def import_vt_command(
         source,
         output,
         config,
+        force,
         overrides=overrides,
         model=model,
         trainfunc=trainfunc,
@@ -520,11 +537,13 @@ def import_wespeaker_command(
         typer.Option("--model", help="Architecture; default: read off the weights."),
     ] = None,
     params: ParamOption = None,
+    force: Annotated[bool, FORCE_OPTION] = False,
 ) -> None:
     """Convert a WeSpeaker checkpoint (ResNet, CAM++), architecture read off the weights."""
     from xvec.interop import parse_params
 
-    _import("wespeaker", source, output, config, overrides=parse_params(params or []), model=model)
+    overrides = parse_params(params or [])
+    _import("wespeaker", source, output, config, force, overrides=overrides, model=model)
 
 
 @one_line_errors
@@ -533,11 +552,12 @@ def import_speechbrain_command(
     output: OutputOption,
     config: _config_option("SpeechBrain's hyperparams.yaml") = None,
     params: ParamOption = None,
+    force: Annotated[bool, FORCE_OPTION] = False,
 ) -> None:
     """Convert a SpeechBrain ECAPA-TDNN checkpoint, architecture read off the weights."""
     from xvec.interop import parse_params
 
-    _import("speechbrain", source, output, config, overrides=parse_params(params or []))
+    _import("speechbrain", source, output, config, force, overrides=parse_params(params or []))
 
 
 @one_line_errors
@@ -552,11 +572,13 @@ def import_3dspeaker_command(
         ),
     ] = None,
     params: ParamOption = None,
+    force: Annotated[bool, FORCE_OPTION] = False,
 ) -> None:
     """Convert a 3D-Speaker checkpoint (CAM++, ERes2Net, ERes2NetV2) with its own front end."""
     from xvec.interop import parse_params
 
-    _import("3dspeaker", source, output, config, overrides=parse_params(params or []), model=model)
+    overrides = parse_params(params or [])
+    _import("3dspeaker", source, output, config, force, overrides=overrides, model=model)
 
 
 import_app.command("vt")(import_vt_command)
@@ -577,12 +599,13 @@ def export_command(
     tolerance: Annotated[
         float, typer.Option(help="Largest allowed difference from the PyTorch model.")
     ] = 1e-4,
+    force: Annotated[bool, FORCE_OPTION] = False,
 ) -> None:
     """Export a model and verify it: ONNX/TorchScript take the 16 kHz waveform (front end
     included); vt writes voxceleb_trainer's .model file."""
     from xvec.export import export_checkpoint
 
-    out.print(str(export_checkpoint(model, output, fmt.value, tolerance)))
+    out.print(str(export_checkpoint(model, output, fmt.value, tolerance, force=force)))
 
 
 @app.command("synth")
@@ -693,12 +716,19 @@ def calibrate_fit_command(
         Path | None,
         typer.Option("--audio-root", "-r", help="Folder the trial paths are under (--quality)."),
     ] = None,
+    force: Annotated[bool, FORCE_OPTION] = False,
 ) -> None:
     """Fit a linear calibration from scores to log-likelihood ratios on labelled trials."""
     from xvec.workflows.calibrate import fit_calibration_files
 
     fit = fit_calibration_files(
-        scores, trials, output, p_target=p_target, quality=quality, audio_root=audio_root
+        scores,
+        trials,
+        output,
+        p_target=p_target,
+        quality=quality,
+        audio_root=audio_root,
+        force=force,
     )
     report.print_calibration_fit(fit, out)
 
@@ -715,11 +745,14 @@ def calibrate_apply_command(
         Path | None,
         typer.Option("--audio-root", "-r", help="Folder the trial paths are under (QMF)."),
     ] = None,
+    force: Annotated[bool, FORCE_OPTION] = False,
 ) -> None:
     """Turn score file(s) into calibrated log-likelihood ratios ('SCORE ENROLL TEST')."""
     from xvec.workflows.calibrate import apply_calibration_file
 
-    applied = apply_calibration_file(calibration, scores, output, audio_root=audio_root)
+    applied = apply_calibration_file(
+        calibration, scores, output, audio_root=audio_root, force=force
+    )
     report.print_calibration_applied(applied, out)
 
 
@@ -736,11 +769,13 @@ def backend_fit_command(
     lda_dim: Annotated[
         int | None, typer.Option("--lda-dim", help="Reduce to this many dimensions by LDA.")
     ] = None,
+    force: Annotated[bool, FORCE_OPTION] = False,
 ) -> None:
     """Fit centering, optional LDA, length normalisation and a two-covariance PLDA."""
     from xvec.workflows.backend import fit_backend_files
 
-    report.print_backend_fit(fit_backend_files(embeddings, train_list, output, lda_dim), out)
+    fit = fit_backend_files(embeddings, train_list, output, lda_dim, force=force)
+    report.print_backend_fit(fit, out)
 
 
 @plot_app.command("calibration")
@@ -756,11 +791,12 @@ def plot_calibration_command(
         "calibration.png"
     ),
     title: Annotated[str | None, typer.Option()] = None,
+    force: Annotated[bool, FORCE_OPTION] = False,
 ) -> None:
     """Normalised Bayes error-rate plot (actual and minimum DCF) and reliability plot."""
     from xvec.workflows.plot import plot_calibration_files
 
-    drawn = plot_calibration_files(scores, trials, output, calibration, title)
+    drawn = plot_calibration_files(scores, trials, output, calibration, title, force=force)
     which = "calibrated LLRs" if drawn.calibrated else "scores as LLRs"
     out.print(
         f"calibration plot -> {drawn.path} ({which}: Cllr {drawn.cllr:.4f}, "

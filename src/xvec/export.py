@@ -33,9 +33,11 @@ from xvec.interop.voxceleb_trainer import (
     import_voxceleb_trainer,
     write_voxceleb_trainer,
 )
+from xvec.outputs import check_outputs
 
 GRAPH_FORMATS = ("onnx", "torchscript")  # the front end included, input: the waveform
 FORMATS = (*GRAPH_FORMATS, "vt")  # vt: voxceleb_trainer's .model state dict
+OUTPUT_KINDS = {"onnx": "onnx", "torchscript": "torch-zip", "vt": "torch-zip"}  # xvec.outputs
 CHECK_SECONDS = (1.0, 2.37, 4.0)
 OPSET = 18
 MIN_EXPORT_SAMPLES = SAMPLE_RATE  # exported graphs take >= 1 s; pad shorter audio before
@@ -299,11 +301,18 @@ def export_voxceleb_trainer(
 
 
 def export_checkpoint(
-    checkpoint: str | Path, output: str | Path, fmt: str = "onnx", tolerance: float = 1e-4
+    checkpoint: str | Path,
+    output: str | Path,
+    fmt: str = "onnx",
+    tolerance: float = 1e-4,
+    force: bool = False,
 ) -> ExportReport:
     """Load an xvec checkpoint and export it (see :func:`export_model`; ``vt``:
     :func:`export_voxceleb_trainer`)."""
     check_at_least("tolerance", tolerance, 0)
+    if fmt not in FORMATS:
+        raise XvecError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
+    check_outputs({output: OUTPUT_KINDS[fmt]}, [checkpoint], force)
     if fmt == "vt":
         return export_voxceleb_trainer(checkpoint, output, tolerance)
     ckpt = read_checkpoint(checkpoint)

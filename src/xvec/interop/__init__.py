@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from xvec.errors import XvecError
+from xvec.outputs import check_outputs
 
 __all__ = ["FORMATS", "ImportSummary", "import_checkpoint", "model_overrides", "parse_params"]
 
@@ -98,6 +99,7 @@ def import_checkpoint(
     *,
     config: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
+    force: bool = False,
     **format_options: Any,
 ) -> ImportSummary:
     """Convert ``source`` (a checkpoint of format ``fmt``) and save it as ``output``.
@@ -108,6 +110,7 @@ def import_checkpoint(
     format does not take is an error naming it. Nothing is written unless everything checks.
     """
     spec = _format(fmt)
+    check_outputs({output: "imported-checkpoint"}, [source, *([config] if config else [])], force)
     options = {key: value for key, value in format_options.items() if value is not None}
     unknown = [key for key in options if key not in spec.options]
     if unknown:

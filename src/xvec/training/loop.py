@@ -246,6 +246,8 @@ def _setup(recipe: Recipe, resume: bool, observer: TrainingObserver, lock: RunLo
         run.position = load_state(run.state_path, net, optimizer, scheduler, scaler)
         if not run.finished():
             run.observer.resumed(run_dir, run.position)
+    elif is_main:
+        run.save_state()  # a kill before the first periodic save still resumes (at step 0)
     return run
 
 

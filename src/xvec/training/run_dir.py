@@ -80,6 +80,18 @@ def _holder_alive(pid: int, host: str) -> bool:
 
 FINAL_OUTPUTS = ("last.safetensors", "curves.png")
 EVAL_OUTPUTS = ("scores.txt", "result.json", "hist.png")
+# Everything a run writes in its folder: a folder holding any of these without a run's state
+# is someone else's, and training there would overwrite it.
+RUN_FILES = (
+    STATE_FILE,
+    "recipe.json",
+    "log.jsonl",
+    "best.safetensors",
+    "avg.safetensors",
+    "models",
+    *FINAL_OUTPUTS,
+    *EVAL_OUTPUTS,
+)
 
 
 def prepare_run_dir(
@@ -104,6 +116,14 @@ def prepare_run_dir(
             f"{run_dir}: holds a previous run; add --resume to continue it, or set "
             "train.output_dir to a new folder"
         )
+    if not resume:
+        found = [name for name in RUN_FILES if os.path.lexists(run_dir / name)]
+        if found:
+            others = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+            raise XvecError(
+                f"{run_dir}: holds {found[0]}{others} but no xvec run ({STATE_FILE}); training "
+                "would overwrite it: set train.output_dir to a new or empty folder"
+            )
     recorded = run_dir / "recipe.json"
     current = recipe.to_dict()
     if resume and recorded.is_file():

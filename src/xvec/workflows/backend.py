@@ -15,6 +15,7 @@ import numpy as np
 from xvec.data import read_train_list, read_trials
 from xvec.embed import EmbeddingStore
 from xvec.errors import XvecError
+from xvec.outputs import check_outputs
 from xvec.plda import Backend, fit_backend
 from xvec.scoring import write_scores
 
@@ -39,13 +40,19 @@ def _one_vector_per_file(store: EmbeddingStore, files: list[str], source: Path) 
 
 
 def fit_backend_files(
-    embeddings: Path, train_list: Path, output: Path, lda_dim: int | None = None
+    embeddings: Path,
+    train_list: Path,
+    output: Path,
+    lda_dim: int | None = None,
+    *,
+    force: bool = False,
 ) -> BackendFit:
     """``xvec backend fit``: centering, optional LDA, length norm and PLDA, saved to ``output``.
 
     Every file of ``train_list`` needs an embedding in ``embeddings`` (the first one missing is
     named with its line); embeddings of other files are ignored and counted.
     """
+    check_outputs({output: "plda"}, [embeddings, train_list], force)
     listed = read_train_list(train_list)
     store = EmbeddingStore.load(embeddings)
     for file, line in zip(listed.files, listed.lines, strict=True):
@@ -72,13 +79,20 @@ def fit_backend_files(
 
 
 def score_with_backend(
-    backend: Path, embeddings: Path, trials: Path, output: Path, *, norm: str = "none"
+    backend: Path,
+    embeddings: Path,
+    trials: Path,
+    output: Path,
+    *,
+    norm: str = "none",
+    force: bool = False,
 ) -> int:
     """``xvec score --backend``: the PLDA LLR of every trial to a score file; the count.
 
     The back end must have been trained on embeddings of the same size; PLDA scores are LLRs
     already, so no score normalisation (``norm``) is combined with them.
     """
+    check_outputs({output: "scores"}, [backend, embeddings, trials], force)
     if norm != "none":
         raise XvecError(
             f"backend scores PLDA log-likelihood ratios and takes no norm (got norm {norm}); "

@@ -28,6 +28,7 @@ from xvec.data import Trials, read_trials, require_both_labels
 from xvec.errors import XvecError
 from xvec.files import write_text_atomic
 from xvec.metrics import DEFAULT_P_TARGETS, compute_metrics
+from xvec.outputs import check_outputs
 from xvec.scoring import read_scores, write_scores
 
 # the side-information columns a QMF calibration ends with (duration_quality_measures' names)
@@ -198,6 +199,7 @@ def fit_calibration_files(
     quality: bool = False,
     audio_root: Path | None = None,
     p_targets: Sequence[float] = DEFAULT_P_TARGETS,
+    force: bool = False,
 ) -> CalibrationFit:
     """``xvec calibrate fit``: score files aligned with a labelled trial list to a calibration.
 
@@ -208,6 +210,7 @@ def fit_calibration_files(
     """
     if not score_files:
         raise XvecError("give score_files (one or more score files)", options=("score_files",))
+    check_outputs({output: "calibration"}, [*score_files, trials], force)
     if not (math.isfinite(p_target) and 0 < p_target < 1):
         raise XvecError(
             f"p_target must lie strictly between 0 and 1, got {p_target}", options=("p_target",)
@@ -254,6 +257,7 @@ def apply_calibration_file(
     output: Path,
     *,
     audio_root: Path | None = None,
+    force: bool = False,
 ) -> CalibrationApplied:
     """``xvec calibrate apply``: score files to one LLR file (``SCORE ENROLL TEST``).
 
@@ -261,6 +265,7 @@ def apply_calibration_file(
     trials in the same order; a QMF calibration also reads each file's duration under
     ``audio_root``.
     """
+    check_outputs({output: "scores"}, [calibration, *score_files], force)
     fitted = read_calibration(calibration)
     wanted = score_columns(fitted)
     if len(score_files) != wanted:

@@ -19,6 +19,7 @@ from xvec.data import check_files_exist, read_file_list, read_trials
 from xvec.devices import parse_device
 from xvec.embed import EmbeddingStore, EmbedStats, embed_files, model_fingerprint
 from xvec.errors import XvecError, check_at_least
+from xvec.outputs import check_not_listed, check_outputs
 from xvec.protocol import Protocol
 
 
@@ -43,10 +44,13 @@ def run_embed(
     batch_size: int = 32,
     device: str = "auto",
     progress: AbstractContextManager[Callable[[int, int], None]] | None = None,
+    force: bool = False,
 ) -> EmbedRun:
     """``xvec embed``: the files of ``file_list`` or of ``trials``, every input checked first.
 
     ``progress`` (e.g. a :class:`xvec.report.FileProgress`) is entered once the checks pass.
+    An existing ``output`` that is not an embeddings file is replaced only with ``force``; an
+    input (the model, the list, a listed audio file) never is.
     """
     if (file_list is None) == (trials is None):
         raise XvecError("give exactly one of --list or --trials")
@@ -55,6 +59,8 @@ def run_embed(
     model_fingerprint(model_path)  # a missing checkpoint fails before the audio is checked
     source = file_list or trials
     files = read_file_list(file_list) if file_list else read_trials(trials).files  # type: ignore[arg-type]
+    check_not_listed(output, audio_root, files)
+    check_outputs({output: "embeddings"}, [model_path, source], force)  # type: ignore[list-item]
     check_files_exist(audio_root, files, source)
     with progress or contextlib.nullcontext() as bar:
         return embed_to_file(

@@ -29,9 +29,12 @@ from xvec.evaluate import (
     write_eval_outputs,
 )
 from xvec.metrics import compute_metrics
+from xvec.outputs import check_outputs
 from xvec.protocol import Protocol
 from xvec.scoring import read_scores_in_trial_order
 from xvec.workflows.calibrate import calibrated_summary, read_calibration, trial_llrs
+
+DEFAULT_EVAL_DIR = Path("eval_out")  # where xvec eval writes model results by default
 
 
 def result_folders(systems: Sequence[Path]) -> list[str]:
@@ -73,6 +76,7 @@ def run_eval(
     dcf: DcfSettings | None = None,
     progress_for: Callable[[Path], AbstractContextManager[Progress | None]] | None = None,
     calibration: Path | None = None,
+    force: bool = False,
 ) -> EvalRun:
     """Evaluate checkpoints and/or score files on one trial list (``xvec eval``).
 
@@ -82,6 +86,7 @@ def run_eval(
     ``out_dir`` is given; with several systems each gets a sub-folder. Every summary has
     minCllr; a one-score ``calibration`` (``xvec calibrate fit``) adds the calibrated scores'
     Cllr, actDCF and the raw-score Bayes threshold per prior (``summary["calibration"]``).
+    Existing result files that are not xvec's are replaced only with ``force``.
     """
     if not models and not score_files:
         raise XvecError(
@@ -103,12 +108,21 @@ def run_eval(
     if calibration is not None:
         fitted = read_calibration(calibration)
         trial_llrs(fitted, np.zeros(1), calibration)  # a fusion or QMF fails before any work
+    folders = result_folders([*score_files, *models])
+    model_dir = out_dir or DEFAULT_EVAL_DIR
+    outputs: dict[Path, str] = {}
+    if out_dir is not None:
+        outputs.update({out_dir / f / "result.json": "result" for f in folders[: len(score_files)]})
+    for folder in folders[len(score_files) :]:
+        outputs.update({model_dir / folder / "scores.txt": "scores"})
+        outputs.update({model_dir / folder / "result.json": "result"})
+    inputs = [trials_path, *models, *score_files, *([calibration] if calibration else [])]
+    check_outputs(outputs, inputs, force)
     full = read_trials(trials_path)
     require_both_labels(full)
     trials, kept = (full, None) if max_trials is None else subsample_trials(full, max_trials)
     run = EvalRun(trials=trials, total_trials=len(full))
     subset = {"trials": len(trials), "of": len(full), "seed": 0} if max_trials else None
-    folders = result_folders([*score_files, *models])
     for score_file, folder in zip(score_files, folders, strict=False):
         values = read_scores_in_trial_order(score_file, full)
         values = values if kept is None else values[kept]
@@ -122,7 +136,6 @@ def run_eval(
             run.written.append(write_eval_outputs(out_dir / folder, summary, None, None))
     if models:
         protocol = protocol or Protocol()
-        model_dir = out_dir or Path("eval_out")
         for model_path, folder in zip(models, folders[len(score_files) :], strict=True):
             net = load_model(model_path)
             bar = progress_for(model_path) if progress_for else contextlib.nullcontext()

@@ -13,6 +13,7 @@ import numpy as np
 from xvec.data import Trials, read_trials
 from xvec.embed import EmbeddingStore
 from xvec.errors import XvecError
+from xvec.outputs import check_outputs
 from xvec.protocol import Protocol
 from xvec.scoring import as_norm, cosine_scores, mean_norm, write_scores
 
@@ -27,8 +28,14 @@ def score_to_file(
     norm: str = "none",
     cohort: Path | None = None,
     top_k: int = 300,
+    force: bool = False,
 ) -> int:
-    """``xvec score``: score a trial list from stored embeddings into ``output``; the count."""
+    """``xvec score``: score a trial list from stored embeddings into ``output``; the count.
+
+    An existing ``output`` that is not a score file is replaced only with ``force``.
+    """
+    inputs = [embeddings, trials_path, *([cohort] if cohort is not None else [])]
+    check_outputs({output: "scores"}, inputs, force)
     trials = read_trials(trials_path)
     values = score_stored(embeddings, trials, norm=norm, cohort=cohort, top_k=top_k)
     write_scores(output, values, trials.enroll_names(), trials.test_names())
