@@ -302,7 +302,7 @@ def embed_command(
     device: Annotated[str, DEVICE_OPTION] = "auto",
     force: Annotated[bool, FORCE_OPTION] = False,
 ) -> None:
-    """Embed audio files to vectors (resumable: an interrupted run keeps what it computed)."""
+    """Embed audio files to vectors (resumable: a rerun reuses what was saved every 30 s)."""
     prefer_sleeping_threads()
     from xvec.protocol import Protocol
     from xvec.workflows.embed import run_embed
