@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xvec.audio import DecodeCache, audio_info, train_crop
 from xvec.errors import XvecError
 from xvec.files import file_problem
 
@@ -436,8 +437,6 @@ class TrainDataset:
         augmenter: object | None = None,
         decode_cache: str | Path | None = None,
     ) -> None:
-        from xvec.audio import DecodeCache
-
         self.root = Path(root)
         self.files = train_list.files
         self.labels = train_list.labels
@@ -461,8 +460,6 @@ class TrainDataset:
 
     def _crop(self, utt: int, rng: np.random.Generator) -> np.ndarray:
         """One random training crop (header read once per file and worker), augmented."""
-        from xvec.audio import audio_info, train_crop
-
         info = self._infos.get(utt)
         if info is None:
             info = self._infos[utt] = audio_info(self.root / self.files[utt])

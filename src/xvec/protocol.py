@@ -26,6 +26,7 @@ import numpy as np
 
 from xvec.audio import SAMPLE_RATE, eval_crops, wrap_crop
 from xvec.errors import XvecError
+from xvec.scoring import cosine_scores, vt_crop_scores
 
 ProtocolName = Literal["full", "vt-crops"]
 PROTOCOLS: tuple[str, ...] = ("full", "vt-crops")
@@ -165,8 +166,6 @@ class Protocol:
 
     def score(self, embeddings: np.ndarray, enroll: np.ndarray, test: np.ndarray) -> np.ndarray:
         """Trial scores of rows ``enroll[i]`` vs ``test[i]`` of ``embeddings``."""
-        from xvec.scoring import cosine_scores, vt_crop_scores
-
         scorer = vt_crop_scores if self.crops else cosine_scores
         return scorer(embeddings, enroll, test)
 

@@ -33,6 +33,8 @@ import soundfile
 
 from xvec.audio import SAMPLE_RATE
 from xvec.errors import XvecError
+from xvec.files import write_json_atomic, write_text_atomic
+from xvec.prepare import build_trials, write_train_list, write_trials
 
 __all__ = [
     "DEFAULT_CONDITIONS",
@@ -694,8 +696,6 @@ def write_lists(
     Returns the training speakers, the held-out speakers and the trials. ``lists/`` ships the
     default corpus's lists, made by this function.
     """
-    from xvec.prepare import build_trials, write_train_list, write_trials
-
     folder = Path(folder)
     n_test = held_out_count(speakers)
     train_ids = list(range(speakers - n_test))
@@ -731,8 +731,6 @@ def make_corpus(
     written last records the settings, so an interrupted run is detected and redone.
     ``workers`` processes render speakers in parallel (default: one per available core).
     """
-    from xvec.files import write_json_atomic, write_text_atomic
-
     out_dir = Path(out_dir)
     if speakers < 4:
         raise XvecError(

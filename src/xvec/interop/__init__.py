@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xvec.config import _parse_value
 from xvec.errors import XvecError
 from xvec.outputs import check_outputs
 
@@ -69,8 +70,6 @@ class ImportSummary:
 
 def parse_params(items: list[str]) -> dict[str, Any]:
     """``NAME=VALUE`` strings as model parameters; values are read as TOML (``[8, 16]``, 1.5)."""
-    from xvec.config import _parse_value
-
     params: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from xvec.checkpoint import save_checkpoint
 from xvec.errors import XvecError
 from xvec.files import file_problem
 
@@ -32,8 +33,6 @@ class Converted:
 
     def save(self, output: str | Path) -> Path:
         """Write it as a self-describing xvec checkpoint; returns the path."""
-        from xvec.checkpoint import save_checkpoint
-
         return save_checkpoint(
             output,
             self.model,
