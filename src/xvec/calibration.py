@@ -478,12 +478,16 @@ def fit_calibration(
     evaluate = _objective(design, is_target, trial_weights, float(_logit(prior)))
     penalty = np.r_[regularization / scale**2, 0.0]  # |w|^2 of the raw weights, not the scaled
 
-    params = np.zeros(columns + 1)
-    for _ in range(max_iterations):
-        value, gradient, hessian = evaluate(params, derivatives=True)
+    def penalised(params: np.ndarray, derivatives: bool):
+        value, gradient, hessian = evaluate(params, derivatives)
         value += 0.5 * float(penalty @ params**2)
-        gradient = gradient + penalty * params
-        hessian = hessian + np.diag(penalty)
+        if derivatives:
+            gradient, hessian = gradient + penalty * params, hessian + np.diag(penalty)
+        return value, gradient, hessian
+
+    params = np.zeros(columns + 1)
+    value, gradient, hessian = penalised(params, True)
+    for _ in range(max_iterations):
         try:
             step = -np.linalg.solve(hessian, gradient)
         except np.linalg.LinAlgError:
@@ -491,13 +495,16 @@ def fit_calibration(
         if not np.isfinite(step).all():
             break
         slope, length = float(gradient @ step), 1.0
-        while length > 1e-12:  # backtracking (Armijo) line search
-            trial = params + length * step
-            trial_value = evaluate(trial, derivatives=False)[0] + 0.5 * float(penalty @ trial**2)
+        while length > 1e-12:  # backtracking (Armijo) line search; a full step keeps its
+            trial = params + length * step  # derivatives for the next iteration
+            trial_value, trial_gradient, trial_hessian = penalised(trial, length == 1.0)
             if trial_value <= value + 1e-4 * length * slope:
                 break
             length *= 0.5
-        params = params + length * step
+        params = trial
+        if trial_gradient is None:
+            trial_value, trial_gradient, trial_hessian = penalised(params, True)
+        value, gradient, hessian = trial_value, trial_gradient, trial_hessian
         if np.abs(length * step).max() < 1e-10 * (1.0 + np.abs(params).max()):
             weights = params[:columns] / scale
             offset = params[columns] - float(weights @ center)
