@@ -105,8 +105,10 @@ def test_rerun_is_a_no_op_and_an_interrupted_run_is_redone(tmp_path):
     assert kept.reused and "already complete" in str(kept)
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*.wav")} == stamps
 
-    # An interruption: the marker never got written and a file is truncated.
+    # An interruption: the progress marker stayed, the complete one never got written, and a
+    # file is truncated.
     (root / synth.COMPLETE_MARKER).unlink()
+    (root / synth.PROGRESS_MARKER).write_text("writing: this corpus is incomplete\n")
     victim = root / "audio" / "spk0002" / "utt001.wav"
     victim.write_bytes(victim.read_bytes()[:100])
     redone = synth.make_corpus(root, speakers=4, utterances=2, seed=3, workers=1)
@@ -126,6 +128,13 @@ def test_refuses_foreign_folders_and_bad_sizes(tmp_path):
     with pytest.raises(XvecError, match="not an xvec synthetic corpus"):
         synth.make_corpus(tmp_path / "mine", speakers=4, utterances=2)
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
+    corpus = tmp_path / "someone_elses_corpus"  # our file names, but not written by xvec synth
+    (corpus / "audio" / "spk").mkdir(parents=True)
+    (corpus / "audio" / "spk" / "a.wav").write_bytes(b"RIFF")
+    (corpus / "train_list.txt").write_text("spk spk/a.wav\n")
+    with pytest.raises(XvecError, match=r"not an xvec synthetic corpus \(holds audio, "):
+        synth.make_corpus(corpus, speakers=4, utterances=2)
+    assert (corpus / "audio" / "spk" / "a.wav").read_bytes() == b"RIFF"
     with pytest.raises(XvecError, match="at least 4"):
         synth.make_corpus(tmp_path / "x", speakers=3)
     with pytest.raises(XvecError, match="at least 2"):

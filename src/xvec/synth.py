@@ -632,9 +632,10 @@ def _prepare_folder(out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise XvecError(f"{out_dir}: exists and is not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
-    foreign = sorted(
-        name for name in os.listdir(out_dir) if name not in _OUR_NAMES and not name.startswith(".")
-    )
+    names = os.listdir(out_dir)
+    ours = {COMPLETE_MARKER, PROGRESS_MARKER} & set(names)  # written by an earlier xvec synth
+    visible = sorted(name for name in names if not name.startswith("."))
+    foreign = [name for name in visible if name not in _OUR_NAMES or not ours]
     if foreign:
         raise XvecError(
             f"{out_dir}: not an xvec synthetic corpus (holds {', '.join(foreign[:3])}); "
