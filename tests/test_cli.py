@@ -120,17 +120,6 @@ def test_python_m_xvec_and_the_console_script_run_the_cli(tmp_path, entry):
     assert_one_line_error(usage, "xvec count-classes: Missing argument")
 
 
-def test_several_models_get_separate_result_folders():
-    from pathlib import Path
-
-    from xvec.workflows.eval import result_folders as _result_folders
-
-    assert _result_folders([Path("a/last.safetensors")]) == [""]
-    assert _result_folders([Path("a/m1.safetensors"), Path("b/m2.safetensors")]) == ["m1", "m2"]
-    same = _result_folders([Path("a/last.safetensors"), Path("b/last.safetensors")])
-    assert len(set(same)) == 2 and "a" in same[0] and "b" in same[1]
-
-
 def test_losses_table_says_which_losses_need_several_utterances_per_speaker():
     losses = runner.invoke(app, ["losses"], terminal_width=250)
     assert losses.exit_code == 0 and "nPerSpeaker" in losses.output
@@ -143,18 +132,3 @@ def test_losses_table_says_which_losses_need_several_utterances_per_speaker():
         assert ">= 2" in rows[name], name
     for name in ("softmax", "amsoftmax", "aamsoftmax"):
         assert rows[name].rstrip("│ ").endswith("any"), name
-
-
-def test_file_progress_writes_nothing_into_a_log():
-    """Redirected output (a log, CI) gets no progress bar and no blank line in its place."""
-    import io
-
-    from rich.console import Console
-
-    from xvec.report import FileProgress
-
-    log = io.StringIO()
-    with FileProgress("embedding", Console(file=log)) as bar:
-        bar(2, 4)
-        bar(2, 4)
-    assert log.getvalue() == ""

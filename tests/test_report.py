@@ -269,3 +269,12 @@ def test_eval_in_process_keeps_numbers_and_paths_whole(tmp_path, monkeypatch, wi
     assert max(len(line) for line in done.stdout.splitlines()) <= width
     written = next(out_dir.rglob("result.json"))
     assert any(str(written) in line for line in done.stderr.splitlines())  # on one line
+
+
+def test_file_progress_writes_nothing_into_a_log():
+    """Redirected output (a log, CI) gets no progress bar and no blank line in its place."""
+    log = io.StringIO()
+    with FileProgress("embedding", Console(file=log)) as bar:
+        bar(2, 4)
+        bar(2, 4)
+    assert log.getvalue() == ""

@@ -33,7 +33,6 @@ PROTOCOLS: tuple[str, ...] = ("full", "vt-crops")
 MIN_SAMPLES = SAMPLE_RATE // 2  # shorter files are wrap-padded to 0.5 s
 MIN_MAX_SECONDS = 0.025  # a capped file must hold one 25 ms window
 EVAL_FRAMES = 400  # voxceleb_trainer's published evaluation (--eval_frames 400)
-TRAINING_EVAL_FRAMES = 300  # voxceleb_trainer's trainSpeakerNet default, used by recipes
 NUM_EVAL = 10
 LENGTH_TOLERANCE = 0.0  # exact: every file whole
 
@@ -70,8 +69,9 @@ class Protocol:
             )
         if not 0 <= self.length_tolerance < 1:
             raise XvecError(
-                f"length tolerance must be in [0, 1) (0 = every file whole), "
-                f"got {self.length_tolerance}"
+                f"length_tolerance must be in [0, 1) (0 = every file whole), "
+                f"got {self.length_tolerance}",
+                options=("length_tolerance",),
             )
 
     @classmethod
