@@ -277,3 +277,39 @@ def test_length_tolerance_is_an_opt_in_that_trims_and_says_so(
     assert _largest_difference(vectors, equal) <= EXACT  # nothing to trim: still whole
     help_text = " ".join(run_cli("embed", "--help").stdout.replace("│", " ").split())
     assert "Above 0 trades exactness for batching" in help_text
+
+
+def test_a_killed_embed_keeps_what_it_saved_and_the_rerun_reuses_it(tmp_path):
+    """A kill runs no handler: only the periodic saves (every 30 s in the CLI) survive it."""
+    from xvec.embed import EmbeddingStore
+    from xvec.workflows.embed import embed_to_file
+
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    names = _voices(audio, [3.0, 2.5, 2.0, 1.5])
+    model = save_checkpoint(tmp_path / "m.safetensors", _model(), "TDNN")
+    output = tmp_path / "emb.safetensors"
+    seen = []
+
+    def killed_after_two(advance: int, total: int) -> None:
+        seen.append(advance)
+        if len(seen) == 2:
+            raise SystemExit(137)  # like SIGKILL: no except clause of xvec's runs
+
+    with pytest.raises(SystemExit):
+        embed_to_file(
+            model,
+            audio,
+            names,
+            output,
+            batch_size=1,
+            progress=killed_after_two,
+            checkpoint_every=1e-9,
+        )
+    partial = EmbeddingStore.load(output.with_name(output.name + ".partial"))
+    assert 1 <= len(partial.vectors) <= 2 and not output.exists()
+    rerun = embed_to_file(model, audio, names, output, batch_size=1)
+    assert rerun.resumed == len(partial.vectors) and rerun.count == 4
+    alone = embed_to_file(model, audio, names, tmp_path / "alone.safetensors", batch_size=1)
+    again, straight = EmbeddingStore.load(output).vectors, EmbeddingStore.load(alone.output).vectors
+    assert all(np.array_equal(again[name], straight[name]) for name in names)
