@@ -237,3 +237,14 @@ def test_plda_on_real_speech():
     assert compute_metrics(plda_scores, labels).eer < 30.0
     assert min_cllr(plda_scores[labels], plda_scores[~labels]) < 0.85
     np.testing.assert_allclose(model.score_matrix(enroll[:5], test[:5]).diagonal(), plda_scores[:5])
+
+
+def test_embeddings_that_span_fewer_dimensions_say_so() -> None:
+    """Like ResNetSE34L's 256-dim embeddings of 64 pooled channels: flat, not too few."""
+    rng = np.random.default_rng(0)
+    speakers = np.repeat(np.arange(20), 10)
+    low = rng.standard_normal((20, 6))[speakers] + 0.3 * rng.standard_normal((200, 6))
+    vectors = low @ rng.standard_normal((6, 12))  # rank 6 in 12 dimensions
+    with pytest.raises(XvecError, match=r"vary in only 6 of their 12 dimensions; give lda_dim 6"):
+        fit_backend(vectors, speakers)
+    assert fit_backend(vectors, speakers, lda_dim=6).dim == 6

@@ -445,6 +445,12 @@ def fit_backend(
     within = _symmetric(deviations.T @ deviations / n_vectors)
     eigenvalues = np.linalg.eigvalsh(within)
     if eigenvalues[0] <= _SINGULAR * eigenvalues[-1]:
+        rank = int((eigenvalues > _SINGULAR * eigenvalues[-1]).sum())
+        if rank < n_vectors - speakers.n_speakers:  # enough vectors: the embeddings are flat
+            raise XvecError(
+                f"singular within-speaker covariance for PLDA: the embeddings vary in only "
+                f"{rank} of their {dim} dimensions; give lda_dim {rank} or less"
+            )
         raise _singular_error(n_vectors, speakers.n_speakers, dim, "for PLDA")
     between = _symmetric(speaker_means.T @ speaker_means / speakers.n_speakers)
 
