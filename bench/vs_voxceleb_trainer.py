@@ -1,27 +1,46 @@
-"""xvec against voxceleb_trainer (VT), side by side on the same data, model and settings.
+"""xvec against voxceleb_trainer (VT), side by side on the same input files and settings.
 
-Rows: training utterances/s (ResNetSE34L + SAP, 40 log-mels, AM-softmax, batch 100, 2 s crops
-= VT max_frames 200, nPerSpeaker 1, fp32, CPU, the same number of loader workers, a fixed
-number of steps timed after a warm-up), whole-file embedding files/s (VT eval_frames 0, xvec
-``--length-tolerance 0``), 10-crop embedding files/s (VT eval_frames 400, num_eval 10; xvec
-``--protocol vt-crops``) and 10-crop scoring trials/s on the real dev_trials.txt list (random
-crop embeddings: speed does not depend on the values). Each measurement is its own subprocess,
-interleaved xvec, VT, xvec, VT...; the table gives per-side ranges over rounds, peak resident
-memory (process tree, loader workers included) and the per-round ratio xvec/VT.
+Model and settings: ResNetSE34L + SAP, 40 log-mels, AM-softmax, batch 100, 2 s crops (VT
+max_frames 200), nPerSpeaker 1, fp32, CPU, the same number of loader workers. Each measurement
+is its own subprocess; rounds are interleaved (xvec, VT, xvec, VT...) and every cell of the
+table is min/median/max over rounds, the ratio column the per-round ratios xvec/VT.
 
-xvec runs what users run: ``xvec train RECIPE --set train.max_steps=...`` (rate from its
-log.jsonl) and ``xvec eval`` (files/s from result.json); scoring calls
-``xvec.scoring.vt_crop_scores`` as ``xvec eval --protocol vt-crops`` does. VT runs its own code,
-imported from ``--vt`` by bench/_vt_side.py. ``--decode-cache`` adds a row: xvec training with
-its decode cache (``data.decode_cache``, filled before the rounds).
+Rows, all on input files both sides read:
+
+- ``train``: whole epochs (VT re-forks its loader workers every epoch) on a subset list
+  (``--per-speaker`` utterances of each training speaker), timed from the end of the first
+  (warm-up) epoch to the end of the last; the same intra-op threads on both sides
+  (``--threads``, torch's default on this machine) and the same OpenMP wait policy (torch's
+  default; xvec training keeps it too). Once on the corpus's Opus files (``train, Opus``) and
+  once on a decoded WAV copy the bench writes into its temp folder (``train, WAV``).
+- ``train-defaults`` ("xvec defaults vs VT defaults"): xvec as a user would run it on the Opus
+  list with its decode cache (``data.decode_cache``, filled before the rounds, time printed)
+  and ``train.threads = "auto"``, against the VT Opus numbers of the ``train`` row.
+- ``embed``: whole-file embedding files/s on ``--files`` dev files (Opus); VT ``eval_frames
+  0``, xvec ``xvec eval --length-tolerance 0``.
+- ``crops``: 10 crops of 4 s per file on VoxCeleb-length files: the bench concatenates one
+  dev speaker's utterances into ``--crop-files`` WAVs of 6-12 s (VoxCeleb averages ~8 s;
+  speechocean762's own files are mostly under 4 s, where all 10 crops are the same);
+  VT ``eval_frames 400, num_eval 10``, xvec ``--protocol vt-crops``.
+- ``score``: 10-crop scoring trials/s on the real dev_trials.txt (random crop embeddings:
+  speed does not depend on the values).
+
+xvec's ``eval``/``embed`` make idle OpenMP threads sleep (``OMP_WAIT_POLICY=PASSIVE``); VT
+runs with torch's default (spinning). The embed, crops and score rows therefore give VT twice:
+with its defaults, and with xvec's policy (``VT, PASSIVE``).
+
+xvec runs what users run (``xvec train RECIPE --set ...``, rate from its log.jsonl;
+``xvec eval``, files/s from result.json); scoring calls ``xvec.scoring.vt_crop_scores`` as
+``xvec eval --protocol vt-crops`` does. VT runs its own code, imported from ``--vt`` by
+bench/_vt_side.py. Give both sides the same torch with ``--xvec-python``.
 
 Numbers are only meaningful on a quiet machine; on a shared one quote the ratios of
-interleaved rounds and say the machine was busy.
+interleaved rounds and say the machine was busy (the load average is printed at start and end).
 
     python bench/vs_voxceleb_trainer.py --vt /path/to/voxceleb_trainer \\
-        --vt-python /path/with/torchaudio/bin/python --data ../shared/data/speechocean762 \\
-        [--rounds 2] [--train-steps 30] [--files 200] [--what train,embed,crops,score] \\
-        [--decode-cache]
+        --vt-python /path/with/torchaudio/bin/python [--xvec-python PY] \\
+        --data ../shared/data/speechocean762 [--rounds 3] [--epochs 2] [--per-speaker 4] \\
+        [--files 200] [--crop-files 60] [--what train,train-defaults,embed,crops,score]
 """
 
 from __future__ import annotations
@@ -29,10 +48,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 from _proctree import run_measured
@@ -41,13 +63,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
 DATA = ROOT.parent / "shared" / "data" / "speechocean762"
 RECIPE = ROOT / "recipes" / "resnet34l_amsoftmax.toml"
-ROWS = {
-    "train": "train utt/s",
-    "train-cache": "train utt/s, xvec decode cache",
-    "embed": "whole-file embed files/s",
-    "crops": "10-crop embed files/s",
-    "score": "10-crop scoring trials/s",
-}
+WHATS = ["train", "train-defaults", "embed", "crops", "score"]
+SAMPLE_RATE = 16000
 
 
 def _measured(command: list[str], log: Path, env: dict[str, str] | None = None) -> dict:
@@ -65,18 +82,97 @@ def _json_line(log: Path) -> dict:
     return json.loads(lines[-1])
 
 
+def _env(policy: str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("OMP_WAIT_POLICY", None)
+    if policy:
+        env["OMP_WAIT_POLICY"] = policy
+    return env
+
+
+def xvec_epoch_rate(log_jsonl: Path, utterances_per_epoch: int) -> tuple[float, int]:
+    """(utt/s from the end of epoch 1 to the end of the last epoch, steps timed).
+
+    xvec's amsoftmax epochs hold every listed utterance once (its last batch may be short);
+    ``utterances_per_epoch`` is the list's length.
+    """
+    records = [json.loads(line) for line in log_jsonl.read_text().splitlines() if line]
+    ends = {r["epoch"]: r for r in records if r.get("kind") == "epoch"}
+    first, last = ends[min(ends)], ends[max(ends)]
+    epochs = last["epoch"] - first["epoch"]
+    seconds = last["time"] - first["time"]
+    return epochs * utterances_per_epoch / seconds, last["step"] - first["step"]
+
+
 class Sides:
-    """The commands of both sides for one work folder, and how each rate is read back."""
+    """The inputs both sides read, their commands, and how each rate is read back."""
 
     def __init__(self, args: argparse.Namespace, work: Path) -> None:
         self.args = args
         self.work = work
         self.runs = 0
-        self.trials, self.files = self._subset()
         self.model = work / "untrained.safetensors"
         self.cache = work / "decode_cache"
+        self.audio = args.data / "audio"
+        self.wav_root = work / "wav"
+        self.long_root = work / "long"
 
-    def _subset(self) -> tuple[Path, Path]:
+    # ---- inputs -------------------------------------------------------------------------
+    def prepare(self, whats: list[str]) -> None:
+        from xvec import registry
+        from xvec.checkpoint import save_checkpoint
+
+        save_checkpoint(self.model, registry.build("model", "ResNetSE34L", {}), "ResNetSE34L")
+        self.train_opus = self._train_subset()
+        if "train" in whats:
+            self.train_wav = self._wav_copy(self.train_opus)
+        if "train-defaults" in whats:
+            self._fill_cache(self.train_opus)
+        self.trials, self.files = self._dev_subset()
+        if "crops" in whats:
+            self.long_trials = self._long_files()
+
+    def _train_subset(self) -> Path:
+        lines = (self.args.data / "lists" / "train_list.txt").read_text().splitlines()
+        per: dict[str, list[str]] = defaultdict(list)
+        for line in lines:
+            fields = line.split()
+            if len(fields) == 2 and len(per[fields[0]]) < self.args.per_speaker:
+                per[fields[0]].append(line)
+        out = self.work / "train_opus.txt"
+        out.write_text("\n".join(line for group in per.values() for line in group) + "\n")
+        print(f"training subset: {sum(map(len, per.values()))} utterances, {len(per)} speakers")
+        return out
+
+    def _wav_copy(self, list_file: Path) -> Path:
+        """Decode every listed file to 16-bit WAV under the temp folder; the list for it."""
+        import soundfile
+
+        from xvec.audio import read_audio
+
+        start, out_lines = time.perf_counter(), []
+        for line in list_file.read_text().splitlines():
+            speaker, name = line.split()
+            target = self.wav_root / Path(name).with_suffix(".wav")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            soundfile.write(target, read_audio(self.audio / name), SAMPLE_RATE, "PCM_16")
+            out_lines.append(f"{speaker} {target.relative_to(self.wav_root)}")
+        out = self.work / "train_wav.txt"
+        out.write_text("\n".join(out_lines) + "\n")
+        print(f"WAV copy: {len(out_lines)} files in {time.perf_counter() - start:.1f} s")
+        return out
+
+    def _fill_cache(self, list_file: Path) -> None:
+        from xvec.audio import DecodeCache, audio_info
+
+        cache, start = DecodeCache(self.cache), time.perf_counter()
+        names = [line.split()[1] for line in list_file.read_text().splitlines() if line]
+        for name in names:
+            cache.signal(self.audio / name, audio_info(self.audio / name))
+        seconds = time.perf_counter() - start
+        print(f"decode cache filled: {len(names)} files in {seconds:.1f} s (one process)")
+
+    def _dev_subset(self) -> tuple[Path, Path]:
         """The first trials covering ``--files`` files, as a trial list and a file list."""
         lines = (self.args.data / "lists" / "dev_trials.txt").read_text().splitlines()
         kept, files = [], {}
@@ -93,58 +189,89 @@ class Sides:
         file_list.write_text("\n".join(sorted(files)) + "\n")
         return trials, file_list
 
-    def prepare(self, whats: list[str]) -> None:
-        from xvec import registry
-        from xvec.checkpoint import save_checkpoint
+    def _long_files(self) -> Path:
+        """``--crop-files`` WAVs of 6-12 s, each one dev speaker's utterances end to end."""
+        import numpy as np
+        import soundfile
 
-        save_checkpoint(self.model, registry.build("model", "ResNetSE34L", {}), "ResNetSE34L")
-        if "train-cache" in whats:
-            from xvec.audio import DecodeCache, audio_info
+        from xvec.audio import read_audio
 
-            cache, audio = DecodeCache(self.cache), self.args.data / "audio"
-            start = time.perf_counter()
-            list_file = self.args.data / "lists" / "train_list.txt"
-            names = [line.split()[1] for line in list_file.read_text().splitlines() if line]
-            for name in names:
-                cache.signal(audio / name, audio_info(audio / name))
-            seconds = time.perf_counter() - start
-            print(f"decode cache filled: {len(names)} files in {seconds:.1f} s (one process)")
+        lines = (self.args.data / "lists" / "dev_trials.txt").read_text().splitlines()
+        by_speaker: dict[str, list[str]] = defaultdict(list)
+        for name in sorted({f for line in lines for f in line.split()[1:3]}):
+            by_speaker[name.split("/")[0]].append(name)
+        rng, made, seconds = random.Random(0), [], []
+        queues = {s: list(names) for s, names in sorted(by_speaker.items())}
+        while len(made) < self.args.crop_files and any(queues.values()):
+            for speaker, queue in queues.items():
+                for _ in range(2):  # two files a speaker: target trials need pairs
+                    if len(made) >= self.args.crop_files or not queue:
+                        break
+                    target, parts = int(rng.uniform(6.0, 12.0) * SAMPLE_RATE), []
+                    while queue and sum(map(len, parts)) < target:
+                        parts.append(read_audio(self.audio / queue.pop(0)))
+                    signal = np.concatenate(parts)[:target]
+                    if len(signal) < 6 * SAMPLE_RATE:
+                        break
+                    name = f"{speaker}/long{len(made):04d}.wav"
+                    (self.long_root / speaker).mkdir(parents=True, exist_ok=True)
+                    soundfile.write(self.long_root / name, signal, SAMPLE_RATE, "PCM_16")
+                    made.append(name)
+                    seconds.append(len(signal) / SAMPLE_RATE)
+        trials = []
+        for i, name in enumerate(made):
+            for other in made[i + 1 : i + 3]:
+                same = other.split("/")[0] == name.split("/")[0]
+                trials.append(f"{int(same)} {name} {other}")
+        out = self.work / "long_trials.txt"
+        out.write_text("\n".join(trials) + "\n")
+        (self.work / "long_files.txt").write_text("\n".join(made) + "\n")
+        print(
+            f"VoxCeleb-length files: {len(made)} of {min(seconds):.1f}-{max(seconds):.1f} s "
+            f"(mean {statistics.mean(seconds):.1f} s)"
+        )
+        return out
 
-    def _next(self, name: str) -> Path:
+    # ---- runs ---------------------------------------------------------------------------
+    def _next(self, name: str) -> tuple[Path, Path]:
         self.runs += 1
-        return self.work / f"{self.runs:03d}_{name}"
+        folder = self.work / f"{self.runs:03d}_{name}"
+        folder.mkdir()
+        return folder, folder / "output.txt"
 
-    def xvec(self, what: str) -> tuple[float, float]:
+    def xvec(self, what: str, variant: str) -> tuple[float, float]:
         """(rate, peak tree RSS MiB) of one xvec measurement."""
         args = self.args
-        folder = self._next(f"xvec_{what}")
-        folder.mkdir()
-        log = folder / "output.txt"
-        if what in ("train", "train-cache"):
-            return self._xvec_train(folder, log, cached=what == "train-cache")
+        folder, log = self._next(f"xvec_{what}_{variant}")
+        if what == "train":
+            return self._xvec_train(folder, log, variant)
         if what == "score":
-            command = [sys.executable, __file__, "--side", "xvec-score", "--data", str(args.data)]
-            measured = _measured(command, log)
+            command = [str(args.xvec_python), __file__, "--side", "xvec-score"]
+            measured = _measured([*command, "--data", str(args.data)], log)
             return _json_line(log)["rate"], measured["tree_mib"]
+        trials, root = (
+            (self.long_trials, self.long_root) if what == "crops" else (self.trials, self.audio)
+        )
         command = [
-            sys.executable, "-m", "xvec", "eval", "--model", str(self.model),
-            "--trials", str(self.trials), "--audio-root", str(args.data / "audio"),
-            "--device", "cpu", "-o", str(folder / "eval"),
+            str(args.xvec_python), "-m", "xvec", "eval", "--model", str(self.model),
+            "--trials", str(trials), "--audio-root", str(root), "--device", "cpu",
+            "-o", str(folder / "eval"),
         ]  # fmt: skip
         if what == "embed":
             command += ["--protocol", "full", "--length-tolerance", "0"]
         else:
             command += ["--protocol", "vt-crops", "--eval-frames", "400", "--num-eval", "10"]
-        measured = _measured(command, log)
+        measured = _measured(command, log, env=_env(None))  # xvec sets its own policy
         result = json.loads(next((folder / "eval").glob("**/result.json")).read_text())
         return result["files_per_second"], measured["tree_mib"]
 
-    def _xvec_train(self, folder: Path, log: Path, cached: bool) -> tuple[float, float]:
+    def _xvec_train(self, folder: Path, log: Path, variant: str) -> tuple[float, float]:
         args = self.args
         run = folder / "run"
+        wav = variant == "wav"
         overrides = [
-            f"data.train_list={args.data / 'lists' / 'train_list.txt'}",
-            f"data.train_path={args.data / 'audio'}",
+            f"data.train_list={self.train_wav if wav else self.train_opus}",
+            f"data.train_path={self.wav_root if wav else self.audio}",
             "data.test_list=",
             f"data.max_frames={args.max_frames}",
             f"train.batch_size={args.batch_size}",
@@ -152,37 +279,57 @@ class Sides:
             "train.mixed_precision=false",
             "train.device=cpu",
             f"train.num_workers={args.workers}",
-            f"train.max_steps={args.warmup + args.train_steps}",
+            f"train.max_epoch={args.epochs + 1}",
+            f"train.test_interval={args.epochs + 1}",
             f"train.output_dir={run}",
             "train.log_every=1",
         ]
-        if cached:
+        if variant == "defaults":
             overrides.append(f"data.decode_cache={self.cache}")
-        command = [sys.executable, "-m", "xvec", "train", str(RECIPE)]
+        else:
+            overrides.append(f"train.threads={args.threads}")
+        command = [str(args.xvec_python), "-m", "xvec", "train", str(RECIPE)]
         for item in overrides:
             command += ["--set", item]
-        measured = _measured(command, log)
-        records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-        times = {r["step"]: r["time"] for r in records if r["kind"] == "train"}
-        last = max(times)
-        seconds = times[last] - times[args.warmup]
-        return (last - args.warmup) * args.batch_size / seconds, measured["tree_mib"]
+        measured = _measured(command, log, env=_env(None))
+        utterances = len((self.train_wav if wav else self.train_opus).read_text().split("\n")) - 1
+        rate, _ = xvec_epoch_rate(run / "log.jsonl", utterances)
+        return rate, measured["tree_mib"]
 
-    def vt(self, what: str) -> tuple[float, float]:
+    def vt(self, what: str, variant: str) -> tuple[float, float]:
         """(rate, peak tree RSS MiB) of one voxceleb_trainer measurement."""
         args = self.args
-        folder = self._next(f"vt_{what}")
-        folder.mkdir()
-        log = folder / "output.txt"
+        _, log = self._next(f"vt_{what}_{variant}")
         command = [
             str(args.vt_python), str(BENCH / "_vt_side.py"),
-            {"embed": "embed", "crops": "embed"}.get(what, what),
-            "--vt", str(args.vt), "--data", str(args.data), "--workers", str(args.workers),
-            "--batch-size", str(args.batch_size), "--max-frames", str(args.max_frames),
-            "--steps", str(args.train_steps), "--warmup", str(args.warmup),
-            "--files-list", str(self.files), "--eval-frames", "400" if what == "crops" else "0",
+            {"crops": "embed"}.get(what, what), "--vt", str(args.vt),
+            "--workers", str(args.workers), "--batch-size", str(args.batch_size),
+            "--max-frames", str(args.max_frames), "--epochs", str(args.epochs),
         ]  # fmt: skip
-        measured = _measured(command, log)
+        if what == "train":
+            wav = variant == "wav"
+            command += [
+                "--train-list",
+                str(self.train_wav if wav else self.train_opus),
+                "--train-path",
+                str(self.wav_root if wav else self.audio),
+                "--threads",
+                str(args.threads),
+            ]
+        elif what == "score":
+            command += ["--trials", str(args.data / "lists" / "dev_trials.txt")]
+        else:
+            crops = what == "crops"
+            command += [
+                "--files-list",
+                str(self.work / "long_files.txt" if crops else self.files),
+                "--audio-root",
+                str(self.long_root if crops else self.audio),
+                "--eval-frames",
+                "400" if crops else "0",
+            ]
+        policy = "PASSIVE" if variant == "passive" else None
+        measured = _measured(command, log, env=_env(policy))
         return _json_line(log)["rate"], measured["tree_mib"]
 
 
@@ -202,10 +349,46 @@ def _xvec_score(data: Path) -> None:
     print(json.dumps({"rate": len(trials) / seconds, "seconds": seconds, "trials": len(trials)}))
 
 
-def _span(values: list[float]) -> str:
-    low, high = min(values), max(values)
-    fmt = "{:,.0f}" if high >= 1000 else "{:.1f}" if high >= 10 else "{:.2f}"
-    return fmt.format(low) if len(values) == 1 else f"{fmt.format(low)}-{fmt.format(high)}"
+def _fmt(value: float) -> str:
+    return f"{value:,.0f}" if value >= 1000 else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
+def span(values: list[float], suffix: str = "") -> str:
+    """min/median/max (one value alone when there is one)."""
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return _fmt(values[0]) + suffix
+    parts = (min(values), statistics.median(values), max(values))
+    return " / ".join(_fmt(v) for v in parts) + suffix
+
+
+# (row label, xvec what/variant, VT what/variant)
+TABLE = {
+    "train": [
+        ("train utt/s, Opus (same threads)", ("train", "opus"), ("train", "opus")),
+        ("train utt/s, WAV copy (same threads)", ("train", "wav"), ("train", "wav")),
+    ],
+    "train-defaults": [
+        (
+            "train utt/s, xvec defaults + decode cache vs VT defaults, Opus",
+            ("train", "defaults"),
+            ("train", "opus"),
+        ),
+    ],
+    "embed": [
+        ("whole-file embed files/s, VT defaults", ("embed", "-"), ("embed", "default")),
+        ("whole-file embed files/s, VT PASSIVE", ("embed", "-"), ("embed", "passive")),
+    ],
+    "crops": [
+        ("10-crop embed files/s (6-12 s files), VT defaults", ("crops", "-"), ("crops", "default")),
+        ("10-crop embed files/s (6-12 s files), VT PASSIVE", ("crops", "-"), ("crops", "passive")),
+    ],
+    "score": [
+        ("10-crop scoring trials/s, VT defaults", ("score", "-"), ("score", "default")),
+        ("10-crop scoring trials/s, VT PASSIVE", ("score", "-"), ("score", "passive")),
+    ],
+}
 
 
 def main() -> None:
@@ -214,14 +397,16 @@ def main() -> None:
     )
     parser.add_argument("--vt", type=Path, help="voxceleb_trainer checkout")
     parser.add_argument("--vt-python", type=Path, help="a python with torch + torchaudio")
+    parser.add_argument("--xvec-python", type=Path, default=Path(sys.executable))
     parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--train-steps", type=int, default=30, help="timed steps after warm-up")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed first steps")
-    parser.add_argument("--files", type=int, default=0, help="embed only N files (0: all)")
-    parser.add_argument("--what", default="train,embed,crops,score")
-    parser.add_argument("--decode-cache", action="store_true", help="add the cached xvec row")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=2, help="timed epochs after one warm-up")
+    parser.add_argument("--per-speaker", type=int, default=4, help="training subset size")
+    parser.add_argument("--files", type=int, default=200, help="whole-file embed: N dev files")
+    parser.add_argument("--crop-files", type=int, default=60, help="6-12 s files made")
+    parser.add_argument("--what", default=",".join(WHATS))
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--max-frames", type=int, default=200)
     parser.add_argument("--side", choices=["xvec-score"], help=argparse.SUPPRESS)
@@ -232,46 +417,49 @@ def main() -> None:
     if args.vt is None or args.vt_python is None:
         parser.error("--vt and --vt-python are required")
     whats = [w.strip() for w in args.what.split(",") if w.strip()]
-    unknown = sorted(set(whats) - set(ROWS))
+    unknown = sorted(set(whats) - set(WHATS))
     if unknown:
-        parser.error(f"--what: unknown {', '.join(unknown)}; choose from {', '.join(ROWS)}")
-    if args.decode_cache and "train-cache" not in whats:
-        whats.insert(whats.index("train") + 1 if "train" in whats else 0, "train-cache")
+        parser.error(f"--what: unknown {', '.join(unknown)}; choose from {', '.join(WHATS)}")
     if not (args.data / "lists" / "dev_trials.txt").is_file():
         raise SystemExit(f"{args.data}: expected lists/dev_trials.txt and lists/train_list.txt")
-    results: dict[str, dict[str, list[tuple[float, float]]]] = {
-        w: {"xvec": [], "vt": []} for w in whats
-    }
+    load_start, started = Path("/proc/loadavg").read_text().split()[:3], time.time()
+    rows = [row for what in whats for row in TABLE[what]]
+    results: dict[tuple[str, str, str], list[tuple[float, float]]] = defaultdict(list)
     with tempfile.TemporaryDirectory(prefix="xvec_vs_vt_") as tmp:
         sides = Sides(args, Path(tmp))
         sides.prepare(whats)
         for round_index in range(args.rounds):
-            for what in whats:
-                runners = [("xvec", sides.xvec)]
-                if what != "train-cache":  # VT has no cache: its numbers are in the train row
-                    runners.append(("vt", sides.vt))
-                for side, runner in runners:
-                    rate, rss = runner(what)
-                    results[what][side].append((rate, rss))
-                    line = f"round {round_index + 1} {what:11s} {side:4s} {rate:10.2f}"
+            for _, mine, theirs in rows:
+                for side, (what, variant) in (("xvec", mine), ("vt", theirs)):
+                    key = (side, what, variant)
+                    if len(results[key]) > round_index:
+                        continue  # measured already this round (shared by two rows)
+                    runner = sides.xvec if side == "xvec" else sides.vt
+                    rate, rss = runner(what, variant)
+                    results[key].append((rate, rss))
+                    line = f"round {round_index + 1} {side:4s} {what:6s} {variant:8s} {rate:10.2f}"
                     print(f"{line}  {rss:6.0f} MiB", flush=True)
         files = len(sides.files.read_text().split())
+        train_utts = len(sides.train_opus.read_text().split("\n")) - 1
+    load_end = Path("/proc/loadavg").read_text().split()[:3]
     print(
-        f"\n{args.rounds} interleaved round(s), {args.workers} loader workers, batch "
-        f"{args.batch_size}, {args.train_steps} timed steps after {args.warmup}, {files} files"
-        f" embedded, {os.cpu_count()} CPUs (load average now {os.getloadavg()[0]:.1f})"
+        f"\n{args.rounds} interleaved rounds in {(time.time() - started) / 60:.1f} min; "
+        f"{args.workers} loader workers, batch {args.batch_size}, {args.threads} threads; "
+        f"training: {train_utts} utterances, {args.epochs} timed epochs after 1; "
+        f"{files} dev files embedded; {args.crop_files} 6-12 s files cropped; "
+        f"{os.cpu_count()} CPUs; load average {' '.join(load_start)} at start, "
+        f"{' '.join(load_end)} at end"
     )
-    header = f"{'row':32s} {'xvec':>14s} {'VT':>14s} {'xvec/VT':>11s} {'RSS MiB xvec/VT':>17s}"
-    print(header + "\n" + "-" * len(header))
-    vt_of = {"train-cache": "train"}
-    for what in whats:
-        mine, theirs = results[what]["xvec"], results[vt_of.get(what, what)]["vt"]
-        ratios = [m[0] / t[0] for m, t in zip(mine, theirs, strict=False)]
-        rss = f"{max(m[1] for m in mine):.0f}/{max(t[1] for t in theirs):.0f}" if theirs else ""
+    print("cells: min / median / max over rounds")
+    header = f"| row | xvec | VT | xvec/VT | peak RSS MiB xvec/VT |\n|{'---|' * 5}"
+    print(header)
+    for label, mine, theirs in rows:
+        ours, other = results[("xvec", *mine)], results[("vt", *theirs)]
+        ratios = [m[0] / t[0] for m, t in zip(ours, other, strict=False)]
+        rss = f"{max(m[1] for m in ours):.0f}/{max(t[1] for t in other):.0f}"
         print(
-            f"{ROWS[what]:32s} {_span([m[0] for m in mine]):>14s} "
-            f"{_span([t[0] for t in theirs]) if theirs else '-':>14s} "
-            f"{_span(ratios) + 'x' if ratios else '-':>11s} {rss:>17s}"
+            f"| {label} | {span([m[0] for m in ours])} | {span([t[0] for t in other])} | "
+            f"{span(ratios, 'x')} | {rss} |"
         )
 
 

@@ -116,6 +116,47 @@ def test_overrides_apply_and_parse_values(tmp_path):
     assert recipe.train.mixed_precision is False and recipe.model.params["nOut"] == 256
 
 
+def test_mixed_precision_default_and_values(tmp_path):
+    assert load_recipe(write(tmp_path, GOOD)).train.mixed_precision is True
+    for value, expected in [("bf16", "bf16"), ("fp16", "fp16"), ("true", True), ("false", False)]:
+        recipe = load_recipe(write(tmp_path, GOOD), [f"train.mixed_precision={value}"])
+        assert recipe.train.mixed_precision == expected
+    with pytest.raises(XvecError, match="mixed_precision"):
+        load_recipe(write(tmp_path, GOOD), ["train.mixed_precision=fp8"])
+
+
+@pytest.mark.parametrize(
+    ("device", "mode", "expected"),
+    [
+        ("cpu", False, (False, "float32")),
+        ("cpu", "bf16", (True, "bfloat16")),
+        ("cuda", True, (True, "float16")),
+        ("cuda", "bf16", (True, "bfloat16")),
+        ("cuda", "fp16", (True, "float16")),
+        ("cuda", False, (False, "float32")),
+    ],
+)
+def test_autocast_settings(device, mode, expected):
+    import torch
+
+    from xvec.training.optim import autocast_settings
+
+    enabled, dtype = autocast_settings(torch.device(device), mode)
+    assert (enabled, str(dtype).removeprefix("torch.")) == expected
+
+
+def test_autocast_fp16_needs_cuda():
+    import torch
+
+    from xvec.training.optim import _cpu_has_bf16, autocast_settings
+
+    with pytest.raises(XvecError, match=r"fp16.*CUDA"):
+        autocast_settings(torch.device("cpu"), "fp16")
+    assert autocast_settings(torch.device("cpu"), True) == (
+        (True, torch.bfloat16) if _cpu_has_bf16() else (False, torch.float32)
+    )
+
+
 @pytest.mark.parametrize("bad", ["train.max_epoch", "=5", "max_epoch=5", "train..x=1"])
 def test_malformed_override(bad):
     with pytest.raises(XvecError, match="--set"):

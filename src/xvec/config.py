@@ -127,7 +127,12 @@ class TrainConfig(Section):
     seed: int = Field(10, ge=0, le=SEED_MAX)
     output_dir: Path = Path("runs/exp1")
     num_workers: int = Field(2, ge=0, le=INDEX_MAX)
-    mixed_precision: bool = True
+    mixed_precision: Literal["bf16", "fp16"] | bool = Field(
+        True,
+        description="autocast: true = fp16 on CUDA, bf16 on CPUs that have it (1.6-1.7x fp32 "
+        "training on an AMX Xeon, docs/benchmarks.md), else fp32; bf16 / fp16 = that type; "
+        "false = fp32",
+    )
     device: str = "auto"
     log_every: int = Field(
         10, gt=0, le=INDEX_MAX, description="steps between JSON-lines log records"

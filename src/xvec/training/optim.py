@@ -63,10 +63,24 @@ def make_scheduler(
     return None, "none"
 
 
-def autocast_settings(device: torch.device, enabled: bool) -> tuple[bool, torch.dtype]:
-    """fp16 autocast on CUDA, bf16 on CPUs that have it, otherwise off (silently)."""
-    if not enabled:
+def autocast_settings(device: torch.device, mode: bool | str) -> tuple[bool, torch.dtype]:
+    """Whether to autocast, and to which type, for ``train.mixed_precision`` on ``device``.
+
+    ``True``: fp16 on CUDA, bf16 on CPUs that have it (measured faster than fp32 there,
+    docs/benchmarks.md), otherwise off (silently). ``"bf16"`` / ``"fp16"``: that type (fp16
+    needs CUDA: the CPU has no loss scaler). ``False``: fp32.
+    """
+    if mode is False:
         return False, torch.float32
+    if mode == "bf16":
+        return True, torch.bfloat16
+    if mode == "fp16":
+        if device.type != "cuda":
+            raise XvecError(
+                f"train.mixed_precision = 'fp16' needs a CUDA device (training on {device}); "
+                "use 'bf16', true or false"
+            )
+        return True, torch.float16
     if device.type == "cuda":
         return True, torch.float16
     if device.type == "cpu" and _cpu_has_bf16():
