@@ -290,7 +290,7 @@ def test_length_tolerance_out_of_range_is_refused(tmp_path, corpus, tiny_checkpo
         "eval", "--model", tiny_checkpoint, "--trials", corpus / "trials.txt",
         "--audio-root", corpus / "audio", "--length-tolerance", "1.5", site=tiny_site,
     )  # fmt: skip
-    one_line_error(result, "length tolerance", "1.5")
+    one_line_error(result, "--length-tolerance must be in [0, 1)", "1.5")
 
 
 def test_odd_but_valid_audio_is_accepted_with_notes(tmp_path, corpus, tiny_checkpoint, tiny_site):

@@ -64,7 +64,7 @@ def test_length_tolerance_trims_within_a_batch_and_zero_keeps_files_whole(tmp_pa
     trimmed = embed_files(model, tmp_path, names, Protocol(length_tolerance=0.05), device="cpu")
     np.testing.assert_allclose(exact[names[0]], whole[names[0]], rtol=1e-5, atol=1e-6)
     assert np.abs(trimmed[names[0]] - whole[names[0]]).max() > 1e-4  # last 0.02 s dropped
-    with pytest.raises(XvecError, match="length tolerance"):
+    with pytest.raises(XvecError, match=r"length_tolerance must be in \[0, 1\)"):
         Protocol(length_tolerance=1.0)
 
 
