@@ -209,7 +209,9 @@ def test_last_saved_models_errors(tmp_path):
     with pytest.raises(XvecError, match="run folder not found"):
         last_saved_models(tmp_path / "absent", 1)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(XvecError, match=r"the run kept no saved model$"):
+    with pytest.raises(
+        XvecError, match=r"the run kept no saved model; a run keeps .*train.keep_epoch_models = 1 "
+    ):
         last_saved_models(tmp_path / "empty", 1)
     with pytest.raises(XvecError, match="at least 1"):
         last_saved_models(tmp_path / "empty", 0)
@@ -225,3 +227,65 @@ def test_average_the_last_models_of_a_run(tiny_model_dist, tmp_path):
     assert [source["epoch"] for source in meta["averaged_from"]] == [3, 4]
     assert meta["epoch"] == 4
     assert json.loads(json.dumps(meta)) == meta
+
+
+# --------------------------------------------------------------------------- xvec average
+
+
+def test_xvec_average_of_a_real_run_is_the_hand_computed_mean(
+    tmp_path, tone_corpus, tiny_model_dist
+):
+    from test_train import recipe_file
+
+    from xvec.config import load_recipe
+    from xvec.training import train
+
+    from conftest import run_cli
+
+    path = recipe_file(tmp_path, tone_corpus)
+    train(load_recipe(path, ["train.max_epoch=3", "train.keep_epoch_models=2", "data.test_list="]))
+    run = tmp_path / "run"
+    result = run_cli("average", run, "--last", "2", site=tiny_model_dist)
+    assert result.returncode == 0, result.stderr
+    kept = [epoch_model_path(run, epoch) for epoch in (2, 3)]
+    assert result.stdout.strip() == (
+        f"averaged 2 models (epoch_0002.safetensors, epoch_0003.safetensors) -> "
+        f"{run / 'avg.safetensors'}"
+    )
+    second, third = (st_load(p.read_bytes()) for p in kept)
+    averaged = st_load((run / "avg.safetensors").read_bytes())
+    assert averaged.keys() == second.keys()
+    assert torch.equal(
+        third["model.out.weight"],
+        st_load((run / "last.safetensors").read_bytes())["model.out.weight"],
+    )
+    for key, value in averaged.items():
+        if value.is_floating_point():  # by hand: (a + b) / 2 in float64, back to float32
+            mean = ((second[key].double() + third[key].double()) / 2).to(value.dtype)
+            assert torch.equal(value, mean), key
+        else:  # BatchNorm's counter: the last model's
+            assert torch.equal(value, third[key]), key
+    assert not torch.equal(second["model.out.weight"], third["model.out.weight"])
+    other = tmp_path / "two.safetensors"
+    assert run_cli("average", run, "--last", "1", "-o", other, site=tiny_model_dist).returncode == 0
+    assert torch.equal(st_load(other.read_bytes())["model.out.weight"], third["model.out.weight"])
+
+
+def test_xvec_average_refusals_are_one_line(tmp_path, tone_corpus, tiny_model_dist):
+    from conftest import run_cli
+
+    run = tmp_path / "run"
+    for epoch in (1, 2):
+        epoch_model_path(run, epoch).parent.mkdir(parents=True, exist_ok=True)
+        _save_trained(epoch_model_path(run, epoch), epoch, epoch)
+    zero = run_cli("average", run, "--last", "0", site=tiny_model_dist)
+    assert zero.returncode == 1 and zero.stderr.strip() == "error: --last 0: must be a number >= 1"
+    many = run_cli("average", run, "--last", "3", site=tiny_model_dist)
+    assert many.returncode == 1 and len(many.stderr.strip().splitlines()) == 1
+    assert "cannot average the last 3 models: the run kept 2 per-epoch models" in many.stderr
+    assert "train.keep_epoch_models = 3 (or more)" in many.stderr
+    onto = run_cli(
+        "average", run, "--last", "2", "-o", epoch_model_path(run, 2), site=tiny_model_dist
+    )
+    assert onto.returncode == 1 and "is also an input of this command" in onto.stderr
+    assert not (run / "avg.safetensors").exists()

@@ -448,6 +448,32 @@ def train_command(
         out.print(report.training_outcome_text(outcome), markup=False, soft_wrap=True)
 
 
+@app.command("average")
+@one_line_errors
+def average_command(
+    run_dir: Annotated[Path, typer.Argument(help="Training run folder (its models/ folder).")],
+    last: Annotated[int, typer.Option("--last", help="Average the newest N per-epoch models.")],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Checkpoint to write (default RUN_DIR/avg.safetensors)."
+        ),
+    ] = None,
+    force: Annotated[bool, FORCE_OPTION] = False,
+) -> None:
+    """Average a run's last N per-epoch models (weights and BatchNorm statistics)."""
+    from xvec.workflows.average import average_run
+
+    averaged = average_run(run_dir, last, output, force=force)
+    names = ", ".join(source.name for source in averaged.sources)
+    out.print(
+        f"averaged {len(averaged.sources)} models ({names}) -> {averaged.output}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 # --------------------------------------------------------------------------- import, data
 
 

@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -181,6 +182,24 @@ class TrainConfig(Section):
     keep_epoch_models: int = Field(
         0, ge=0, description="keep the last N epochs' models in models/ (for xvec average)"
     )
+    average_last: int = Field(
+        0,
+        ge=0,
+        le=INDEX_MAX,
+        description="at the end, average the last N epochs' models into avg.safetensors and "
+        "evaluate that (keeps at least N per-epoch models)",
+    )
+
+    @field_validator("average_last")
+    @classmethod
+    def _average_within_the_run(cls, value: int, info: ValidationInfo) -> int:
+        max_epoch = info.data.get("max_epoch")
+        if max_epoch is not None and value > max_epoch:
+            raise ValueError(
+                f"{value} exceeds max_epoch ({max_epoch}): a run keeps at most one model per "
+                "epoch; lower average_last"
+            )
+        return value
 
 
 class EvalConfig(Section):
@@ -203,6 +222,25 @@ class AugmentConfig(Section):
     probability: float = Field(0.6, ge=0, le=1, description="chance an utterance is augmented")
 
 
+class InitConfig(Section):
+    """``[init]``: start training from another run's checkpoint (a stage of a multi-stage recipe).
+
+    Only the model's weights (and the loss's, when its layout and class count match) are
+    taken; crops, margin, learning rate and augmentation are this recipe's. Applied at the
+    start of a run only: a resumed run continues from its own state.
+    """
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    from_: Path = Field(alias="from", description="xvec checkpoint to start from")
+    sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{16}$",
+        description="the file's fingerprint (first 16 hex digits of its SHA-256); recorded "
+        "when the run starts, checked when given",
+    )
+
+
 class Recipe(Section):
     """A whole training/evaluation recipe."""
 
@@ -213,6 +251,7 @@ class Recipe(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    init: InitConfig | None = None
 
     def resolved(self, base: Path | None = None) -> Recipe:
         """A copy with every relative path made absolute against ``base`` (default: cwd)."""
@@ -231,13 +270,18 @@ class Recipe(Section):
             update={key: fix(getattr(self.augment, key)) for key in ("musan_path", "rir_path")}
         )
         train = self.train.model_copy(update={"output_dir": fix(self.train.output_dir)})
-        return self.model_copy(update={"data": data, "augment": augment, "train": train})
+        init = self.init and self.init.model_copy(update={"from_": fix(self.init.from_)})
+        return self.model_copy(
+            update={"data": data, "augment": augment, "train": train, "init": init}
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (paths as strings), the form stored in checkpoints."""
-        data = self.model_dump(mode="json")
+        data = self.model_dump(mode="json", by_alias=True)
         if data["loss"] is not None and data["loss"]["margin_ramp"] is None:
             del data["loss"]["margin_ramp"]  # so runs recorded before ramps existed resume
+        if data["init"] is None:
+            del data["init"]  # a one-stage run records what it did before stages existed
         return data
 
 
@@ -251,7 +295,8 @@ def _describe_error(error: Any, schema: type[BaseModel]) -> str:
     loc, owner = _located(schema, [str(part) for part in error["loc"]])
     path = ".".join(loc)
     if error["type"] == "extra_forbidden":
-        allowed = ", ".join(getattr(owner, "model_fields", {}))
+        fields = getattr(owner, "model_fields", {})
+        allowed = ", ".join(field.alias or name for name, field in fields.items())
         return f"unknown field '{path}' (allowed in this section: {allowed})"
     return f"field '{path}': {error['msg']}"
 

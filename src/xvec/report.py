@@ -424,10 +424,15 @@ def training_start_text(start: TrainingStart) -> str:
     else:
         threads = f"{start.threads} thread{'s' if start.threads != 1 else ''}"
         compute = f"{start.device}, {threads}, {workers}"
+    # A stage of a multi-stage recipe ([init] from) says which checkpoint it starts from and
+    # whether the loss head came with it or is new (another loss or other speakers).
+    stage = start.init
+    init = [f"  starts from: {stage.checkpoint} (its model weights; {stage.loss})"] if stage else []
     return "\n".join(
         [
             f"{verb} {start.model} ({_parameter_count(start.parameters)} parameters) "
             f"with {start.loss}",
+            *init,
             f"  data: {start.classes} speakers, {start.utterances} utterances; {trials}",
             f"  compute: {compute}",
             f"  run folder: {start.run_dir}",
@@ -510,6 +515,10 @@ class ConsoleTrainingObserver(TrainingObserver):
                 f"  eval: EER {metrics.eer:.3f} %  minDCF({p_target}) "
                 f"{metrics.min_dcf[p_target]:.4f}  ({result.seconds:.1f} s)"
             )
+
+    def averaged(self, output: Path, sources: list[Path]) -> None:
+        """One line: how many epochs' models were averaged, and where the average went."""
+        self._say(f"averaged the last {len(sources)} epochs' models -> {output}")
 
     def final_evaluation(self, result: EvalResult, trials: int) -> None:
         title = f"final evaluation ({trials} trials)"

@@ -21,15 +21,21 @@ from xvec.errors import XvecError
 from xvec.files import atomic_write_bytes
 
 __all__ = [
+    "AVERAGE_FILE",
     "EPOCH_MODELS_DIR",
     "average_checkpoints",
+    "average_kept_models",
     "epoch_model_path",
+    "epoch_models",
     "last_saved_models",
     "prune_epoch_models",
 ]
 
 EPOCH_MODELS_DIR = "models"
 """Run-folder subfolder for per-epoch models, ``epoch_0007.safetensors`` (when they are kept)."""
+
+AVERAGE_FILE = "avg.safetensors"
+"""The averaged model in a run folder (``[train] average_last``, ``xvec average``'s default)."""
 
 _EPOCH_MODEL = re.compile(r"epoch_(\d+)\.safetensors")
 _LAST_MODEL = "last.safetensors"
@@ -40,7 +46,7 @@ def epoch_model_path(run_dir: Path, epoch: int) -> Path:
     return Path(run_dir) / EPOCH_MODELS_DIR / f"epoch_{epoch:04d}.safetensors"
 
 
-def _epoch_models(run_dir: Path) -> list[Path]:
+def epoch_models(run_dir: Path) -> list[Path]:
     """The run's per-epoch models, by epoch number (not name: epoch_10000 follows epoch_9999)."""
     folder = Path(run_dir) / EPOCH_MODELS_DIR
     if not folder.is_dir():
@@ -57,7 +63,7 @@ def prune_epoch_models(run_dir: Path, keep: int) -> list[Path]:
     """Delete all but the newest ``keep`` per-epoch models of a run; returns those deleted."""
     if keep < 0:
         raise ValueError(f"keep must be at least 0, got {keep}")
-    models = _epoch_models(run_dir)
+    models = epoch_models(run_dir)
     doomed = models[: max(0, len(models) - keep)]
     for path in doomed:
         path.unlink(missing_ok=True)
@@ -76,7 +82,7 @@ def last_saved_models(run_dir: Path, n: int) -> list[Path]:
     if not run_dir.is_dir():
         raise XvecError(f"{run_dir}: run folder not found")
     folder = run_dir / EPOCH_MODELS_DIR
-    models = _epoch_models(run_dir)
+    models = epoch_models(run_dir)
     per_epoch = bool(models)
     if not per_epoch and (run_dir / _LAST_MODEL).is_file():
         models = [run_dir / _LAST_MODEL]
@@ -88,7 +94,10 @@ def last_saved_models(run_dir: Path, n: int) -> list[Path]:
         else:
             kept = "no saved model"
         hint = f"; average at most {len(models)}" if models else ""
-        raise XvecError(f"{run_dir}: cannot average the last {n} models: the run kept {kept}{hint}")
+        raise XvecError(
+            f"{run_dir}: cannot average the last {n} models: the run kept {kept}{hint}; a run "
+            f"keeps its last {n} epochs' models with train.keep_epoch_models = {n} (or more)"
+        )
     return models[-n:]
 
 
@@ -205,3 +214,14 @@ def _require_same_architecture(
                     f"{ref_path} has {tuple(expected.shape)} {expected.dtype}; only checkpoints "
                     "of one architecture can be averaged"
                 )
+
+
+def average_kept_models(run_dir: Path, n: int) -> tuple[Path, list[Path]]:
+    """Average a run's last ``n`` per-epoch models into its ``avg.safetensors`` (``[train]
+    average_last``); returns the output and its inputs, oldest first.
+
+    A run cut short by ``max_steps`` has fewer: the models it has are averaged.
+    """
+    run_dir = Path(run_dir)
+    sources = last_saved_models(run_dir, max(1, min(n, len(epoch_models(run_dir)))))
+    return average_checkpoints(sources, run_dir / AVERAGE_FILE), sources

@@ -18,6 +18,15 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class StageInit:
+    """A run that starts from another run's checkpoint (``[init] from``): its model weights,
+    and the loss's when they fit."""
+
+    checkpoint: Path
+    loss: str  # "loss weights from the checkpoint (...)", or "a fresh loss head: " and why
+
+
+@dataclass(frozen=True)
 class TrainingStart:
     """What a training call is about to do, told before the first step."""
 
@@ -33,6 +42,7 @@ class TrainingStart:
     loader_workers: int
     run_dir: Path
     resumed: bool
+    init: StageInit | None = None  # [init] from, applied at this start (never on a resume)
 
 
 class EpochStats:
@@ -114,6 +124,10 @@ class TrainingObserver:
 
     def evaluated(self, epoch: int, result: EvalResult | None, p_target: float) -> None:
         """The evaluation ended (``result`` None when a stop cut it short)."""
+
+    def averaged(self, output: Path, sources: list[Path]) -> None:
+        """``[train] average_last``: the mean of ``sources`` was written to ``output``; the
+        final evaluation (if any) is of it."""
 
     def final_evaluation(self, result: EvalResult, trials: int) -> None:
         """The last epoch's evaluation, whose scores and histogram are the run's outputs."""

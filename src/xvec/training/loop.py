@@ -5,7 +5,10 @@ A run folder holds ``recipe.json`` (the resolved recipe), ``log.jsonl`` (one rec
 ``state.safetensors`` (everything needed to resume:
 weights, optimiser, scheduler, scaler, position, RNG), ``last.safetensors`` and
 ``best.safetensors`` (self-describing model checkpoints), and after training ``scores.txt``,
-``result.json``, ``hist.png`` and ``curves.png``. Every file is written atomically.
+``result.json``, ``hist.png`` and ``curves.png``. Every file is written atomically. With
+``[train] average_last = N`` the last N epochs' models (kept in ``models/``) are averaged into
+``avg.safetensors`` at the end, and the final outputs are that model's evaluation. With
+``[init] from`` a run starts from another run's checkpoint (a stage); a resume never re-applies it.
 
 Resume is exact: the batches of an epoch and every crop's randomness are functions of
 (seed, epoch, batch), so a run killed at any point and resumed from its last state reproduces an
@@ -23,7 +26,7 @@ import torch
 from torch import nn
 
 from xvec import registry
-from xvec.checkpoint import Position, load_state, save_checkpoint, save_state
+from xvec.checkpoint import Position, load_model, load_state, save_checkpoint, save_state
 from xvec.config import Recipe
 from xvec.cpu_threads import ThreadTuner
 from xvec.data import (
@@ -44,7 +47,12 @@ from xvec.plots import plot_histogram, plot_training
 from xvec.protocol import Protocol
 from xvec.runlog import LOG_FILE, RunLog, read_log
 from xvec.schedules import has_margin
-from xvec.training.averaging import epoch_model_path, prune_epoch_models
+from xvec.training.averaging import (
+    AVERAGE_FILE,
+    average_kept_models,
+    epoch_model_path,
+    prune_epoch_models,
+)
 from xvec.training.distributed import world_position
 from xvec.training.events import EpochStats, TrainingObserver, TrainingOutcome, TrainingStart
 from xvec.training.optim import (
@@ -54,14 +62,9 @@ from xvec.training.optim import (
     make_optimizer,
     make_scheduler,
 )
-from xvec.training.run_dir import (
-    EVAL_OUTPUTS,
-    FINAL_OUTPUTS,
-    STATE_FILE,
-    RunLock,
-    prepare_run_dir,
-)
+from xvec.training.run_dir import STATE_FILE, RunLock, final_outputs, prepare_run_dir
 from xvec.training.signals import Interrupted, StopFlag
+from xvec.training.stages import start_from, with_init_record
 
 
 class SpeakerNet(nn.Module):
@@ -178,6 +181,7 @@ def _setup(recipe: Recipe, resume: bool, observer: TrainingObserver, lock: RunLo
     """Check the recipe and its data, build model, loss, loader and optimiser, lock the run
     folder and restore the state when resuming. Nothing long starts before the checks pass."""
     recipe = recipe.resolved()
+    recipe = with_init_record(recipe, resume)
     rank, world, local_rank = world_position()
     is_main = rank == 0
     train_list, trials = _read_data(recipe)
@@ -185,6 +189,7 @@ def _setup(recipe: Recipe, resume: bool, observer: TrainingObserver, lock: RunLo
     torch.manual_seed(recipe.train.seed)
     model = registry.build("model", recipe.model.name, recipe.model.params)
     loss = _build_loss(recipe, model, train_list)
+    init = None if resume else start_from(recipe, model, loss)  # a stage: another run's weights
     net = SpeakerNet(model, loss).to(device)
     batches, loader = _build_loader(recipe, train_list, loss, rank, world, device)
     params = net.parameters()
@@ -239,6 +244,7 @@ def _setup(recipe: Recipe, resume: bool, observer: TrainingObserver, lock: RunLo
         loader_workers=recipe.train.num_workers,
         run_dir=run_dir,
         resumed=resume,
+        init=init,
     )
     if resume:
         if not run.state_path.is_file():
@@ -467,6 +473,7 @@ def _train_epoch(run: _Run, stop: StopFlag, stop_when: Callable[[Position], bool
             stats.add(loss, accuracy, waves.shape[0] * waves.shape[1] * run.world)
             run.observer.step_done(stats)
             if position.step % cfg_train.log_every == 0:
+                ramped = run.recipe.loss.margin_ramp is not None  # type: ignore[union-attr]
                 run.log.write(
                     kind="train",
                     epoch=epoch,
@@ -476,6 +483,7 @@ def _train_epoch(run: _Run, stop: StopFlag, stop_when: Callable[[Position], bool
                     lr=run.optimizer.param_groups[0]["lr"],
                     utt_per_s=round(stats.rate, 2),
                     threads=torch.get_num_threads(),
+                    **({"margin": run.loss.margin} if ramped else {}),
                 )
             stopping = stop.requested or (stop_when is not None and stop_when(position))
             if run.capped and not stopping:
@@ -544,10 +552,11 @@ def _close_epoch(run: _Run, epoch: int, stop: StopFlag) -> bool:
             meta["metrics"] = result.metrics.to_dict()
         save = {"loss": run.loss, "loss_name": recipe.loss.name, "extra": meta}  # type: ignore[union-attr]
         save_checkpoint(run.run_dir / "last.safetensors", run.model, recipe.model.name, **save)
-        if recipe.train.keep_epoch_models:
+        keep = max(recipe.train.keep_epoch_models, recipe.train.average_last)
+        if keep:
             path = epoch_model_path(run.run_dir, epoch)
             save_checkpoint(path, run.model, recipe.model.name, **save)
-            prune_epoch_models(run.run_dir, recipe.train.keep_epoch_models)
+            prune_epoch_models(run.run_dir, keep)
         if result is not None and (
             position.best_eer is None or result.metrics.eer <= position.best_eer
         ):
@@ -555,6 +564,8 @@ def _close_epoch(run: _Run, epoch: int, stop: StopFlag) -> bool:
             save_checkpoint(run.run_dir / "best.safetensors", run.model, recipe.model.name, **save)
         run.save_state()
         if last_epoch:
+            if recipe.train.average_last:
+                result = _average_and_evaluate(run, epoch, stop)
             _finish(run, result)
     if run.world > 1:
         torch.distributed.barrier()
@@ -602,25 +613,37 @@ def _unwrapped(loader: Any) -> Any:
 
 def _complete(run: _Run) -> None:
     """A finished run resumed: write the final outputs a kill left out, if any."""
-    run_dir, trials = run.run_dir, run.trials
-    wanted = FINAL_OUTPUTS + (EVAL_OUTPUTS if trials is not None else ())
+    run_dir, trials, epoch = run.run_dir, run.trials, run.position.epoch - 1
+    wanted = final_outputs(run.recipe, trials is not None)
     missing = tuple(name for name in wanted if not (run_dir / name).is_file())
     run.observer.completing(run_dir, missing)
-    if missing:
-        _finish(run, _periodic_eval(run, run.position.epoch - 1) if trials else None)
+    if not missing:
+        return
+    if run.recipe.train.average_last:  # the average is rewritten: the same inputs, same bytes
+        _finish(run, _average_and_evaluate(run, epoch, None))
+    else:
+        _finish(run, _periodic_eval(run, epoch) if trials else None)
 
 
 class _EvalStopped(Exception):
     """A stop was requested during a periodic evaluation (which is then redone on resume)."""
 
 
-def _periodic_eval(run: _Run, epoch: int, stop: StopFlag | None = None) -> EvalResult:
-    """Evaluate the model on the recipe's trial list with the recipe's protocol.
+def _periodic_eval(
+    run: _Run,
+    epoch: int,
+    stop: StopFlag | None = None,
+    model: nn.Module | None = None,
+    name: str = "model",
+) -> EvalResult:
+    """Evaluate the model (or another ``model``, such as the average) on the recipe's trial
+    list with the recipe's protocol.
 
     The observer sees the files embedded; a requested ``stop`` ends the evaluation after the
     batch in hand (:class:`_EvalStopped`).
     """
-    recipe, model, observer = run.recipe, run.model, run.observer
+    recipe, observer = run.recipe, run.observer
+    model = model if model is not None else run.model
     protocol = Protocol.from_recipe(recipe)
     p_targets = tuple(dict.fromkeys((recipe.eval.dcf_p_target, 0.05, 0.01)))
     was_training = model.training
@@ -638,6 +661,7 @@ def _periodic_eval(run: _Run, epoch: int, stop: StopFlag | None = None) -> EvalR
             run.trials,  # type: ignore[arg-type]  # evaluated only with a trial list
             recipe.data.test_path,
             protocol,
+            name=name,
             batch_size=recipe.eval.batch_size,
             device=run.device,
             p_targets=p_targets,
@@ -649,6 +673,21 @@ def _periodic_eval(run: _Run, epoch: int, stop: StopFlag | None = None) -> EvalR
         model.train(was_training)
         observer.evaluated(epoch, result, recipe.eval.dcf_p_target)
     return result
+
+
+def _average_and_evaluate(run: _Run, epoch: int, stop: StopFlag | None) -> EvalResult | None:
+    """``[train] average_last``: average the last kept epoch models into ``avg.safetensors``
+    and evaluate that model (None without a trial list).
+
+    The average is evaluated in a model of its own: the training state keeps the last epoch's
+    weights (a resume with more epochs continues them).
+    """
+    output, sources = average_kept_models(run.run_dir, run.recipe.train.average_last)
+    run.observer.averaged(output, sources)
+    if run.trials is None:
+        return None
+    averaged = load_model(output, run.device)
+    return _periodic_eval(run, epoch, stop, model=averaged, name=AVERAGE_FILE)
 
 
 def _finish(run: _Run, result: EvalResult | None) -> None:

@@ -8,9 +8,10 @@ import os
 import socket
 from pathlib import Path
 
-from xvec.config import Recipe
+from xvec.config import InitConfig, Recipe
 from xvec.errors import XvecError
 from xvec.files import write_json_atomic
+from xvec.training.averaging import AVERAGE_FILE
 from xvec.training.events import TrainingObserver
 
 STATE_FILE = "state.safetensors"
@@ -80,6 +81,26 @@ def _holder_alive(pid: int, host: str) -> bool:
 
 FINAL_OUTPUTS = ("last.safetensors", "curves.png")
 EVAL_OUTPUTS = ("scores.txt", "result.json", "hist.png")
+
+
+def final_outputs(recipe: Recipe, evaluated: bool) -> tuple[str, ...]:
+    """The files a finished run leaves in its folder (a resumed finished run writes those
+    missing): the last model and curves, the evaluation's files with a trial list, and the
+    averaged model with ``[train] average_last``."""
+    averaged = (AVERAGE_FILE,) if recipe.train.average_last else ()
+    return FINAL_OUTPUTS + (EVAL_OUTPUTS if evaluated else ()) + averaged
+
+
+def recorded_init(run_dir: Path) -> InitConfig | None:
+    """The ``[init]`` a run folder's recipe.json recorded when the run started (None: none, or
+    no readable record; :func:`prepare_run_dir` reports an unreadable one)."""
+    try:
+        recorded = json.loads((run_dir / "recipe.json").read_text()).get("init")
+        return InitConfig.model_validate(recorded) if recorded is not None else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 # Everything a run writes in its folder: a folder holding any of these without a run's state
 # is someone else's, and training there would overwrite it.
 RUN_FILES = (

@@ -1,0 +1,392 @@
+"""Recipes in stages (issue 27): ``[train] average_last``, ``[init] from``, the margin a loss
+sees during a real run, and exact resume of a staged run (also after SIGKILL)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_train import _env_with, _wait_for_log_lines, _xvec_train
+
+from xvec.checkpoint import load_model, read_checkpoint
+from xvec.config import load_recipe
+from xvec.data import read_trials
+from xvec.embed import model_fingerprint
+from xvec.errors import XvecError
+from xvec.evaluate import evaluate_model
+from xvec.protocol import Protocol
+from xvec.runlog import read_log
+from xvec.schedules import MarginRamp, margin_at
+from xvec.training import loop, train
+
+from conftest import Recorder, after_steps
+
+STAGE = """
+[data]
+train_list = "{root}/train_list.txt"
+train_path = "{root}/audio"
+test_list = "{root}/trials.txt"
+test_path = "{root}/audio"
+max_frames = {frames}
+
+[model]
+name = "TinyModel"
+nOut = 8
+
+[loss]
+name = "aamsoftmax"
+margin = {margin}
+scale = 15
+
+[optim]
+optimizer = "sgd"
+lr = {lr}
+
+[train]
+max_epoch = 3
+batch_size = 4
+test_interval = 1
+seed = 3
+num_workers = 0
+output_dir = "{out}"
+log_every = 1
+deterministic = true
+mixed_precision = false
+"""
+
+
+def stage_file(
+    tmp_path: Path,
+    corpus: Path,
+    out: str,
+    *,
+    frames: int = 50,
+    margin: float = 0.2,
+    lr: float = 0.05,
+    extra: str = "",
+) -> Path:
+    """A tiny aamsoftmax recipe writing to ``tmp_path/out`` (``extra`` appended: more
+    sections, or ``[train]`` fields when it starts with a field)."""
+    path = tmp_path / f"{out}.toml"
+    text = STAGE.format(root=corpus, out=tmp_path / out, frames=frames, margin=margin, lr=lr)
+    path.write_text(text + extra)
+    return path
+
+
+def _second_stage(tmp_path: Path, corpus: Path, init: Path, out: str = "stage2", **kw) -> Path:
+    """The fine-tuning stage: longer crops, a larger margin, a small rate, from ``init``."""
+    extra = kw.pop("extra", "") + f'\n[init]\nfrom = "{init}"\n'
+    return stage_file(tmp_path, corpus, out, frames=80, margin=0.5, lr=0.01, extra=extra, **kw)
+
+
+@pytest.fixture
+def stage1(tmp_path, tone_corpus, tiny_model_dist) -> Path:
+    """A finished first stage with ``average_last = 2``: its folder holds avg.safetensors."""
+    recipe = stage_file(tmp_path, tone_corpus, "stage1", extra="average_last = 2\n")
+    train(load_recipe(recipe, ["data.test_list="]))
+    return tmp_path / "stage1"
+
+
+# --------------------------------------------------------------------------- average_last
+
+
+def test_average_last_writes_the_average_and_the_final_evaluation_is_of_it(
+    tmp_path, tone_corpus, tiny_model_dist
+):
+    recipe_path = stage_file(tmp_path, tone_corpus, "avg", extra="average_last = 2\n")
+    seen = Recorder()
+    train(load_recipe(recipe_path), observer=seen)
+    run = tmp_path / "avg"
+    kept = sorted(p.name for p in (run / "models").iterdir())
+    assert kept == ["epoch_0002.safetensors", "epoch_0003.safetensors"]  # at least N kept
+    averaged = [args for name, args in seen.calls if name == "averaged"]
+    assert averaged == [(run / "avg.safetensors", [run / "models" / name for name in kept])]
+    # The last epoch is evaluated as usual (the log, best.safetensors), then the average:
+    assert seen.names()[-6:] == [
+        "evaluated",
+        "averaged",
+        "evaluation_started",
+        "evaluation_progress",
+        "evaluated",
+        "final_evaluation",
+    ]
+    result = json.loads((run / "result.json").read_text())
+    assert result["name"] == "avg.safetensors"
+    recipe = load_recipe(recipe_path)
+    trials = read_trials(recipe.data.test_list)
+    direct = evaluate_model(
+        load_model(run / "avg.safetensors"),
+        trials,
+        recipe.data.test_path,
+        Protocol.from_recipe(recipe),
+        device="cpu",
+    )
+    written = np.array([float(line.split()[0]) for line in (run / "scores.txt").open()])
+    np.testing.assert_allclose(written, direct.scores, rtol=0, atol=1e-6)
+    assert result["eer"] == pytest.approx(direct.metrics.eer)
+    # The training weights stay the last epoch's (the state resumes training, not the mean).
+    last = read_checkpoint(run / "last.safetensors").model_state
+    mean = read_checkpoint(run / "avg.safetensors").model_state
+    assert not torch.equal(last["out.weight"], mean["out.weight"])
+    epoch3 = read_checkpoint(run / "models" / "epoch_0003.safetensors").model_state
+    assert all(torch.equal(last[key], epoch3[key]) for key in last)
+
+
+def test_a_finished_run_missing_its_average_writes_it_again(tmp_path, tone_corpus, tiny_model_dist):
+    recipe = load_recipe(stage_file(tmp_path, tone_corpus, "avg", extra="average_last = 2\n"))
+    train(recipe)
+    run = tmp_path / "avg"
+    before = (run / "avg.safetensors").read_bytes()
+    result = json.loads((run / "result.json").read_text())
+    for name in ("avg.safetensors", "result.json"):  # as if killed while writing them
+        (run / name).unlink()
+    seen = Recorder()
+    train(recipe, resume=True, observer=seen)
+    completing = [args for name, args in seen.calls if name == "completing"]
+    assert completing == [(run, ("result.json", "avg.safetensors"))]
+    assert (run / "avg.safetensors").read_bytes() == before
+    again = json.loads((run / "result.json").read_text())
+    timing = ("seconds", "files_per_second")
+    assert {k: v for k, v in again.items() if k not in timing} == {
+        k: v for k, v in result.items() if k not in timing
+    }
+    assert again["name"] == "avg.safetensors"
+
+
+def test_average_last_beyond_the_epochs_is_refused_in_the_recipe(tmp_path, tone_corpus):
+    path = stage_file(tmp_path, tone_corpus, "x", extra="average_last = 4\n")
+    with pytest.raises(XvecError, match=r"'train.average_last': .*4 exceeds max_epoch \(3\)"):
+        load_recipe(path)
+
+
+# --------------------------------------------------------------------------- margin ramp
+
+
+def test_the_margin_the_loss_sees_follows_the_ramp_step_by_step(
+    tmp_path, tone_corpus, tiny_model_dist, monkeypatch
+):
+    ramp = "\n[loss.margin_ramp]\nstart_epoch = 2\nend_epoch = 3\nfinal_margin = 0.2\n"
+    ramp += 'kind = "linear"\n'
+    recipe = load_recipe(stage_file(tmp_path, tone_corpus, "ramp", extra=ramp), ["data.test_list="])
+    seen_by_loss = []
+    from xvec.losses.classification import AAMSoftmax
+
+    original = AAMSoftmax.forward
+
+    def spy(self, x, labels):
+        seen_by_loss.append(self.margin)
+        return original(self, x, labels)
+
+    monkeypatch.setattr(AAMSoftmax, "forward", spy)
+    train(recipe)
+    records = [r for r in read_log(tmp_path / "ramp") if r["kind"] == "train"]
+    per_epoch = sum(1 for r in records if r["epoch"] == 1)
+    assert per_epoch > 1 and len(records) == 3 * per_epoch == len(seen_by_loss)
+    # By hand: 0 through epoch 1, rising linearly over epoch 2, then 0.2.
+    expected = [0.0] * per_epoch
+    expected += [0.2 * j / per_epoch for j in range(per_epoch)]
+    expected += [0.2] * per_epoch
+    assert [r["margin"] for r in records] == pytest.approx(expected, abs=1e-12)
+    assert seen_by_loss == [r["margin"] for r in records]
+    schedule = MarginRamp(start_epoch=2, end_epoch=3, final_margin=0.2, kind="linear")
+    assert [r["margin"] for r in records] == [
+        margin_at(schedule, r["step"] - 1, per_epoch) for r in records
+    ]
+
+
+def test_a_run_without_a_ramp_logs_no_margin(tmp_path, tone_corpus, tiny_model_dist):
+    train(load_recipe(stage_file(tmp_path, tone_corpus, "plain")), stop_when=after_steps(2))
+    assert all("margin" not in r for r in read_log(tmp_path / "plain"))
+
+
+# --------------------------------------------------------------------------- [init] from
+
+
+def _first_step_weights(monkeypatch) -> dict[str, dict[str, torch.Tensor]]:
+    """Capture the model's and the loss's weights as the first optimiser step begins."""
+    captured: dict[str, dict[str, torch.Tensor]] = {}
+    original = loop._step
+
+    def spy(run, waves, labels):
+        if not captured:
+            captured["model"] = {k: v.clone() for k, v in run.model.state_dict().items()}
+            captured["loss"] = {k: v.clone() for k, v in run.loss.state_dict().items()}
+        return original(run, waves, labels)
+
+    monkeypatch.setattr(loop, "_step", spy)
+    return captured
+
+
+def test_a_stage_starts_from_the_previous_stage_average(tmp_path, tone_corpus, stage1, monkeypatch):
+    avg = stage1 / "avg.safetensors"
+    captured = _first_step_weights(monkeypatch)
+    seen = Recorder()
+    recipe = load_recipe(_second_stage(tmp_path, tone_corpus, avg), ["data.test_list="])
+    train(recipe, observer=seen, stop_when=after_steps(1))
+    start = seen.events[0][1]
+    assert start.init.checkpoint == avg and start.init.loss == (
+        "loss weights from the checkpoint ('aamsoftmax')"
+    )
+    source = read_checkpoint(avg)
+    assert captured["model"].keys() == source.model_state.keys()
+    for key, value in source.model_state.items():
+        assert torch.equal(captured["model"][key], value), key
+    assert torch.equal(captured["loss"]["weight"], source.loss_state["weight"])
+    # The stage's own settings apply: its crops and margin, not stage 1's.
+    assert recipe.data.max_frames == 80 and recipe.loss.params["margin"] == 0.5
+    # The init is recorded with the file's fingerprint, in recipe.json and the state's run.
+    fingerprint = model_fingerprint(avg)
+    recorded = json.loads((tmp_path / "stage2" / "recipe.json").read_text())["init"]
+    assert recorded == {"from": str(avg), "sha256": fingerprint}
+
+
+def test_init_is_recorded_in_the_checkpoints_and_kept_on_resume(
+    tmp_path, tone_corpus, stage1, monkeypatch
+):
+    avg = stage1 / "avg.safetensors"
+    path = _second_stage(tmp_path, tone_corpus, avg)
+    train(load_recipe(path, ["data.test_list="]), stop_when=after_steps(2))
+    fingerprint = model_fingerprint(avg)
+    # The init file changes (stage 1 goes on): a resume continues from its own state.
+    avg.write_bytes((stage1 / "models" / "epoch_0002.safetensors").read_bytes())
+    captured = _first_step_weights(monkeypatch)
+    seen = Recorder()
+    train(load_recipe(path, ["data.test_list="]), resume=True, observer=seen)
+    starts = [start for name, start in seen.events if name == "started"]
+    assert len(starts) == 1 and starts[0].resumed and starts[0].init is None
+    meta = read_checkpoint(tmp_path / "stage2" / "last.safetensors").meta
+    assert meta["recipe"]["init"] == {"from": str(avg), "sha256": fingerprint}
+    recorded = json.loads((tmp_path / "stage2" / "recipe.json").read_text())["init"]
+    assert recorded["sha256"] == fingerprint
+    changed = read_checkpoint(avg).model_state
+    assert not torch.equal(captured["model"]["out.weight"], changed["out.weight"])
+
+
+def test_a_stage_resumed_equals_the_stage_run_straight(tmp_path, tone_corpus, stage1):
+    avg = stage1 / "avg.safetensors"
+    straight = load_recipe(_second_stage(tmp_path, tone_corpus, avg, "straight"))
+    train(straight)
+    resumed = load_recipe(_second_stage(tmp_path, tone_corpus, avg, "resumed"))
+    train(resumed, stop_when=after_steps(3))
+    train(resumed, resume=True, stop_when=after_steps(4))
+    train(resumed, resume=True)
+    a = load_file(str(tmp_path / "straight" / "last.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "last.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_another_loss_or_class_count_starts_a_fresh_loss_head(tmp_path, tone_corpus, stage1):
+    avg = stage1 / "avg.safetensors"
+    seen = Recorder()
+    path = _second_stage(tmp_path, tone_corpus, avg, "amsoftmax")
+    recipe = load_recipe(path, ["loss.name=amsoftmax", "data.test_list="])
+    train(recipe, observer=seen, stop_when=after_steps(1))
+    start = seen.events[0][1]
+    assert start.init.checkpoint == avg
+    assert start.init.loss == "a fresh loss head: the checkpoint's loss 'aamsoftmax' differs"
+    fewer = tmp_path / "fewer.txt"  # 3 of the 4 training speakers
+    lines = (tone_corpus / "train_list.txt").read_text().splitlines()
+    fewer.write_text("\n".join(line for line in lines if not line.startswith("spk3 ")) + "\n")
+    seen = Recorder()
+    path = _second_stage(tmp_path, tone_corpus, avg, "fewer")
+    recipe = load_recipe(path, [f"data.train_list={fewer}", "data.test_list="])
+    train(recipe, observer=seen, stop_when=after_steps(1))
+    assert seen.events[0][1].init.loss == (
+        "a fresh loss head: the checkpoint's loss has 4 classes, the train list 3"
+    )
+
+
+def test_init_of_another_architecture_or_a_changed_file_is_refused(tmp_path, tone_corpus, stage1):
+    avg = stage1 / "avg.safetensors"
+    path = _second_stage(tmp_path, tone_corpus, avg, "wider")
+    with pytest.raises(XvecError) as error:
+        train(load_recipe(path, ["model.nOut=4"]))
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"{avg}: init.from holds model 'TinyModel'")
+    assert '"nOut": 8' in message and '"nOut": 4' in message
+    assert not (tmp_path / "wider").exists()  # refused before the run folder is made
+    with pytest.raises(XvecError, match=r"fingerprint is [0-9a-f]{16} but init.sha256 is 0{16}"):
+        train(load_recipe(path, ["init.sha256=0000000000000000"]))
+    with pytest.raises(XvecError, match=r"absent\.safetensors: checkpoint not found \(init.from\)"):
+        train(load_recipe(path, [f"init.from={tmp_path / 'absent.safetensors'}"]))
+    assert not (tmp_path / "wider").exists()
+
+
+def test_the_fine_tuning_recipe_ships_as_a_stage():
+    from conftest import ROOT
+
+    recipe = load_recipe(ROOT / "recipes" / "large_margin_finetune.toml")
+    assert recipe.init is not None and recipe.loss.params["margin"] == 0.5
+    assert recipe.data.max_frames == 600 and recipe.augment.musan_path is None
+
+
+# --------------------------------------------------------------------------- SIGKILL
+
+
+@pytest.mark.slow
+def test_sigkill_anywhere_in_a_stage_then_resume_matches_the_straight_stage(
+    tmp_path, tone_corpus, tiny_model_dist, stage1
+):
+    env = _env_with(tiny_model_dist)
+    avg = stage1 / "avg.safetensors"
+    sets = ["--set", "train.save_every_steps=1", "--set", "data.test_list="]
+    straight = _second_stage(tmp_path, tone_corpus, avg, "straight", extra="average_last = 2\n")
+    assert _xvec_train(straight, env, *sets, stdout=subprocess.DEVNULL).wait() == 0
+    killed = _second_stage(tmp_path, tone_corpus, avg, "killed", extra="average_last = 2\n")
+    log = tmp_path / "killed" / "log.jsonl"
+    final = len((tmp_path / "straight" / "log.jsonl").read_text().splitlines())
+    resume: list[str] = []
+    # Early in epoch 1, around the end of epoch 1 and of epoch 2, in epoch 3, and after the
+    # last record while the average and the final outputs are written.
+    for records in (2, 6, 11, 14, final):
+        proc = _xvec_train(
+            killed, env, *sets, *resume, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        _wait_for_log_lines(log, records)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait() == -signal.SIGKILL
+        resume = ["--resume"]
+    result = _xvec_train(killed, env, *sets, "--resume", stderr=subprocess.PIPE, text=True)
+    _, stderr = result.communicate()
+    assert result.returncode == 0, stderr
+    for name in ("last.safetensors", "avg.safetensors"):
+        a = load_file(str(tmp_path / "straight" / name))
+        b = load_file(str(tmp_path / "killed" / name))
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), (name, key)
+    recorded = json.loads((tmp_path / "killed" / "recipe.json").read_text())["init"]
+    assert recorded == {"from": str(avg), "sha256": model_fingerprint(avg)}
+
+
+# --------------------------------------------------------------------------- what is said
+
+
+def test_the_console_says_where_a_stage_starts_and_what_was_averaged(tmp_path):
+    from io import StringIO
+
+    from rich.console import Console
+    from test_report import training_start
+
+    from xvec.report import ConsoleTrainingObserver, training_start_text
+    from xvec.training.events import StageInit
+
+    stage = StageInit(tmp_path / "avg.safetensors", "a fresh loss head: why")
+    lines = training_start_text(training_start(tmp_path, init=stage)).splitlines()
+    assert (
+        lines[1]
+        == f"  starts from: {tmp_path / 'avg.safetensors'} (its model weights; {stage.loss})"
+    )
+    assert len(training_start_text(training_start(tmp_path)).splitlines()) == len(lines) - 1
+    text = StringIO()
+    observer = ConsoleTrainingObserver(Console(file=text, width=300))
+    observer.averaged(tmp_path / "avg.safetensors", [tmp_path / "a", tmp_path / "b"])
+    assert (
+        text.getvalue() == f"averaged the last 2 epochs' models -> {tmp_path / 'avg.safetensors'}\n"
+    )
