@@ -15,9 +15,9 @@ from xvec.training.events import EpochStats, TrainingObserver, TrainingOutcome, 
 if TYPE_CHECKING:
     from rich.console import Group
 
-    from xvec.checkpoint import Position
     from xvec.evaluate import EvalResult
     from xvec.prepare import FolderLists, SpeechoceanLists, VoxcelebLists
+    from xvec.training.state import Position
     from xvec.workflows.backend import BackendFit
     from xvec.workflows.calibrate import CalibrationApplied, CalibrationFit
     from xvec.workflows.embed import EmbedRun

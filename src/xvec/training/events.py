@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from xvec.checkpoint import Position
     from xvec.evaluate import EvalResult
+    from xvec.training.state import Position
 
 
 @dataclass(frozen=True)

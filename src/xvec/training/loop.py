@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from xvec import registry
-from xvec.checkpoint import Position, load_model, load_state, save_checkpoint, save_state
+from xvec.checkpoint import load_model, save_checkpoint
 from xvec.config import Recipe
 from xvec.cpu_threads import ThreadTuner
 from xvec.data import (
@@ -65,6 +65,7 @@ from xvec.training.optim import (
 from xvec.training.run_dir import STATE_FILE, RunLock, final_outputs, prepare_run_dir
 from xvec.training.signals import Interrupted, StopFlag
 from xvec.training.stages import start_from, with_init_record
+from xvec.training.state import Position, load_state, save_state
 
 
 class SpeakerNet(nn.Module):
