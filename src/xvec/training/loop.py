@@ -31,22 +31,13 @@ from xvec.config import Recipe
 from xvec.cpu_threads import ThreadTuner
 from xvec.data import (
     EpochBatches,
-    TrainDataset,
-    TrainList,
     Trials,
-    check_files_exist,
-    check_sampler,
-    read_train_list,
-    read_trials,
-    require_both_labels,
 )
-from xvec.devices import parse_device
 from xvec.errors import XvecError
 from xvec.evaluate import EvalResult, evaluate_model, write_eval_outputs
 from xvec.plots import plot_histogram, plot_training
 from xvec.protocol import Protocol
 from xvec.runlog import LOG_FILE, RunLog, read_log
-from xvec.schedules import has_margin
 from xvec.training.averaging import (
     AVERAGE_FILE,
     average_kept_models,
@@ -55,6 +46,15 @@ from xvec.training.averaging import (
 )
 from xvec.training.distributed import world_position
 from xvec.training.events import EpochStats, TrainingObserver, TrainingOutcome, TrainingStart
+from xvec.training.inputs import (
+    build_loader,
+    build_loss,
+    compute_threads,
+    init_device,
+    make_thread_tuner,
+    read_data,
+    unwrapped,
+)
 from xvec.training.optim import (
     apply_schedules,
     autocast_settings,
@@ -185,14 +185,14 @@ def _setup(recipe: Recipe, resume: bool, observer: TrainingObserver, lock: RunLo
     recipe = with_init_record(recipe, resume)
     rank, world, local_rank = world_position()
     is_main = rank == 0
-    train_list, trials = _read_data(recipe)
-    device = _init_device(recipe, world, local_rank)
+    train_list, trials = read_data(recipe)
+    device = init_device(recipe, world, local_rank)
     torch.manual_seed(recipe.train.seed)
     model = registry.build("model", recipe.model.name, recipe.model.params)
-    loss = _build_loss(recipe, model, train_list)
+    loss = build_loss(recipe, model, train_list)
     init = None if resume else start_from(recipe, model, loss)  # a stage: another run's weights
     net = SpeakerNet(model, loss).to(device)
-    batches, loader = _build_loader(recipe, train_list, loss, rank, world, device)
+    batches, loader = build_loader(recipe, train_list, loss, rank, world, device)
     params = net.parameters()
     if recipe.optim.exempt_norm_and_bias:
         params = decay_groups(net, recipe.optim.weight_decay)
@@ -230,7 +230,7 @@ def _setup(recipe: Recipe, resume: bool, observer: TrainingObserver, lock: RunLo
         position=Position(),
         log=RunLog(run_dir / LOG_FILE if is_main else None),
         observer=observer if is_main else TrainingObserver(),
-        thread_tuner=_thread_tuner(recipe, device, world),
+        thread_tuner=make_thread_tuner(recipe, device, world),
     )
     run.start = TrainingStart(
         model=recipe.model.name,
@@ -240,7 +240,7 @@ def _setup(recipe: Recipe, resume: bool, observer: TrainingObserver, lock: RunLo
         utterances=len(train_list.files),
         trials=len(trials) if trials is not None else None,
         device=str(device),
-        threads=_compute_threads(device, run.thread_tuner),
+        threads=compute_threads(device, run.thread_tuner),
         threads_follow_free_cores=run.thread_tuner is not None,
         loader_workers=recipe.train.num_workers,
         run_dir=run_dir,
@@ -256,159 +256,6 @@ def _setup(recipe: Recipe, resume: bool, observer: TrainingObserver, lock: RunLo
     elif is_main:
         run.save_state()  # a kill before the first periodic save still resumes (at step 0)
     return run
-
-
-def _read_data(recipe: Recipe) -> tuple[TrainList, Trials | None]:
-    """The train list and trial list, checked (every file present) before training starts."""
-    cfg_train, cfg_data = recipe.train, recipe.data
-    if recipe.loss is None:
-        raise XvecError("the recipe has no [loss] section; training needs one (see 'xvec losses')")
-    if cfg_data.train_list is None:
-        raise XvecError(
-            "the recipe has no data.train_list; set it or use --set data.train_list=..."
-        )
-    if not Path(cfg_data.train_list).exists():
-        raise XvecError(
-            f"{cfg_data.train_list}: train list not found (data.train_list); point the recipe "
-            "at your data with --set data.train_list=LIST --set data.train_path=AUDIO_DIR "
-            "(xvec prepare voxceleb or xvec prepare folder writes the list)"
-        )
-    train_list = read_train_list(cfg_data.train_list)
-    if cfg_train.nClasses is not None and cfg_train.nClasses != train_list.num_classes:
-        raise XvecError(
-            f"train.nClasses is {cfg_train.nClasses} but {cfg_data.train_list} has "
-            f"{train_list.num_classes} speakers; remove nClasses (xvec counts it) or fix the list"
-        )
-    check_files_exist(cfg_data.train_path, train_list.files, cfg_data.train_list)
-    trials = None
-    if cfg_data.test_list is not None:
-        trials = read_trials(cfg_data.test_list)
-        require_both_labels(trials)
-        check_files_exist(cfg_data.test_path, trials.files, cfg_data.test_list)
-    return train_list, trials
-
-
-def _init_device(recipe: Recipe, world: int, local_rank: int) -> torch.device:
-    """The training device (one GPU per process under DDP), the process group, determinism."""
-    device = parse_device(recipe.train.device, "train.device")
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    if recipe.train.deterministic:
-        # Bit-identical runs: deterministic kernels, and on CPU one intra-op thread (oneDNN's
-        # multi-threaded reductions are not reproducible from run to run).
-        torch.use_deterministic_algorithms(True)
-        if device.type == "cpu":
-            torch.set_num_threads(1)
-    elif device.type == "cpu" and isinstance(recipe.train.threads, int):
-        torch.set_num_threads(recipe.train.threads)
-    return device
-
-
-def _compute_threads(device: torch.device, tuner: ThreadTuner | None) -> int | None:
-    """The CPU threads that compute (the most the tuner may use); None off the CPU."""
-    if device.type != "cpu":
-        return None
-    return max(tuner.candidates) if tuner is not None else torch.get_num_threads()
-
-
-def _thread_tuner(recipe: Recipe, device: torch.device, world: int) -> ThreadTuner | None:
-    """Threads that follow the free cores: CPU, one process, ``train.threads = "auto"``."""
-    cfg_train = recipe.train
-    if device.type != "cpu" or world > 1 or cfg_train.deterministic or cfg_train.threads != "auto":
-        return None
-    return ThreadTuner(torch.get_num_threads())
-
-
-def _build_loss(recipe: Recipe, model: nn.Module, train_list: TrainList) -> nn.Module:
-    """The recipe's loss, after checking that the list and batch layout suit it."""
-    assert recipe.loss is not None  # checked by _read_data
-    cfg_train = recipe.train
-    loss_cls = registry.get_class("loss", recipe.loss.name)
-    if cfg_train.nPerSpeaker < loss_cls.min_per_speaker:
-        raise XvecError(
-            f"loss '{recipe.loss.name}' needs train.nPerSpeaker >= {loss_cls.min_per_speaker} "
-            f"(utterances per speaker in a batch row), the recipe has {cfg_train.nPerSpeaker}; "
-            f"set --set train.nPerSpeaker={loss_cls.min_per_speaker}"
-        )
-    if not loss_cls.distinct_speakers and train_list.num_classes < 2:
-        raise XvecError(
-            f"{recipe.data.train_list}: loss '{recipe.loss.name}' classifies speakers but the list "
-            "has 1 speaker; a classification loss needs at least 2"
-        )
-    _check_per_speaker(train_list.labels, cfg_train, str(recipe.data.train_list))
-    check_sampler(
-        train_list.num_classes,
-        cfg_train.batch_size,
-        cfg_train.nPerSpeaker,
-        loss_cls.distinct_speakers,
-        recipe.loss.name,
-    )
-    loss = registry.build(
-        "loss",
-        recipe.loss.name,
-        recipe.loss.params,
-        embedding_dim=model.embedding_dim,
-        num_classes=train_list.num_classes,
-    )
-    if recipe.loss.margin_ramp is not None and not has_margin(loss):
-        raise XvecError(
-            f"loss '{recipe.loss.name}' has no settable margin, so [loss.margin_ramp] cannot "
-            "drive it; remove the ramp or use a margin loss (amsoftmax, aamsoftmax)"
-        )
-    return loss
-
-
-def _build_loader(
-    recipe: Recipe,
-    train_list: TrainList,
-    loss: nn.Module,
-    rank: int,
-    world: int,
-    device: torch.device,
-) -> tuple[EpochBatches, Any]:
-    """The epoch sampler and a DataLoader whose workers persist across epochs."""
-    cfg_train, cfg_data, cfg_augment = recipe.train, recipe.data, recipe.augment
-    batches = EpochBatches(
-        train_list.labels,
-        cfg_train.batch_size,
-        cfg_train.nPerSpeaker,
-        cfg_train.max_seg_per_spk,
-        distinct_speakers=type(loss).distinct_speakers,
-        seed=cfg_train.seed,
-        rank=rank,
-        world_size=world,
-    )
-    augmenter = None
-    if cfg_augment.musan_path or cfg_augment.rir_path or cfg_augment.speed_perturb:
-        from xvec.augment import Augmenter
-
-        augmenter = Augmenter(
-            musan_path=cfg_augment.musan_path,
-            rir_path=cfg_augment.rir_path,
-            speed_perturb=cfg_augment.speed_perturb,
-            probability=cfg_augment.probability,
-        )
-    dataset = TrainDataset(
-        cfg_data.train_path,
-        train_list,
-        cfg_data.max_frames,
-        cfg_train.seed,
-        augmenter,
-        decode_cache=cfg_data.decode_cache,
-    )
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        sampler=batches,
-        batch_size=None,
-        num_workers=cfg_train.num_workers,
-        persistent_workers=cfg_train.num_workers > 0,
-        prefetch_factor=2 if cfg_train.num_workers > 0 else None,
-        pin_memory=device.type == "cuda",
-    )
-    return batches, loader
 
 
 def _step(run: _Run, waves: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
@@ -467,7 +314,7 @@ def _train_epoch(run: _Run, stop: StopFlag, stop_when: Callable[[Position], bool
     try:
         if run.thread_tuner is not None:
             run.thread_tuner.restart_clock()
-        for waves, labels in _unwrapped(run.loader):
+        for waves, labels in unwrapped(run.loader):
             loss, accuracy = _step(run, waves, labels)
             if run.thread_tuner is not None:
                 run.thread_tuner.step_done()
@@ -576,40 +423,6 @@ def _close_epoch(run: _Run, epoch: int, stop: StopFlag) -> bool:
 def _interrupted(run: _Run) -> Interrupted:
     """The error for Ctrl-C/SIGTERM: where the run stopped and where its state is."""
     return Interrupted(run.position.epoch, run.position.step, run.state_path)
-
-
-def _check_per_speaker(labels: Any, cfg_train: Any, source: str) -> None:
-    """Fail early when no speaker has ``nPerSpeaker`` utterances (rows would repeat them)."""
-    import numpy as np
-
-    counts = np.minimum(np.bincount(np.asarray(labels)), cfg_train.max_seg_per_spk)
-    wanted = cfg_train.nPerSpeaker
-    enough = int((counts >= wanted).sum())
-    if enough == 0:
-        most = int(counts.max()) if counts.size else 0
-        raise XvecError(
-            f"{source}: train.nPerSpeaker is {wanted} but no speaker has that many utterances "
-            f"(0 of {counts.size} speakers; the most is {most}, capped by max_seg_per_spk); "
-            f"set --set train.nPerSpeaker={max(most, 1)} or lower"
-        )
-
-
-def _unwrapped(loader: Any) -> Any:
-    """Iterate a DataLoader, turning a worker's wrapped XvecError back into its one line."""
-    iterator = iter(loader)
-    while True:
-        try:
-            item = next(iterator)
-        except StopIteration:
-            return
-        except XvecError as exc:
-            text = str(exc)
-            if "Original Traceback" not in text:
-                raise
-            lines = [line for line in text.splitlines() if line.strip()]
-            message = lines[-1].split("XvecError: ", 1)[-1] if lines else text
-            raise type(exc)(message) from None
-        yield item
 
 
 def _complete(run: _Run) -> None:
