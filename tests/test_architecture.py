@@ -67,7 +67,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "api",
         },
     ),
-    ("front", {"workflows", "report", "cli", "__main__", "xvec"}),
+    ("front", {"workflows", "report", "report_training", "cli", "__main__", "xvec"}),
 ]
 
 # (importer, imported): why it is still there.

@@ -15,14 +15,8 @@ from rich.console import Console
 
 from xvec import report
 from xvec.metrics import compute_metrics
-from xvec.report import (
-    ConsoleTrainingObserver,
-    EpochProgress,
-    FileProgress,
-    metrics_table,
-    shorten_left,
-    training_start_text,
-)
+from xvec.report import FileProgress, metrics_table, shorten_left
+from xvec.report_training import ConsoleTrainingObserver, EpochProgress, training_start_text
 from xvec.training.events import EpochStats, TrainingStart
 
 from conftest import ROOT, run_cli
@@ -219,7 +213,6 @@ def test_training_prints_a_summary_first_and_whole_numbers_at_80_columns(
     from test_train import recipe_file
 
     from xvec.config import load_recipe
-    from xvec.report import ConsoleTrainingObserver
     from xvec.training import train
 
     buffer = io.StringIO()

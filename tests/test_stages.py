@@ -374,7 +374,7 @@ def test_the_console_says_where_a_stage_starts_and_what_was_averaged(tmp_path):
     from rich.console import Console
     from test_report import training_start
 
-    from xvec.report import ConsoleTrainingObserver, training_start_text
+    from xvec.report_training import ConsoleTrainingObserver, training_start_text
     from xvec.training.events import StageInit
 
     stage = StageInit(tmp_path / "avg.safetensors", "a fresh loss head: why")

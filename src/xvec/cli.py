@@ -434,10 +434,11 @@ def train_command(
         from xvec.training import launch_distributed
 
         raise typer.Exit(launch_distributed(recipe, set_ or [], resume, nproc))
+    from xvec.report_training import ConsoleTrainingObserver, training_outcome_text
     from xvec.training import Interrupted, train
 
     try:
-        outcome = train(loaded, resume=resume, observer=report.ConsoleTrainingObserver(err))
+        outcome = train(loaded, resume=resume, observer=ConsoleTrainingObserver(err))
     except Interrupted as exc:
         command = ["xvec", "train", str(recipe)]
         for item in set_ or []:
@@ -445,7 +446,7 @@ def train_command(
         exc.args = (f"{exc}. Resume with: {shlex.join([*command, '--resume'])}",)
         raise
     if outcome is not None:  # paths whole, not folded
-        out.print(report.training_outcome_text(outcome), markup=False, soft_wrap=True)
+        out.print(training_outcome_text(outcome), markup=False, soft_wrap=True)
 
 
 @app.command("average")
