@@ -109,7 +109,7 @@ def load(
     ``length_tolerance`` above 0 trades exactness for speed in :meth:`Encoder.embed_batch`:
     files whose lengths differ by up to that fraction are batched, trimmed to the shortest.
     """
-    from xvec.checkpoint import load_model
+    from xvec.checkpoint import load_model  # torch: `import xvec` stays light until a load
 
     model = load_model(path)
     chosen = Protocol(

@@ -24,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from xvec import registry
+from xvec.devices import DEVICE_CHOICES, DEVICE_PATTERN
 from xvec.errors import XvecError
 from xvec.schedules import LrSchedule, MarginRamp
 
@@ -149,8 +151,6 @@ class TrainConfig(Section):
     @classmethod
     def _device_syntax(cls, value: str) -> str:
         """A device name torch understands (availability is checked when training starts)."""
-        from xvec.devices import DEVICE_CHOICES, DEVICE_PATTERN
-
         name = value.strip().lower()
         if not DEVICE_PATTERN.fullmatch(name):
             raise ValueError(f"unknown device '{value}'; use {DEVICE_CHOICES}")
@@ -419,8 +419,6 @@ def check_components(recipe: Recipe, source: str) -> None:
     must still be usable: finite floats (``margin = inf`` would only show up as a NaN loss)
     and integers torch can index.
     """
-    from xvec import registry
-
     sections = [("model", recipe.model)] + ([("loss", recipe.loss)] if recipe.loss else [])
     problems = []
     for kind, section in sections:

@@ -1,4 +1,4 @@
-"""Rich renderings shared by the CLI and the training loop."""
+"""Rich renderings of what the CLI prints (the trainer's are in :mod:`xvec.report_training`)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,13 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
+from xvec import registry
+from xvec.files import atomic_write_bytes
+from xvec.prepare import FolderLists, SpeechoceanLists, VoxcelebLists
+
 if TYPE_CHECKING:
     from rich.console import Group
 
-    from xvec.prepare import FolderLists, SpeechoceanLists, VoxcelebLists
     from xvec.workflows.backend import BackendFit
     from xvec.workflows.calibrate import CalibrationApplied, CalibrationFit
     from xvec.workflows.embed import EmbedRun
@@ -409,8 +412,6 @@ class FileProgress:
 
 def registry_table(kind: str) -> Table:
     """``xvec models``/``xvec losses``: each entry with its package, summary and parameters."""
-    from xvec import registry
-
     plural = {"model": "models", "loss": "losses"}[kind]
     table = Table(title=f"xvec {plural} (entry-point group {registry.GROUPS[kind]})")
     table.add_column("name", style="bold cyan")
@@ -450,8 +451,6 @@ def write_table(path: Path, table: Table | Group) -> None:
     """A plain-text copy of a rich table (no colours), written atomically."""
     import io
 
-    from xvec.files import atomic_write_bytes
-
     buffer = io.StringIO()
     Console(file=buffer, width=PIPE_WIDTH, color_system=None).print(table)
     atomic_write_bytes(path, buffer.getvalue().encode())
@@ -459,8 +458,6 @@ def write_table(path: Path, table: Table | Group) -> None:
 
 def prepared_text(lists: FolderLists | SpeechoceanLists | VoxcelebLists) -> str:
     """What ``xvec prepare`` prints for the lists a preparer wrote."""
-    from xvec.prepare import FolderLists, SpeechoceanLists
-
     train = lists.train
     if isinstance(lists, FolderLists):
         text = f"{train.speakers} speakers, {train.files} files -> {train.path}"

@@ -34,6 +34,7 @@ from xvec.checkpoint import load_state_strict
 from xvec.errors import XvecError
 from xvec.interop.base import Converted, read_torch_state, tensor_dict
 from xvec.interop.wespeaker import read_yaml
+from xvec.models.eres2net import pooled_width_options
 
 __all__ = ["convert", "detect_model", "read_config", "threedspeaker_state"]
 
@@ -301,8 +302,6 @@ def _eres2net_params(
     given: dict[str, Origin],
     notes: list[str],
 ) -> tuple[dict[str, Any], list[str]]:
-    from xvec.models.eres2net import pooled_width_options
-
     cls = registry.get_class("model", model_name)
     try:
         inferred = cls.params_from_state(state)

@@ -17,6 +17,7 @@ from torch import nn
 
 from xvec.checkpoint import Checkpoint, load_state_strict, read_checkpoint
 from xvec.config import Recipe
+from xvec.embed import model_fingerprint
 from xvec.errors import XvecError
 from xvec.training.events import StageInit
 from xvec.training.run_dir import recorded_init
@@ -32,8 +33,6 @@ def with_init_record(recipe: Recipe, resume: bool) -> Recipe:
         return recipe.model_copy(update={"init": recorded_init(Path(recipe.train.output_dir))})
     if recipe.init is None:
         return recipe
-    from xvec.embed import model_fingerprint
-
     path = recipe.init.from_
     if not path.is_file():
         raise XvecError(f"{path}: checkpoint not found (init.from); train the previous stage first")
