@@ -29,7 +29,7 @@ checkpoints (``embedding_model.ckpt``, ``pretrained_*.ckpt``) load with ``strict
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +38,7 @@ from torch import nn
 
 from xvec.errors import XvecError
 from xvec.features import KaldiFbankCMN
-from xvec.models.wespeaker_resnet import samples_for
+from xvec.models.wespeaker_resnet import WeSpeakerPooling, samples_for, temporal_pool
 from xvec.plugin import Params, SpeakerModel
 
 __all__ = [
@@ -51,7 +51,6 @@ __all__ = [
     "pooled_width_options",
 ]
 
-Pooling = Literal["TSTP", "TAP", "TSDP"]
 POOLED_STATS = {"TSTP": 2, "TAP": 1, "TSDP": 1}  # statistics per channel x frequency
 CLIP = 20.0  # 3D-Speaker's block activation: Hardtanh(0, 20)
 STD_FLOOR = 1e-8  # 3D-Speaker's TSTP/TSDP: sqrt(var + 1e-8)
@@ -138,16 +137,6 @@ class ERes2NetBlock(nn.Module):
         return clipped_relu(out + self.shortcut(x))
 
 
-def _stats_pooling(x: torch.Tensor, pooling: str) -> torch.Tensor:
-    """3D-Speaker's TSTP / TAP / TSDP over time: ``[B, C, F, T] -> [B, stats * C * F]``."""
-    x = x.float()
-    mean = x.mean(dim=-1).flatten(1)
-    if pooling == "TAP":
-        return mean
-    std = torch.sqrt(torch.var(x, dim=-1) + STD_FLOOR).flatten(1)
-    return std if pooling == "TSDP" else torch.cat((mean, std), dim=1)
-
-
 class ERes2NetParams(Params):
     """ERes2Net options: fbank bands, embedding size, widths, block layout, pooling."""
 
@@ -158,7 +147,7 @@ class ERes2NetParams(Params):
     scale: int = Field(2, ge=1, description="groups per block")
     expansion: int = Field(2, ge=1, description="block output = planes * expansion")
     num_blocks: tuple[int, int, int, int] = (3, 4, 6, 3)
-    pooling: Pooling = "TSTP"
+    pooling: WeSpeakerPooling = "TSTP"
     two_emb_layer: bool = False
     mean_norm: bool = Field(True, description="subtract the fbank's mean over time")
 
@@ -223,7 +212,8 @@ class _ERes2NetBase(SpeakerModel):
     def embed_features(self, features: torch.Tensor) -> torch.Tensor:
         """The network on 3D-Speaker's input ``[batch, frames, feat_dim]`` -> embeddings."""
         x = F.relu(self.bn1(self.conv1(features.transpose(1, 2).unsqueeze(1))))
-        embedding = self.seg_1(_stats_pooling(self.fused_features(x), self.params.pooling))
+        pooled = temporal_pool(self.fused_features(x), self.params.pooling, STD_FLOOR)
+        embedding = self.seg_1(pooled)
         if self.params.two_emb_layer:
             embedding = self.seg_2(self.seg_bn_1(F.relu(embedding)))
         return embedding

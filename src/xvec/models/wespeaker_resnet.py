@@ -95,29 +95,31 @@ def samples_for(frames: int, frame_shift: int = 160, frame_length: int = 400) ->
     return frame_length + (frames - 1) * frame_shift
 
 
-def temporal_stats(x: torch.Tensor) -> torch.Tensor:
-    """WeSpeaker's TSTP: mean and ``sqrt(unbiased var + 1e-7)`` over the last (time) axis.
+def temporal_stats(x: torch.Tensor, variance_floor: float = STATS_VARIANCE_FLOOR) -> torch.Tensor:
+    """WeSpeaker's TSTP: mean and ``sqrt(unbiased var + floor)`` over the last (time) axis.
 
     ``[B, C, (F,) T] -> [B, 2 * C (* F)]``, mean block first; computed in float32 so that a
-    half-precision forward cannot overflow.
+    half-precision forward cannot overflow. The floor is WeSpeaker's 1e-7 (3D-Speaker: 1e-8).
     """
     x = x.float()
     variance, mean = torch.var_mean(x, dim=-1, correction=1)
-    std = torch.sqrt(variance + STATS_VARIANCE_FLOOR)
+    std = torch.sqrt(variance + variance_floor)
     return torch.cat([mean.flatten(1), std.flatten(1)], dim=1)
 
 
-def temporal_pool(x: torch.Tensor, pooling_func: WeSpeakerPooling) -> torch.Tensor:
-    """WeSpeaker's parameter-free poolings over the last (time) axis, ``[B, C, (F,) T] ->
-    [B, stats * C (* F)]``: TSTP (:func:`temporal_stats`), TAP (the mean) or TSDP (the floored
-    unbiased standard deviation alone); float32 as :func:`temporal_stats`."""
+def temporal_pool(
+    x: torch.Tensor, pooling_func: WeSpeakerPooling, variance_floor: float = STATS_VARIANCE_FLOOR
+) -> torch.Tensor:
+    """WeSpeaker's (and 3D-Speaker's) parameter-free poolings over the last (time) axis,
+    ``[B, C, (F,) T] -> [B, stats * C (* F)]``: TSTP (:func:`temporal_stats`), TAP (the mean)
+    or TSDP (the floored unbiased standard deviation alone); float32 as :func:`temporal_stats`."""
     if pooling_func == "TSTP":
-        return temporal_stats(x)
+        return temporal_stats(x, variance_floor)
     x = x.float()
     if pooling_func == "TAP":
         return x.mean(dim=-1).flatten(1)
     variance = torch.var(x, dim=-1, correction=1)
-    return torch.sqrt(variance + STATS_VARIANCE_FLOOR).flatten(1)
+    return torch.sqrt(variance + variance_floor).flatten(1)
 
 
 def _shortcut(in_planes: int, out_planes: int, stride: int | tuple[int, int]) -> nn.Sequential:
