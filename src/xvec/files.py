@@ -156,3 +156,22 @@ def require_checkpoint_file(path: Path) -> None:
     problem = file_problem(path)
     if problem:
         raise XvecError(f"{path}: checkpoint file {problem}")
+
+
+def safetensors_header_metadata(path: str | Path) -> dict[str, Any] | None:
+    """The header metadata of a safetensors file, None for anything else (e.g. a pickle).
+
+    A safetensors file starts with its JSON header's length (8 bytes, little-endian), then
+    the header, which starts with '{'; a zip or pickle from ``torch.save`` never does.
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            if not 2 <= length <= path.stat().st_size - 8 or handle.read(1) != b"{":
+                return None
+            header = json.loads(b"{" + handle.read(length - 1))
+    except (OSError, ValueError):
+        return None
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return metadata if isinstance(metadata, dict) else {}

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from xvec.errors import XvecError
+from xvec.files import safetensors_header_metadata
 
 __all__ = ["KINDS", "artefact_kind", "check_not_listed", "check_outputs", "same_file"]
 
@@ -54,18 +55,9 @@ def same_file(a: str | Path, b: str | Path) -> bool:
         return Path(a).resolve() == Path(b).resolve()
 
 
-def _safetensors_kind(path: Path, head: bytes) -> str | None:
-    length = int.from_bytes(head[:8], "little")
-    if len(head) < 9 or head[8:9] != b"{" or not 2 <= length <= path.stat().st_size - 8:
-        return None
-    try:
-        with path.open("rb") as handle:
-            handle.seek(8)
-            header = json.loads(handle.read(length))
-    except (OSError, ValueError):
-        return None
-    metadata = header.get("__metadata__") if isinstance(header, dict) else None
-    if not isinstance(metadata, dict):
+def _safetensors_kind(path: Path) -> str | None:
+    metadata = safetensors_header_metadata(path)
+    if metadata is None:
         return None
     for key, kind in _SAFETENSORS_KINDS.items():
         if key in metadata:
@@ -112,7 +104,7 @@ def artefact_kind(path: str | Path) -> str | None:
             head = handle.read(_PEEK)
     except OSError:
         return None
-    kind = _safetensors_kind(path, head)
+    kind = _safetensors_kind(path)
     if kind is not None:
         return kind
     if head.startswith(_IMAGE_MAGIC):

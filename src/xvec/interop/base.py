@@ -7,7 +7,6 @@ error naming the option that settles it), and loads the weights into a registere
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ import torch
 
 from xvec.checkpoint import save_checkpoint
 from xvec.errors import XvecError
-from xvec.files import file_problem
+from xvec.files import file_problem, safetensors_header_metadata
 
 
 @dataclass
@@ -54,7 +53,7 @@ def read_torch_state(path: str | Path, what: str = "PyTorch checkpoint") -> Any:
     problem = file_problem(path)
     if problem:
         raise XvecError(f"{path}: {problem}")
-    metadata = _safetensors_header_metadata(path)
+    metadata = safetensors_header_metadata(path)
     if metadata is not None:
         return _read_safetensors(path, metadata)
     try:
@@ -109,24 +108,6 @@ _XVEC_SAFETENSORS = {  # metadata key -> what xvec wrote the file as
     "xvec_embeddings": "an xvec embeddings file",
     "xvec_state": "an xvec training state",
 }
-
-
-def _safetensors_header_metadata(path: Path) -> dict[str, Any] | None:
-    """The header metadata of a safetensors file, None for anything else (e.g. a pickle).
-
-    A safetensors file starts with its JSON header's length (8 bytes, little-endian), then
-    the header, which starts with '{'; a zip or pickle from ``torch.save`` never does.
-    """
-    try:
-        with path.open("rb") as handle:
-            length = int.from_bytes(handle.read(8), "little")
-            if not 2 <= length <= path.stat().st_size - 8 or handle.read(1) != b"{":
-                return None
-            header = json.loads(b"{" + handle.read(length - 1))
-    except (OSError, ValueError):
-        return None
-    metadata = header.get("__metadata__") if isinstance(header, dict) else None
-    return metadata if isinstance(metadata, dict) else {}
 
 
 def _read_safetensors(path: Path, metadata: dict[str, Any]) -> dict[str, torch.Tensor]:
