@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import subprocess
 import threading
 import time
@@ -40,7 +41,9 @@ def tree_rss_mib(pid: int) -> tuple[float, float]:
 
 
 def run_measured(command: list[str], interval: float = 0.25, **kwargs) -> dict[str, float]:
-    """Run ``command``; return wall seconds and peak RSS (main process and whole tree) in MiB."""
+    """Run ``command``; return wall seconds, CPU seconds (user + system of the finished
+    process tree) and peak RSS (main process and whole tree) in MiB."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     process = subprocess.Popen(command, **kwargs)
     peak = {"main_mib": 0.0, "tree_mib": 0.0}
@@ -58,4 +61,17 @@ def run_measured(command: list[str], interval: float = 0.25, **kwargs) -> dict[s
     thread.join()
     if code != 0:
         raise SystemExit(f"{' '.join(command)} failed with exit code {code}")
-    return {"seconds": time.perf_counter() - start, **peak}
+    seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"seconds": seconds, "cpu_seconds": cpu, **peak}
+
+
+def cpu_model() -> str:
+    """The CPU's ``model name`` from /proc/cpuinfo (benchmarks name the machine they ran on)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return "unknown CPU"
+    names = (line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    return next(names, "unknown CPU")

@@ -23,6 +23,8 @@ from xvec.calibration import act_dcf, cllr, fit_calibration, min_cllr
 from xvec.metrics import compute_metrics
 from xvec.scoring import read_scores, write_scores
 
+from _proctree import cpu_model
+
 
 def raw_scores(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Cosine-like scores: 5 % targets ~ N(0.55, 0.12), non-targets ~ N(0.25, 0.12)."""
@@ -43,15 +45,7 @@ def main() -> None:
     parser.add_argument("--p-target", type=float, default=0.05)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        "unknown CPU",
-    )
-    print(f"CPU: {cpu}; peak RSS before any data: {peak_mib():.0f} MiB")
+    print(f"CPU: {cpu_model()}; peak RSS before any data: {peak_mib():.0f} MiB")
 
     dev_scores, dev_labels = raw_scores(args.dev_trials, seed=0)
     with tempfile.TemporaryDirectory() as folder:

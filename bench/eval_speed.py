@@ -5,16 +5,20 @@ Prints files/s of embedding extraction, trials/s of scoring and the peak memory 
 speed does not depend on the weights.
 
     python bench/eval_speed.py [--model M.safetensors] [--protocol full|vt-crops]
-        [--length-tolerance 0.05] [--systems 2]
+        [--length-tolerance 0.05] [--precision bf16] [--systems 2]
+        [--xvec-src OTHER_CHECKOUT/src] [--option m_channels=32]
 
 ``--systems 2`` is the path of the lab's comparison step: ``xvec eval`` with two models, every
 file embedded whole (the default); ``--length-tolerance 0.05`` measures the opt-in trimming.
+``--xvec-src`` runs another checkout's xvec (a ``git worktree`` of an older commit) with this
+Python, to measure before and after on one machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -22,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _proctree import run_measured
+from _proctree import cpu_model, run_measured
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "speechocean762"
@@ -34,7 +38,10 @@ def main() -> None:
     parser.add_argument("--architecture", default="ResNetSE34L")
     parser.add_argument("--protocol", default="full")
     parser.add_argument("--length-tolerance", type=float, default=None)
+    parser.add_argument("--precision", default=None, help="fp32 (xvec's default) or bf16")
     parser.add_argument("--systems", type=int, default=1, help="evaluate the model this often")
+    parser.add_argument("--xvec-src", type=Path, help="another checkout's src folder to run")
+    parser.add_argument("--option", action="append", default=[], help="model option KEY=INT")
     args = parser.parse_args()
     if not DATA.is_dir():
         raise SystemExit(f"needs {DATA}")
@@ -44,12 +51,16 @@ def main() -> None:
     from xvec.scoring import cosine_scores
 
     trials_path = DATA / "lists" / "dev_trials.txt"
+    options = {key: int(value) for key, value in (o.split("=", 1) for o in args.option)}
+    env = dict(os.environ)
+    if args.xvec_src is not None:
+        env["PYTHONPATH"] = str(args.xvec_src.resolve())
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
         if model is None:
             model = Path(tmp) / "untrained.safetensors"
             save_checkpoint(
-                model, registry.build("model", args.architecture, {}), args.architecture
+                model, registry.build("model", args.architecture, options), args.architecture
             )
         out_dir = Path(tmp) / "eval"
         command = [
@@ -61,17 +72,28 @@ def main() -> None:
             twin = Path(tmp) / f"system{copy}_{model.name}"
             twin.write_bytes(model.read_bytes())
             command += ["--model", str(twin)]
+        if args.precision is not None:
+            command += ["--precision", args.precision]
         if args.length_tolerance is not None:
             command += ["--length-tolerance", str(args.length_tolerance)]
-        measured = run_measured(command)
+        measured = run_measured(command, env=env)
         results = sorted(out_dir.glob("**/result.json"))
-        rates = [json.loads(path.read_text())["files_per_second"] for path in results]
+        summaries = [json.loads(path.read_text()) for path in results]
+        rates = [summary["files_per_second"] for summary in summaries]
     trials = read_trials(trials_path)
     print(f"model: {model.name if args.model else args.architecture + ' (untrained)'}")
     print(f"files: {len(trials.files)}, trials: {len(trials)}, protocol {args.protocol}")
-    print(f"xvec eval wall time: {measured['seconds']:.1f} s (with start-up)")
+    print(f"CPU: {cpu_model()}; xvec: {args.xvec_src or ROOT / 'src'}")
+    print(
+        f"xvec eval wall time: {measured['seconds']:.1f} s, CPU time "
+        f"{measured['cpu_seconds']:.1f} s (with start-up)"
+    )
     print(f"systems: {args.systems}, length tolerance: {args.length_tolerance}")
+    print(f"precision: {args.precision or 'default'}")
     print("embedding: " + ", ".join(f"{rate:.1f}" for rate in rates) + " files/s")
+    for summary in summaries:
+        dcf = ", ".join(f"{p}: {v:.4f}" for p, v in summary["min_dcf"].items())
+        print(f"EER {summary['eer']:.3f} %, minDCF {dcf}")
     print(f"peak RSS: {measured['main_mib']:.0f} MiB")
 
     # Scoring alone, repeated to a million trials, on stored-size embeddings.

@@ -51,6 +51,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "losses",
             "checkpoint",
             "cpu_threads",
+            "inference",
             "plots",
         },
     ),

@@ -68,6 +68,33 @@ def test_length_tolerance_trims_within_a_batch_and_zero_keeps_files_whole(tmp_pa
         Protocol(length_tolerance=1.0)
 
 
+def test_bf16_is_an_opt_in_near_the_exact_embedding_and_recorded(tmp_path):
+    names = _voices(tmp_path, [1.0, 2.0])
+    model = _model().eval()
+    exact = embed_files(model, tmp_path, names, Protocol(), device="cpu")
+    fast = embed_files(model, tmp_path, names, Protocol(precision="bf16"), device="cpu")
+    for name in names:
+        a, b = exact[name], fast[name]
+        cosine = float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+        assert cosine > 0.999 and not np.array_equal(a, b)
+    with pytest.raises(XvecError, match="precision 'fp16': choose one of fp32, bf16"):
+        Protocol(precision="fp16")  # type: ignore[arg-type]
+    listing = tmp_path / "files.txt"
+    listing.write_text("\n".join(names) + "\n")
+    checkpoint = save_checkpoint(tmp_path / "m.safetensors", model, "TDNN")
+    output = tmp_path / "emb.safetensors"
+    done = run_cli(
+        "embed", "--model", checkpoint, "--list", listing, "--audio-root", tmp_path,
+        "-o", output, "--precision", "bf16",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    from xvec.embed import EmbeddingStore
+
+    stored = EmbeddingStore.load(output)
+    assert stored.meta["precision"] == "bf16"
+    np.testing.assert_array_equal(stored.vectors[names[1]], fast[names[1]])
+
+
 def test_interrupted_embed_keeps_its_work_and_resumes(tmp_path):
     audio = tmp_path / "audio"
     audio.mkdir()

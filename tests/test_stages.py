@@ -16,13 +16,15 @@ from test_train import _env_with, _wait_for_log_lines, _xvec_train
 
 from xvec.checkpoint import load_model, read_checkpoint
 from xvec.config import load_recipe
-from xvec.data import read_trials
-from xvec.embed import model_fingerprint
+from xvec.data import read_train_list, read_trials
+from xvec.embed import embed_files, model_fingerprint
 from xvec.errors import XvecError
 from xvec.evaluate import evaluate_model
+from xvec.metrics import compute_metrics
 from xvec.protocol import Protocol
 from xvec.runlog import read_log
 from xvec.schedules import MarginRamp, margin_at
+from xvec.scoring import as_norm
 from xvec.training import loop, train
 
 from conftest import Recorder, after_steps
@@ -157,6 +159,43 @@ def test_a_finished_run_missing_its_average_writes_it_again(tmp_path, tone_corpu
         k: v for k, v in result.items() if k not in timing
     }
     assert again["name"] == "avg.safetensors"
+
+
+def test_the_final_evaluation_adds_asnorm_against_the_training_speakers_means(
+    tmp_path, tone_corpus, tiny_model_dist
+):
+    path = stage_file(tmp_path, tone_corpus, "norm", extra="\n[eval]\nasnorm_top_k = 2\n")
+    seen = Recorder()
+    train(load_recipe(path), observer=seen)
+    result = json.loads((tmp_path / "norm" / "result.json").read_text())
+    # Independently: the last model's raw scores, the speakers' mean embeddings, AS-norm.
+    recipe = load_recipe(path)
+    model = load_model(tmp_path / "norm" / "last.safetensors")
+    trials = read_trials(recipe.data.test_list)
+    raw = evaluate_model(model, trials, recipe.data.test_path, device="cpu")
+    train_list = read_train_list(recipe.data.train_list)
+    files = train_list.files
+    vectors = embed_files(model, recipe.data.train_path, files, device="cpu")
+    labels = train_list.labels
+    means = np.stack(
+        [
+            np.mean([vectors[f] for f, s in zip(files, labels, strict=True) if s == k], axis=0)
+            for k in range(train_list.num_classes)
+        ]
+    )
+    embeddings = np.stack([embed_files(model, recipe.data.test_path, [f], device="cpu")[f]
+                           for f in trials.files])  # fmt: skip
+    normalised = as_norm(raw.scores, trials.enroll, trials.test, embeddings, means, top_k=2)
+    expected = compute_metrics(normalised, trials.labels)
+    assert result["eer"] == pytest.approx(raw.metrics.eer)  # the raw result is unchanged
+    assert result["asnorm"]["cohort"] == train_list.num_classes
+    assert result["asnorm"]["top_k"] == 2
+    assert result["asnorm"]["eer"] == pytest.approx(expected.eer, abs=1e-9)
+    assert result["asnorm"]["min_dcf"]["0.05"] == pytest.approx(expected.min_dcf[0.05], abs=1e-9)
+    final = [args for name, args in seen.calls if name == "final_evaluation"]
+    assert len(final[0][0].rows()) == 2  # the table shows both rows
+    with pytest.raises(XvecError, match="asnorm_top_k needs protocol"):
+        load_recipe(path, ['eval.protocol="vt-crops"'])
 
 
 def test_average_last_beyond_the_epochs_is_refused_in_the_recipe(tmp_path, tone_corpus):

@@ -147,6 +147,11 @@ LENGTH_TOLERANCE_OPTION = typer.Option(
     "a batch, each trimmed to the batch's shortest, which drops up to that fraction of a file "
     "and changes its embedding (typically by 1e-3 to 1e-2)."
 )
+PRECISION_OPTION = typer.Option(
+    help="fp32 (default) computes the exact embeddings. bf16 trades exactness for speed: the "
+    "model runs under bfloat16 autocast, faster on CPUs with bf16 units (AVX-512 BF16, AMX) and "
+    "GPUs; embeddings move by about 1e-3 (see docs/benchmarks.md for the EER both ways)."
+)
 
 
 def _choices(name: str, *values: str) -> Any:
@@ -155,6 +160,7 @@ def _choices(name: str, *values: str) -> Any:
 
 
 ProtocolName = _choices("ProtocolName", "full", "vt-crops")
+PrecisionName = _choices("PrecisionName", "fp32", "bf16")
 NormName = _choices("NormName", "none", "asnorm", "mean")
 ExportFormat = _choices("ExportFormat", "onnx", "torchscript", "vt")
 
@@ -230,6 +236,7 @@ def eval_command(
     eval_frames: Annotated[int, EVAL_FRAMES_OPTION] = EVAL_FRAMES,
     num_eval: Annotated[int, NUM_EVAL_OPTION] = NUM_EVAL,
     length_tolerance: Annotated[float, LENGTH_TOLERANCE_OPTION] = LENGTH_TOLERANCE,
+    precision: Annotated[PrecisionName, PRECISION_OPTION] = PrecisionName.fp32,
     out_dir: Annotated[
         Path | None, typer.Option("--out-dir", "-o", help="Where scores and results go.")
     ] = None,
@@ -264,7 +271,9 @@ def eval_command(
         models=model or [],
         score_files=scores or [],
         audio_root=audio_root,
-        protocol=Protocol(protocol.value, max_seconds, eval_frames, num_eval, length_tolerance),
+        protocol=Protocol(
+            protocol.value, max_seconds, eval_frames, num_eval, length_tolerance, precision.value
+        ),
         out_dir=out_dir,
         batch_size=batch_size,
         device=device,
@@ -298,6 +307,7 @@ def embed_command(
     eval_frames: Annotated[int, EVAL_FRAMES_OPTION] = EVAL_FRAMES,
     num_eval: Annotated[int, NUM_EVAL_OPTION] = NUM_EVAL,
     length_tolerance: Annotated[float, LENGTH_TOLERANCE_OPTION] = LENGTH_TOLERANCE,
+    precision: Annotated[PrecisionName, PRECISION_OPTION] = PrecisionName.fp32,
     batch_size: Annotated[int, BATCH_OPTION] = 32,
     device: Annotated[str, DEVICE_OPTION] = "auto",
     force: Annotated[bool, FORCE_OPTION] = False,
@@ -314,7 +324,9 @@ def embed_command(
         force=force,
         file_list=file_list,
         trials=trials,
-        protocol=Protocol(protocol.value, max_seconds, eval_frames, num_eval, length_tolerance),
+        protocol=Protocol(
+            protocol.value, max_seconds, eval_frames, num_eval, length_tolerance, precision.value
+        ),
         batch_size=batch_size,
         device=device,
         progress=report.FileProgress("embedding", err),

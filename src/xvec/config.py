@@ -211,6 +211,20 @@ class EvalConfig(Section):
     dcf_p_target: float = Field(0.05, gt=0, lt=1)
     dcf_c_miss: float = Field(1.0, gt=0)
     dcf_c_fa: float = Field(1.0, gt=0)
+    asnorm_top_k: int | None = Field(
+        None,
+        ge=2,
+        le=INDEX_MAX,
+        description="the final evaluation also scores with AS-norm: cohort = the mean embedding "
+        "of each training speaker, this many top cohort scores per file (WeSpeaker: 300; a "
+        "smaller cohort is used whole); unset = raw cosine only",
+    )
+
+    @model_validator(mode="after")
+    def _asnorm_needs_full(self) -> EvalConfig:
+        if self.asnorm_top_k is not None and self.protocol != "full":
+            raise ValueError('asnorm_top_k needs protocol = "full" (one embedding per file)')
+        return self
 
 
 class AugmentConfig(Section):

@@ -313,8 +313,27 @@ def _maybe_checkpoint(
     return last_save
 
 
+def model_call(
+    model: torch.nn.Module, waves: np.ndarray, device: torch.device, precision: str
+) -> np.ndarray:
+    """The model's float32 outputs for a batch of waveforms, in inference mode; ``bf16`` runs
+    it under bfloat16 autocast (faster on CPUs with bf16 units, not the exact embedding)."""
+    import torch
+
+    with (
+        torch.inference_mode(),
+        torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"),
+    ):
+        return model(torch.from_numpy(waves).to(device)).float().cpu().numpy()
+
+
 def _model_outputs(
-    model: torch.nn.Module, waves: np.ndarray, device: torch.device, *, skip_repeats: bool
+    model: torch.nn.Module,
+    waves: np.ndarray,
+    device: torch.device,
+    precision: str,
+    *,
+    skip_repeats: bool,
 ) -> np.ndarray:
     """The model's outputs for the rows of ``waves``.
 
@@ -322,16 +341,14 @@ def _model_outputs(
     a crop gives ``num_eval`` identical crops (about half of a corpus of short utterances), and
     near-crop-length files give repeated crop starts.
     """
-    import torch
-
     if skip_repeats and len(waves) > 1:
         repeat = np.zeros(len(waves), dtype=bool)
         repeat[1:] = (waves[1:] == waves[:-1]).all(axis=1)
         if repeat.any():
             source = np.cumsum(~repeat) - 1
-            return _model_outputs(model, waves[~repeat], device, skip_repeats=False)[source]
-    with torch.inference_mode():
-        return model(torch.from_numpy(waves).to(device)).float().cpu().numpy()
+            distinct = waves[~repeat]
+            return _model_outputs(model, distinct, device, precision, skip_repeats=False)[source]
+    return model_call(model, waves, device, precision)
 
 
 def _count_trimmed(protocol: Protocol, sizes: np.ndarray, stats: EmbedStats) -> None:
@@ -358,8 +375,12 @@ def embed_files(
     checkpoint_every: float = 0.0,
     on_checkpoint: Callable[[dict[str, np.ndarray]], None] | None = None,
     stats: EmbedStats | None = None,
+    prepare: bool = True,
 ) -> dict[str, np.ndarray]:
     """Embed each unique file in ``files`` (relative to ``root``) and return {file: vector}.
+
+    The model runs as :func:`~xvec.inference.prepare_for_inference` makes it (a copy;
+    ``prepare=False`` when the caller has prepared it already).
 
     ``done`` holds results to reuse (not recomputed). ``on_checkpoint`` is called with all
     results so far every ``checkpoint_every`` seconds and when an error stops the run, so an
@@ -378,8 +399,10 @@ def embed_files(
     batches = protocol.plan_batches(input_lengths, batch_size, int(max_batch_seconds * SAMPLE_RATE))
     import torch  # here, not at import time: embedding files and scoring need no torch
 
+    from xvec.inference import prepare_for_inference
+
     device = parse_device(str(device)) if not isinstance(device, torch.device) else device
-    model = model.to(device).eval()
+    model = prepare_for_inference(model, device) if prepare else model.to(device).eval()
 
     def load(batch: np.ndarray) -> tuple[np.ndarray, list[InputGroup], int]:
         names = [todo[i] for i in batch]
@@ -391,7 +414,12 @@ def embed_files(
     ) -> tuple[np.ndarray, np.ndarray, int]:
         batch, groups, short = loaded
         parts = [
-            (positions, _model_outputs(model, waves, device, skip_repeats=protocol.crops))
+            (
+                positions,
+                _model_outputs(
+                    model, waves, device, protocol.precision, skip_repeats=protocol.crops
+                ),
+            )
             for positions, waves in groups
         ]
         if len(parts) == 1:

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from xvec.data import Trials, check_files_exist, require_both_labels
+from xvec.data import TrainList, Trials, check_files_exist, require_both_labels
 from xvec.embed import EmbedStats, embed_files
 from xvec.errors import XvecError
 from xvec.files import write_json_atomic
 from xvec.metrics import DEFAULT_P_TARGETS, Metrics, compute_metrics
 from xvec.protocol import Protocol
-from xvec.scoring import write_scores
+from xvec.scoring import as_norm, write_scores
 
 if TYPE_CHECKING:
     import torch
@@ -29,18 +29,50 @@ if TYPE_CHECKING:
 Progress = Callable[[int, int], None]
 
 
+@dataclass(frozen=True)
+class SpeakerCohort:
+    """AS-norm's cohort as WeSpeaker builds it: the mean embedding of each speaker of a train
+    list (its ``score_norm`` recipe: per-speaker means of the training set, top 300)."""
+
+    root: Path
+    train_list: TrainList
+    top_k: int = 300
+
+    def matrix(self, vectors: dict[str, np.ndarray]) -> np.ndarray:
+        """``[speakers, dim]``: each speaker's mean embedding (float64)."""
+        stacked = np.stack([vectors[f] for f in self.train_list.files]).astype(np.float64)
+        sums = np.zeros((self.train_list.num_classes, stacked.shape[1]))
+        np.add.at(sums, self.train_list.labels, stacked)
+        return sums / self.train_list.utterances_per_speaker()[:, None]
+
+
+@dataclass
+class Normalised:
+    """A system's metrics after AS-norm, and the normalised scores (trial order)."""
+
+    metrics: Metrics
+    scores: np.ndarray
+    top_k: int
+    cohort_size: int
+
+    def summary(self) -> dict:
+        return {**self.metrics.to_dict(), "top_k": self.top_k, "cohort": self.cohort_size}
+
+
 @dataclass
 class EvalResult:
-    """Metrics, scores (trial order) and speed of one system on one trial list."""
+    """Metrics, scores (trial order) and speed of one system on one trial list, and the same
+    after AS-norm when a cohort was given."""
 
     name: str
     metrics: Metrics
     scores: np.ndarray
     seconds: float
     stats: EmbedStats
+    asnorm: Normalised | None = None
 
     def summary(self) -> dict:
-        return {
+        summary = {
             "name": self.name,
             **self.metrics.to_dict(),
             "seconds": round(self.seconds, 3),
@@ -49,6 +81,24 @@ class EvalResult:
             else None,
             "notes": self.stats.notes,
         }
+        if self.asnorm is not None:
+            summary["asnorm"] = self.asnorm.summary()
+        return summary
+
+    def rows(self) -> list[dict]:
+        """Table rows: the raw scores', and the AS-norm scores' beside them."""
+        rows = [self.summary()]
+        if self.asnorm is not None:
+            norm = self.asnorm
+            rows.append(
+                {
+                    **rows[0],
+                    **norm.metrics.to_dict(),
+                    "name": f"{self.name} + AS-norm (top {norm.top_k} of "
+                    f"{norm.cohort_size} speakers)",
+                }
+            )
+        return rows
 
 
 def evaluate_model(
@@ -64,8 +114,10 @@ def evaluate_model(
     c_miss: float = 1.0,
     c_fa: float = 1.0,
     progress: Progress | None = None,
+    cohort: SpeakerCohort | None = None,
 ) -> EvalResult:
-    """Embed every unique trial file once, score all trials in one vectorised pass, measure."""
+    """Embed every unique trial file once, score all trials in one vectorised pass, measure;
+    with a ``cohort``, also the metrics after AS-norm against it."""
     protocol = protocol or Protocol()
     require_both_labels(trials)
     check_files_exist(audio_root, trials.files, trials.path)
@@ -83,13 +135,37 @@ def evaluate_model(
     )
     embeddings = np.stack([vectors[f] for f in trials.files])
     scores = protocol.score_trials(embeddings, trials)
-    metrics = compute_metrics(scores, trials.labels, p_targets=p_targets, c_miss=c_miss, c_fa=c_fa)
+    settings = {"p_targets": p_targets, "c_miss": c_miss, "c_fa": c_fa}
+    metrics = compute_metrics(scores, trials.labels, **settings)
+    normalised = None
+    if cohort is not None:
+        if protocol.crops:
+            raise XvecError("AS-norm needs one embedding per file: use the full protocol")
+        members = embed_files(
+            model,
+            cohort.root,
+            cohort.train_list.files,
+            protocol,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+        )
+        matrix = cohort.matrix(members)
+        top_k = min(cohort.top_k, len(matrix))
+        normalised_scores = as_norm(scores, trials.enroll, trials.test, embeddings, matrix, top_k)
+        normalised = Normalised(
+            compute_metrics(normalised_scores, trials.labels, **settings),
+            normalised_scores,
+            top_k,
+            len(matrix),
+        )
     return EvalResult(
         name=name,
         metrics=metrics,
         scores=scores,
         seconds=time.perf_counter() - start,
         stats=stats,
+        asnorm=normalised,
     )
 
 

@@ -29,6 +29,8 @@ from xvec.errors import XvecError
 from xvec.scoring import cosine_scores, vt_crop_scores
 
 ProtocolName = Literal["full", "vt-crops"]
+Precision = Literal["fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 PROTOCOLS: tuple[str, ...] = ("full", "vt-crops")
 MIN_SAMPLES = SAMPLE_RATE // 2  # shorter files are wrap-padded to 0.5 s
 MIN_MAX_SECONDS = 0.025  # a capped file must hold one 25 ms window
@@ -46,6 +48,7 @@ class Protocol:
     eval_frames: int = EVAL_FRAMES
     num_eval: int = NUM_EVAL
     length_tolerance: float = LENGTH_TOLERANCE
+    precision: Precision = "fp32"  # bf16: the model runs under bfloat16 autocast (opt-in)
 
     def __post_init__(self) -> None:
         if self.name not in PROTOCOLS:
@@ -72,6 +75,11 @@ class Protocol:
                 f"length_tolerance must be in [0, 1) (0 = every file whole), "
                 f"got {self.length_tolerance}",
                 options=("length_tolerance",),
+            )
+        if self.precision not in PRECISIONS:
+            raise XvecError(
+                f"precision '{self.precision}': choose one of {', '.join(PRECISIONS)}",
+                options=("precision",),
             )
 
     @classmethod

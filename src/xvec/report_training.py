@@ -194,7 +194,7 @@ class ConsoleTrainingObserver(TrainingObserver):
 
     def final_evaluation(self, result: EvalResult, trials: int) -> None:
         title = f"final evaluation ({trials} trials)"
-        self.console.print(metrics_table([result.summary()], title, width=self.console.width))
+        self.console.print(metrics_table(result.rows(), title, width=self.console.width))
 
     def completing(self, run_dir: Path, missing: tuple[str, ...]) -> None:
         if missing:

@@ -29,12 +29,9 @@ from xvec import registry
 from xvec.checkpoint import load_model, save_checkpoint
 from xvec.config import Recipe
 from xvec.cpu_threads import ThreadTuner
-from xvec.data import (
-    EpochBatches,
-    Trials,
-)
+from xvec.data import EpochBatches, TrainList, Trials
 from xvec.errors import XvecError
-from xvec.evaluate import EvalResult, evaluate_model, write_eval_outputs
+from xvec.evaluate import EvalResult, SpeakerCohort, evaluate_model, write_eval_outputs
 from xvec.plots import plot_histogram, plot_training
 from xvec.protocol import Protocol
 from xvec.runlog import LOG_FILE, RunLog, read_log
@@ -152,6 +149,7 @@ class _Run:
     use_amp: bool
     amp_dtype: torch.dtype
     trials: Trials | None
+    train_list: TrainList
     position: Position
     log: RunLog
     observer: TrainingObserver
@@ -227,6 +225,7 @@ def _setup(recipe: Recipe, resume: bool, observer: TrainingObserver, lock: RunLo
         use_amp=use_amp,
         amp_dtype=amp_dtype,
         trials=trials,
+        train_list=train_list,
         position=Position(),
         log=RunLog(run_dir / LOG_FILE if is_main else None),
         observer=observer if is_main else TrainingObserver(),
@@ -388,7 +387,8 @@ def _close_epoch(run: _Run, epoch: int, stop: StopFlag) -> bool:
         meta = {"recipe": recipe.to_dict(), "epoch": epoch, "step": position.step}
         result = None
         if evaluate:
-            result = _periodic_eval(run, epoch, stop)
+            final = last_epoch and not recipe.train.average_last
+            result = _periodic_eval(run, epoch, stop, final=final)
             run.log.write(
                 kind="eval",
                 epoch=epoch,
@@ -436,7 +436,7 @@ def _complete(run: _Run) -> None:
     if run.recipe.train.average_last:  # the average is rewritten: the same inputs, same bytes
         _finish(run, _average_and_evaluate(run, epoch, None))
     else:
-        _finish(run, _periodic_eval(run, epoch) if trials else None)
+        _finish(run, _periodic_eval(run, epoch, final=True) if trials else None)
 
 
 class _EvalStopped(Exception):
@@ -449,9 +449,11 @@ def _periodic_eval(
     stop: StopFlag | None = None,
     model: nn.Module | None = None,
     name: str = "model",
+    final: bool = False,
 ) -> EvalResult:
     """Evaluate the model (or another ``model``, such as the average) on the recipe's trial
-    list with the recipe's protocol.
+    list with the recipe's protocol; the ``final`` evaluation adds AS-norm when the recipe
+    asks (``eval.asnorm_top_k``: a cohort from the training list).
 
     The observer sees the files embedded; a requested ``stop`` ends the evaluation after the
     batch in hand (:class:`_EvalStopped`).
@@ -482,11 +484,20 @@ def _periodic_eval(
             c_miss=recipe.eval.dcf_c_miss,
             c_fa=recipe.eval.dcf_c_fa,
             progress=progress,
+            cohort=_cohort(run) if final else None,
         )
     finally:
         model.train(was_training)
         observer.evaluated(epoch, result, recipe.eval.dcf_p_target)
     return result
+
+
+def _cohort(run: _Run) -> SpeakerCohort | None:
+    """The AS-norm cohort of ``eval.asnorm_top_k``: the training speakers' mean embeddings."""
+    top_k = run.recipe.eval.asnorm_top_k
+    if top_k is None:
+        return None
+    return SpeakerCohort(Path(run.recipe.data.train_path), run.train_list, top_k)
 
 
 def _average_and_evaluate(run: _Run, epoch: int, stop: StopFlag | None) -> EvalResult | None:
@@ -501,7 +512,7 @@ def _average_and_evaluate(run: _Run, epoch: int, stop: StopFlag | None) -> EvalR
     if run.trials is None:
         return None
     averaged = load_model(output, run.device)
-    return _periodic_eval(run, epoch, stop, model=averaged, name=AVERAGE_FILE)
+    return _periodic_eval(run, epoch, stop, model=averaged, name=AVERAGE_FILE, final=True)
 
 
 def _finish(run: _Run, result: EvalResult | None) -> None:

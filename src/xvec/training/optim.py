@@ -15,9 +15,21 @@ from xvec.errors import XvecError
 from xvec.schedules import LrSchedule, MarginRamp, learning_rate, margin_at, set_margin
 
 
+def _fusable(params: list[Any]) -> bool:
+    """Whether torch's fused (one kernel for all tensors) optimiser step can take ``params``:
+    3-5x faster than the per-tensor loop on the CPU (bench/optimizer_step.py)."""
+    tensors = [t for item in params for t in (item["params"] if isinstance(item, dict) else [item])]
+    return bool(tensors) and all(
+        t.device.type in ("cpu", "cuda") and t.is_floating_point() for t in tensors
+    )
+
+
 def make_optimizer(recipe: Recipe, params: Any) -> torch.optim.Optimizer:
-    """Adam, AdamW or SGD (Nesterov momentum) with weight decay, as the recipe says."""
+    """Adam, AdamW or SGD (Nesterov momentum) with weight decay, as the recipe says; its
+    fused implementation where the parameters allow."""
     optim = recipe.optim
+    params = list(params)
+    fused = _fusable(params)
     if optim.optimizer == "sgd":
         return torch.optim.SGD(
             params,
@@ -25,9 +37,10 @@ def make_optimizer(recipe: Recipe, params: Any) -> torch.optim.Optimizer:
             momentum=optim.momentum,
             weight_decay=optim.weight_decay,
             nesterov=True,
+            fused=fused,
         )
     cls = torch.optim.AdamW if optim.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=optim.lr, weight_decay=optim.weight_decay)
+    return cls(params, lr=optim.lr, weight_decay=optim.weight_decay, fused=fused)
 
 
 def make_scheduler(
