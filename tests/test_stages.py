@@ -198,6 +198,21 @@ def test_the_final_evaluation_adds_asnorm_against_the_training_speakers_means(
         load_recipe(path, ['eval.protocol="vt-crops"'])
 
 
+@pytest.mark.slow
+def test_a_compiled_run_trains_like_the_eager_one_and_saves_plain_weights(
+    tmp_path, tone_corpus, tiny_model_dist
+):
+    losses = {}
+    for name, extra in (("eager", ""), ("compiled", "compile = true\n")):
+        path = stage_file(tmp_path, tone_corpus, name, extra=extra + "max_steps = 3\n")
+        train(load_recipe(path, ["data.test_list="]))
+        losses[name] = [r["loss"] for r in read_log(tmp_path / name) if r["kind"] == "train"]
+        state = read_checkpoint(tmp_path / name / "last.safetensors").model_state
+        assert not any("_orig_mod" in key for key in state)  # the network's own names
+    assert len(losses["compiled"]) == 3
+    np.testing.assert_allclose(losses["compiled"], losses["eager"], rtol=1e-3)
+
+
 def test_average_last_beyond_the_epochs_is_refused_in_the_recipe(tmp_path, tone_corpus):
     path = stage_file(tmp_path, tone_corpus, "x", extra="average_last = 4\n")
     with pytest.raises(XvecError, match=r"'train.average_last': .*4 exceeds max_epoch \(3\)"):

@@ -175,6 +175,12 @@ class TrainConfig(Section):
     deterministic: bool = Field(
         False, description="bit-identical reruns and resumes (slower: 1 CPU thread)"
     )
+    compile: bool = Field(
+        False,
+        description="torch.compile the training step's forward pass (inductor): 1.1-1.6x "
+        "per fp32 ResNetSE34L step on a 2-core CPU after ~90 s of compiling "
+        "(docs/benchmarks.md); off by default. A margin ramp recompiles while it changes",
+    )
     schedule: LrSchedule | None = Field(
         None,
         description="per-step learning-rate schedule from optim.lr; replaces optim.scheduler",

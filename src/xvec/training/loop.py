@@ -206,6 +206,8 @@ def _setup(recipe: Recipe, resume: bool, observer: TrainingObserver, lock: RunLo
         ddp_net = nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None
         )
+    if recipe.train.compile:  # the step runs the compiled module; weights are net's own
+        ddp_net = torch.compile(ddp_net)
     run = _Run(
         recipe=recipe,
         run_dir=run_dir,
