@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from xvec.data import TrainList, Trials, check_files_exist, require_both_labels
+from xvec.devices import parse_device
 from xvec.embed import EmbedStats, embed_files
 from xvec.errors import XvecError
 from xvec.files import write_json_atomic
@@ -123,6 +124,10 @@ def evaluate_model(
     check_files_exist(audio_root, trials.files, trials.path)
     start = time.perf_counter()
     stats = EmbedStats()
+    from xvec.inference import prepare_for_inference  # torch: score files need none
+
+    device = parse_device(str(device))
+    model = prepare_for_inference(model, device)  # once, for the trial files and the cohort
     vectors = embed_files(
         model,
         audio_root,
@@ -132,6 +137,7 @@ def evaluate_model(
         device=device,
         progress=progress,
         stats=stats,
+        prepare=False,
     )
     embeddings = np.stack([vectors[f] for f in trials.files])
     scores = protocol.score_trials(embeddings, trials)
@@ -149,6 +155,7 @@ def evaluate_model(
             batch_size=batch_size,
             device=device,
             progress=progress,
+            prepare=False,
         )
         matrix = cohort.matrix(members)
         top_k = min(cohort.top_k, len(matrix))
