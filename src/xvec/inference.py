@@ -1,8 +1,9 @@
 """A model made ready for embedding: BatchNorm folded into the convolution before it, and
 channels-last convolutions on the CPU.
 
-Both change only float rounding (the embeddings stay within ~1e-6 of the model's own), and
-make a one-file call 5-15 % cheaper on the CPU, which pays for embedding every file whole.
+Both change only float rounding (the embeddings stay within ~1e-6 of the model's own) and
+save work in every call, which matters when every file is embedded whole, one call each
+(measured in docs/benchmarks.md, "Whole-file extraction on the default path").
 A BatchNorm is folded only where it reads a convolution's output and nothing else does: that
 is found by running a probe waveform through the model and counting, with a torch function
 mode, every use of each convolution's output. The prepared model is checked on the probe
