@@ -45,6 +45,8 @@ def main() -> None:
     args = parser.parse_args()
     if not DATA.is_dir():
         raise SystemExit(f"needs {DATA}")
+    import torch
+
     from xvec import registry
     from xvec.checkpoint import save_checkpoint
     from xvec.data import read_trials
@@ -59,6 +61,7 @@ def main() -> None:
         model = args.model
         if model is None:
             model = Path(tmp) / "untrained.safetensors"
+            torch.manual_seed(0)  # the same weights every run: EERs of two paths compare
             save_checkpoint(
                 model, registry.build("model", args.architecture, options), args.architecture
             )

@@ -282,6 +282,44 @@ def test_eval_cli_default_scores_whole_file_embeddings(tmp_path, speech, speech_
     assert np.abs(scores - expected).max() <= EXACT
 
 
+@pytest.mark.parametrize("architecture", ["ResNetSE34L", "ResNetSE34V2"])
+def test_models_that_ignore_padding_batch_files_of_different_lengths_exactly(
+    speech, architecture, monkeypatch
+):
+    """The default path zero-pads files of close lengths into one batch for a model with
+    ``exact_padding`` (ResNetSE34L; V2's padded forward is switched on here); each embedding
+    still equals the model's forward on the file alone."""
+    from xvec.audio import read_audio
+
+    torch.manual_seed(0)
+    model = registry.build("model", architecture, {"nOut": 64}).eval()
+    monkeypatch.setattr(type(model), "exact_padding", True)
+    for module in model.modules():  # eval batch norms that are not the identity
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    with torch.no_grad():
+        alone = {
+            name: model(torch.from_numpy(read_audio(speech / name))[None])[0].numpy()
+            for name in SPEECH_FILES
+        }
+    batch_lengths: list[list[int]] = []
+    padded_forward = type(model).forward_padded
+
+    def recording(self, waveform, lengths):
+        batch_lengths.append(lengths.tolist())
+        return padded_forward(self, waveform, lengths)
+
+    monkeypatch.setattr(type(model), "forward_padded", recording)
+    got = embed_files(model, speech, SPEECH_FILES, device="cpu")
+    assert any(len(set(lengths)) > 1 for lengths in batch_lengths)  # padded, not grouped
+    assert sorted(n for lengths in batch_lengths for n in lengths) == sorted(
+        read_audio(speech / name).shape[0] for name in SPEECH_FILES
+    )
+    scale = max(float(np.abs(vector).max()) for vector in alone.values())
+    assert _largest_difference(got, alone) <= EXACT * scale
+
+
 def test_length_tolerance_is_an_opt_in_that_trims_and_says_so(
     tmp_path, speech, speech_checkpoint, alone
 ):

@@ -7,7 +7,7 @@ import pytest
 
 from xvec.config import parse_recipe
 from xvec.errors import XvecError
-from xvec.protocol import MIN_SAMPLES, Protocol
+from xvec.protocol import MIN_SAMPLES, PAD_TOLERANCE, Protocol
 
 
 def test_the_default_batches_only_files_of_equal_length() -> None:
@@ -26,6 +26,15 @@ def test_a_length_tolerance_batches_near_lengths_and_trims_to_the_shortest() -> 
     assert sorted(sorted(b.tolist()) for b in batches) == [[0, 1], [2]]
     batch, _ = protocol.batch_input([np.ones(16000), np.ones(15900)])
     assert batch.shape == (2, 15900)
+
+
+def test_padded_batches_hold_lengths_within_the_pad_tolerance_and_count_the_longest() -> None:
+    lengths = np.array([16000, 15300, 15100, 32000])  # 15300 is within 5 % of 16000, 15100 not
+    assert PAD_TOLERANCE == 0.05
+    batches = Protocol().plan_batches(lengths, 8, max_batch_samples=32000, padded=True)
+    assert [b.tolist() for b in batches] == [[3], [0, 1], [2]]
+    tight = Protocol().plan_batches(lengths, 8, max_batch_samples=31999, padded=True)
+    assert [b.tolist() for b in tight] == [[3], [0], [1, 2]]  # 2 x 16000 > 31999 >= 2 x 15300
 
 
 def test_short_files_are_wrap_padded_and_capped_files_read_only_the_cap() -> None:

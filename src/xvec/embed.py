@@ -1,8 +1,9 @@
 """Batched embedding extraction and embedding files.
 
-Files are read, cut and batched as the :class:`~xvec.protocol.Protocol` says: by default only
-files of equal length share a batch, so every embedding is the whole file's, equal to embedding
-the file alone; a length tolerance above 0 trims files to batch them, and says so in a note.
+Files are read, cut and batched as the :class:`~xvec.protocol.Protocol` says: by default every
+embedding is the whole file's, equal to embedding the file alone (files of close lengths are
+zero-padded into one batch for models that ignore padding, others batch only files of equal
+length); a length tolerance above 0 trims files to batch them, and says so in a note.
 Audio is decoded in a background thread while the model runs, under ``torch.inference_mode``;
 on the CPU several batches run at once, each on its own thread. Each unique file is embedded
 once. Partial results are saved next to the output, so an interrupted ``xvec embed`` resumes
@@ -71,18 +72,24 @@ class EmbedStats:
         return self.computed / self.seconds if self.seconds > 0 else float("nan")
 
 
-# One model call's input: the positions of its files in the batch, and their rows.
-InputGroup = tuple[np.ndarray, np.ndarray]
+# One model call's input: the positions of its files in the batch, their rows, and for a
+# zero-padded batch each row's length in samples (None when every row is used whole).
+InputGroup = tuple[np.ndarray, np.ndarray, np.ndarray | None]
 
 
 def _load_inputs(
-    root: Path, files: Sequence[str], infos: Sequence[AudioInfo], protocol: Protocol
+    root: Path,
+    files: Sequence[str],
+    infos: Sequence[AudioInfo],
+    protocol: Protocol,
+    padded: bool,
 ) -> tuple[list[InputGroup], int]:
     """One batch's model inputs, reading only needed frames, and how many files were padded.
 
     With a length tolerance (or crops) the batch is one input (:meth:`Protocol.batch_input`).
-    Without, files are grouped by their exact decoded length: the planned lengths come from
-    file headers, which can be a sample off after resampling, and no file may be trimmed.
+    Without, ``padded`` zero-pads the files into one input with their lengths; otherwise files
+    are grouped by their exact decoded length (the planned lengths come from file headers,
+    which can be a sample off after resampling, and no file may be trimmed).
     """
     audios = [
         read_audio(root / name, frames=protocol.read_frames, info=info)
@@ -90,16 +97,23 @@ def _load_inputs(
     ]
     if protocol.crops or protocol.length_tolerance > 0:
         waves, short = protocol.batch_input(audios)
-        return [(np.arange(len(audios)), waves)], short
+        return [(np.arange(len(audios)), waves, None)], short
     inputs = [protocol.file_input(audio) for audio in audios]
+    short = sum(padded for _, padded in inputs)
+    if padded:
+        lengths = np.array([wave.shape[1] for wave, _ in inputs], dtype=np.int64)
+        waves = np.zeros((len(inputs), lengths.max()), dtype=np.float32)
+        for row, (wave, _) in enumerate(inputs):
+            waves[row, : wave.shape[1]] = wave[0]
+        return [(np.arange(len(inputs)), waves, lengths)], short
     by_length: dict[int, list[int]] = {}
     for position, (wave, _) in enumerate(inputs):
         by_length.setdefault(wave.shape[1], []).append(position)
     groups = [
-        (np.array(positions), np.concatenate([inputs[i][0] for i in positions]))
+        (np.array(positions), np.concatenate([inputs[i][0] for i in positions]), None)
         for positions in by_length.values()
     ]
-    return groups, sum(padded for _, padded in inputs)
+    return groups, short
 
 
 class EmbeddingStore:
@@ -314,22 +328,33 @@ def _maybe_checkpoint(
 
 
 def model_call(
-    model: torch.nn.Module, waves: np.ndarray, device: torch.device, precision: str
+    model: torch.nn.Module,
+    waves: np.ndarray,
+    device: torch.device,
+    precision: str,
+    lengths: np.ndarray | None = None,
 ) -> np.ndarray:
     """The model's float32 outputs for a batch of waveforms, in inference mode; ``bf16`` runs
-    it under bfloat16 autocast (faster on CPUs with bf16 units, not the exact embedding)."""
+    it under bfloat16 autocast (faster on CPUs with bf16 units, not the exact embedding).
+    ``lengths`` marks a zero-padded batch (the model's ``forward_padded``)."""
     import torch
 
     with (
         torch.inference_mode(),
         torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"),
     ):
-        return model(torch.from_numpy(waves).to(device)).float().cpu().numpy()
+        inputs = torch.from_numpy(waves).to(device)
+        if lengths is None:
+            output = model(inputs)
+        else:
+            output = model.forward_padded(inputs, torch.from_numpy(lengths).to(device))
+        return output.float().cpu().numpy()
 
 
 def _model_outputs(
     model: torch.nn.Module,
     waves: np.ndarray,
+    lengths: np.ndarray | None,
     device: torch.device,
     precision: str,
     *,
@@ -346,15 +371,16 @@ def _model_outputs(
         repeat[1:] = (waves[1:] == waves[:-1]).all(axis=1)
         if repeat.any():
             source = np.cumsum(~repeat) - 1
-            distinct = waves[~repeat]
-            return _model_outputs(model, distinct, device, precision, skip_repeats=False)[source]
-    return model_call(model, waves, device, precision)
+            distinct = model_call(model, waves[~repeat], device, precision)
+            return distinct[source]
+    return model_call(model, waves, device, precision, lengths)
 
 
 def _count_trimmed(protocol: Protocol, sizes: np.ndarray, stats: EmbedStats) -> None:
-    """Add to ``stats`` the files of one batch (model input ``sizes``) that ``full`` trims to
-    the batch's shortest, and the largest fraction of a file that drops."""
-    trimmed = 0 if protocol.crops else int((sizes > sizes.min()).sum())
+    """Add to ``stats`` the files of one batch (model input ``sizes``) that a length tolerance
+    trims to the batch's shortest, and the largest fraction of a file that drops."""
+    trims = protocol.length_tolerance > 0 and not protocol.crops
+    trimmed = int((sizes > sizes.min()).sum()) if trims else 0
     if trimmed:
         stats.trimmed_files += trimmed
         stats.most_trimmed = max(stats.most_trimmed, float(1 - sizes.min() / sizes.max()))
@@ -396,7 +422,9 @@ def embed_files(
     infos = _survey(root, todo, stats)
     lengths = np.array([i.frames_at(SAMPLE_RATE) for i in infos], dtype=np.int64)
     input_lengths = protocol.input_lengths(lengths)
-    batches = protocol.plan_batches(input_lengths, batch_size, int(max_batch_seconds * SAMPLE_RATE))
+    padded = bool(getattr(model, "exact_padding", False)) and protocol.length_tolerance == 0
+    max_samples = int(max_batch_seconds * SAMPLE_RATE)
+    batches = protocol.plan_batches(input_lengths, batch_size, max_samples, padded=padded)
     import torch  # here, not at import time: embedding files and scoring need no torch
 
     from xvec.inference import prepare_for_inference
@@ -406,7 +434,7 @@ def embed_files(
 
     def load(batch: np.ndarray) -> tuple[np.ndarray, list[InputGroup], int]:
         names = [todo[i] for i in batch]
-        groups, short = _load_inputs(root, names, [infos[i] for i in batch], protocol)
+        groups, short = _load_inputs(root, names, [infos[i] for i in batch], protocol, padded)
         return batch, groups, short
 
     def compute(
@@ -417,10 +445,10 @@ def embed_files(
             (
                 positions,
                 _model_outputs(
-                    model, waves, device, protocol.precision, skip_repeats=protocol.crops
+                    model, waves, sizes, device, protocol.precision, skip_repeats=protocol.crops
                 ),
             )
-            for positions, waves in groups
+            for positions, waves, sizes in groups
         ]
         if len(parts) == 1:
             return batch, parts[0][1], short

@@ -36,6 +36,7 @@ class SpeakerModel(nn.Module):
 
     Params: ClassVar[type[Params]] = Params
     sample_rate: ClassVar[int] = SAMPLE_RATE
+    exact_padding: ClassVar[bool] = False  # True where forward_padded is implemented
 
     def __init__(self, params: Params | None = None) -> None:
         super().__init__()
@@ -48,6 +49,16 @@ class SpeakerModel(nn.Module):
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def forward_padded(self, waveform: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Embeddings of a zero-padded batch whose row ``i`` holds ``lengths[i]`` real samples,
+        each equal to ``forward`` of that row's real samples alone.
+
+        Optional: a model whose layers can ignore the padding implements it and sets
+        ``exact_padding``; extraction then batches files of different lengths without trimming
+        them. Other models see only batches of equal-length files.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot ignore padding")
 
     @classmethod
     def from_voxceleb_trainer(cls, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

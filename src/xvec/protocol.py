@@ -4,10 +4,12 @@ One typed object used by ``xvec eval``/``embed``/``score``, the Python API, reci
 training loop's periodic evaluation, so their settings and defaults cannot drift apart:
 
 - ``full``: each file embedded whole (optionally capped at ``max_seconds``) and cosine-scored.
-  Files are sorted by length and batched only with files of the same length, so every file
-  is embedded whole (``length_tolerance`` 0, the default). A ``length_tolerance`` above 0 is a
-  speed option that changes embeddings: files whose lengths differ by up to that fraction
-  share a batch, each trimmed to the batch's shortest.
+  Files are sorted by length and every file is embedded whole (``length_tolerance`` 0, the
+  default): a model that can ignore padding (``SpeakerModel.exact_padding``) gets files within
+  :data:`PAD_TOLERANCE` of each other's length zero-padded into one batch with their lengths,
+  any other model only files of the same length. A ``length_tolerance`` above 0 is a speed
+  option that changes embeddings: files whose lengths differ by up to that fraction share a
+  batch, each trimmed to the batch's shortest.
 - ``vt-crops``: voxceleb_trainer's protocol, ``num_eval`` evenly spaced crops of
   ``eval_frames`` frames, scored by its crop-distance score; embeddings are
   ``[files, crops, dim]``.
@@ -37,6 +39,7 @@ MIN_MAX_SECONDS = 0.025  # a capped file must hold one 25 ms window
 EVAL_FRAMES = 400  # voxceleb_trainer's published evaluation (--eval_frames 400)
 NUM_EVAL = 10
 LENGTH_TOLERANCE = 0.0  # exact: every file whole
+PAD_TOLERANCE = 0.05  # padded batches: at most 5 % of their compute is spent on padding
 
 
 @dataclass(frozen=True)
@@ -123,14 +126,19 @@ class Protocol:
         return np.maximum(lengths, MIN_SAMPLES)
 
     def plan_batches(
-        self, lengths: np.ndarray, batch_size: int, max_batch_samples: int
+        self, lengths: np.ndarray, batch_size: int, max_batch_samples: int, padded: bool = False
     ) -> list[np.ndarray]:
         """Group file indices into batches: by sorted length for ``full``, fixed counts of
-        files for ``vt-crops`` (whole files under eval_frames 0 differ in length: one each)."""
+        files for ``vt-crops`` (whole files under eval_frames 0 differ in length: one each).
+
+        ``padded`` plans batches that are zero-padded to their longest file (within
+        :data:`PAD_TOLERANCE`) instead of trimmed to their shortest (within the tolerance).
+        """
         order = np.argsort(-lengths, kind="stable")
         if self.crops:
             per_batch = 1 if self.eval_frames == 0 else max(1, batch_size // self.num_eval)
             return [order[i : i + per_batch] for i in range(0, len(order), per_batch)]
+        tolerance = PAD_TOLERANCE if padded else self.length_tolerance
         batches: list[np.ndarray] = []
         start = 0
         while start < len(order):
@@ -139,8 +147,9 @@ class Protocol:
             while (
                 end < len(order)
                 and end - start < batch_size
-                and lengths[order[end]] >= longest * (1 - self.length_tolerance)
-                and (end - start + 1) * lengths[order[end]] <= max_batch_samples
+                and lengths[order[end]] >= longest * (1 - tolerance)
+                and (end - start + 1) * (longest if padded else lengths[order[end]])
+                <= max_batch_samples
             ):
                 end += 1
             batches.append(order[start:end])

@@ -22,6 +22,7 @@ __all__ = [
     "attention_vector",
     "attentive_pool",
     "channel_attention",
+    "masked_attention",
     "self_attention_weights",
     "temporal_pool",
 ]
@@ -36,14 +37,30 @@ def attention_vector(dim: int) -> nn.Parameter:
     return vector
 
 
+def _ignore_padding(scores: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``scores`` (time last) with each item's steps from ``lengths[i]`` on set to -inf, so a
+    softmax over time gives them weight 0."""
+    steps = torch.arange(scores.shape[-1], device=scores.device)
+    padding = steps >= lengths.to(scores.device)[:, None]
+    return scores.masked_fill(
+        padding.view(len(lengths), *([1] * (scores.dim() - 2)), -1), -torch.inf
+    )
+
+
 def self_attention_weights(
-    frames: torch.Tensor, sap_linear: nn.Linear, attention: torch.Tensor
+    frames: torch.Tensor,
+    sap_linear: nn.Linear,
+    attention: torch.Tensor,
+    lengths: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention weights ``[batch, time, 1]`` summing to 1 over time, for ``[batch, time, dim]``.
 
-    ``w_t = softmax_t(tanh(sap_linear(x_t)) . attention)``: one scalar per frame.
+    ``w_t = softmax_t(tanh(sap_linear(x_t)) . attention)``: one scalar per frame; with
+    ``lengths``, over each item's first ``lengths[i]`` frames only (the rest weigh 0).
     """
     scores = torch.matmul(torch.tanh(sap_linear(frames)), attention).squeeze(2)
+    if lengths is not None:
+        scores = _ignore_padding(scores, lengths)
     return F.softmax(scores, dim=1).unsqueeze(2)
 
 
@@ -74,6 +91,15 @@ def channel_attention(channels: int, hidden: int = 128) -> nn.Sequential:
         nn.Conv1d(hidden, channels, kernel_size=1),
         nn.Softmax(dim=2),
     )
+
+
+def masked_attention(
+    attention: nn.Sequential, frames: torch.Tensor, lengths: torch.Tensor
+) -> torch.Tensor:
+    """:func:`channel_attention`'s weights over each item's first ``lengths[i]`` steps of
+    ``[B, channels, T]`` (the rest weigh 0)."""
+    scores = attention[:-1](frames)
+    return attention[-1](_ignore_padding(scores, lengths))
 
 
 def temporal_pool(frames: torch.Tensor, mode: Literal["TAP", "MAX"]) -> torch.Tensor:
