@@ -73,8 +73,9 @@ class Encoder:
 
     def embed_batch(self, files: Sequence[str | Path]) -> np.ndarray:
         """Embeddings of several files, ``[files, dim]`` (or with crops): each equal to the
-        file's :meth:`embed`, as files share a batch only when of equal length (unless the
-        protocol's ``length_tolerance`` trims them)."""
+        file's :meth:`embed`: files share a batch only at equal length or, for a model with
+        ``exact_padding``, zero-padded with their lengths (unless the protocol's
+        ``length_tolerance`` trims them)."""
         names = [str(f) for f in files]
         vectors = embed_files(
             self.model,
