@@ -33,35 +33,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from _load import start_load, stop_load
+
 ROOT = Path(__file__).resolve().parents[1]
-BUSY = "import time\nend = time.time() + {seconds}\nwhile time.time() < end:\n    pass\n"
-TORCH = (
-    "import time, torch\n"
-    "torch.set_num_threads(2)\n"
-    "conv = torch.nn.Conv2d(32, 32, 3, padding=1)\n"
-    "x = torch.randn(16, 32, 64, 64)\n"
-    "end = time.time() + {seconds}\n"
-    "with torch.no_grad():\n"
-    "    while time.time() < end:\n"
-    "        conv(x)\n"
-)
-
-
-def start_load(kind: str, seconds: float) -> list[subprocess.Popen]:
-    """Start the bounded load processes of ``kind`` ("quiet" starts none)."""
-    if kind == "quiet":
-        return []
-    source, count = (BUSY, os.cpu_count() or 2) if kind == "busy" else (TORCH, 2)
-    code = source.format(seconds=seconds)
-    processes = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(count)]
-    time.sleep(3.0)  # let torch load and the loops run before measuring
-    return processes
-
-
-def stop_load(processes: list[subprocess.Popen]) -> None:
-    for process in processes:
-        process.kill()
-        process.wait()
 
 
 def measure(overrides: list[str], steps: int, workdir: Path) -> tuple[float, str]:

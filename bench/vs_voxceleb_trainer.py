@@ -36,11 +36,15 @@ bench/_vt_side.py. Give both sides the same torch with ``--xvec-python``.
 
 Numbers are only meaningful on a quiet machine; on a shared one quote the ratios of
 interleaved rounds and say the machine was busy (the load average is printed at start and end).
+``--load busy:1`` (or ``busy``, ``torch``, ``torch:N``; bench/_load.py) runs every measurement
+beside a bounded competing load, started before it and killed after it, the same for both
+sides: how each behaves on a shared machine.
 
     python bench/vs_voxceleb_trainer.py --vt /path/to/voxceleb_trainer \\
         --vt-python /path/with/torchaudio/bin/python [--xvec-python PY] \\
         --data ../shared/data/speechocean762 [--rounds 3] [--epochs 2] [--per-speaker 4] \\
         [--files 200] [--crop-files 60] [--what train,train-defaults,embed,crops,score]
+        [--load quiet|busy[:N]|torch[:N]]
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+
+from _load import start_load, stop_load
 
 from _proctree import run_measured
 
@@ -409,6 +415,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--max-frames", type=int, default=200)
+    parser.add_argument("--load", default="quiet", help="competing load: busy[:N], torch[:N]")
+    parser.add_argument("--load-seconds", type=float, default=1800.0)
     parser.add_argument("--side", choices=["xvec-score"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.data = args.data.resolve()
@@ -435,7 +443,11 @@ def main() -> None:
                     if len(results[key]) > round_index:
                         continue  # measured already this round (shared by two rows)
                     runner = sides.xvec if side == "xvec" else sides.vt
-                    rate, rss = runner(what, variant)
+                    processes = start_load(args.load, args.load_seconds)
+                    try:
+                        rate, rss = runner(what, variant)
+                    finally:
+                        stop_load(processes)
                     results[key].append((rate, rss))
                     line = f"round {round_index + 1} {side:4s} {what:6s} {variant:8s} {rate:10.2f}"
                     print(f"{line}  {rss:6.0f} MiB", flush=True)
@@ -447,7 +459,8 @@ def main() -> None:
         f"{args.workers} loader workers, batch {args.batch_size}, {args.threads} threads; "
         f"training: {train_utts} utterances, {args.epochs} timed epochs after 1; "
         f"{files} dev files embedded; {args.crop_files} 6-12 s files cropped; "
-        f"{os.cpu_count()} CPUs; load average {' '.join(load_start)} at start, "
+        f"{os.cpu_count()} CPUs; competing load: {args.load}; "
+        f"load average {' '.join(load_start)} at start, "
         f"{' '.join(load_end)} at end"
     )
     print("cells: min / median / max over rounds")
