@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xvec.models.layers import weighted_mean_std
+from xvec.models.layers import time_mask, weighted_mean_std
 
 __all__ = [
     "attention_vector",
@@ -40,11 +40,7 @@ def attention_vector(dim: int) -> nn.Parameter:
 def _ignore_padding(scores: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """``scores`` (time last) with each item's steps from ``lengths[i]`` on set to -inf, so a
     softmax over time gives them weight 0."""
-    steps = torch.arange(scores.shape[-1], device=scores.device)
-    padding = steps >= lengths.to(scores.device)[:, None]
-    return scores.masked_fill(
-        padding.view(len(lengths), *([1] * (scores.dim() - 2)), -1), -torch.inf
-    )
+    return scores.masked_fill(time_mask(lengths, scores) == 0, -torch.inf)
 
 
 def self_attention_weights(
