@@ -65,12 +65,14 @@ def test_cosine_matches_per_trial_loop(trials) -> None:
     np.testing.assert_allclose(scores, loop_cosine(embeddings, enroll, test), rtol=0, atol=1e-12)
 
 
-def test_chunking_does_not_change_scores(trials, monkeypatch) -> None:
+def test_chunks_and_blocks_do_not_change_scores(trials, monkeypatch) -> None:
     embeddings, enroll, test = trials
     whole = cosine_scores(embeddings, enroll, test)
     crops = np.stack([embeddings, embeddings[::-1], embeddings * 2], axis=1)
     whole_crops = vt_crop_scores(crops, enroll, test)
     monkeypatch.setattr(scoring, "_CHUNK_BYTES", 7 * 16 * 8)  # 7-trial chunks, ragged end
+    # test files in blocks of 7 (ragged end): most enrolment files lie outside the test block
+    monkeypatch.setattr(scoring, "_BLOCK_BYTES", 7 * 3 * 16 * 8)
     np.testing.assert_array_equal(cosine_scores(embeddings, enroll, test), whole)
     np.testing.assert_array_equal(vt_crop_scores(crops, enroll, test), whole_crops)
 
