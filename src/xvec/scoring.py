@@ -143,17 +143,16 @@ def vt_crop_scores(
         file = enroll_index[first]
         in_block = offset <= file < offset + len(right_crops)
         left = right_crops[file - offset] if in_block else float64_crops(file)
+        left = -2.0 * left.T  # exact: the product is -2 a.b directly
         for start in range(group_start, group_end, step):
             rows = order[start : min(start + step, group_end)]
             t = test_index[rows] - offset
-            # [trials, test crop x enrolment crop]
-            squared = (right_crops[t].reshape(-1, dim) @ left.T).reshape(rows.size, -1)
-            squared *= -2
-            squared += (right_norms[t][:, :, None] + squared_norms[file][None, None, :]).reshape(
-                rows.size, -1
-            )
+            # [trials, test crop, enrolment crop]
+            squared = (right_crops[t].reshape(-1, dim) @ left).reshape(rows.size, n_crops, -1)
+            squared += right_norms[t][:, :, None]
+            squared += squared_norms[file]
             np.maximum(squared, 0.0, out=squared)
-            scores[rows] = -np.sqrt(squared, out=squared).mean(axis=1)
+            scores[rows] = -np.sqrt(squared, out=squared).mean(axis=(1, 2))
     return scores
 
 
