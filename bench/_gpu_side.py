@@ -3,8 +3,7 @@
 - ``train``: ``xvec.training.loop.train`` in this process (what ``xvec train`` calls) on a
   recipe with ``--set`` overrides, whole epochs: one untimed, ``--epochs`` timed, the rate read
   from the run's log.jsonl (end of epoch 1 to end of the last epoch), and the peak GPU memory
-  (``torch.cuda.max_memory_allocated``). ``--channels-last`` converts the model's 4-D weights
-  to channels-last after it is built; xvec has no option for it, so that row is bench-only.
+  (``torch.cuda.max_memory_allocated``).
 - ``embed``: ``xvec embed``'s workflow (``run_embed``) on a trial list's files: files/s over
   the extraction, and the peak GPU memory.
 - ``ddp``: under ``torchrun --nproc_per_node 1``: the process group (nccl on CUDA, gloo on the
@@ -41,7 +40,6 @@ def _reset_peak(device: torch.device) -> None:
 def train(args: argparse.Namespace) -> dict:
     from vs_voxceleb_trainer import xvec_epoch_rate
 
-    from xvec import registry
     from xvec.config import load_recipe
     from xvec.training.loop import train as xvec_train
 
@@ -57,14 +55,6 @@ def train(args: argparse.Namespace) -> dict:
             f"train.output_dir={tmp}/run",
         ]
         recipe = load_recipe(args.recipe, overrides)
-        if args.channels_last:
-            build = registry.build
-
-            def channels_last_build(kind: str, name: str, params=None, **kwargs):
-                built = build(kind, name, params, **kwargs)
-                return built.to(memory_format=torch.channels_last) if kind == "model" else built
-
-            registry.build = channels_last_build  # type: ignore[assignment]
         _reset_peak(device)
         start = time.perf_counter()
         xvec_train(recipe)
@@ -179,7 +169,6 @@ def main() -> None:
     parser.add_argument("--recipe", type=Path)
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     parser.add_argument("--epochs", type=int, default=2, help="train: timed after one")
-    parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--trials", type=Path)
     parser.add_argument("--audio-root", type=Path)
     parser.add_argument("--protocol", default="full")

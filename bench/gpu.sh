@@ -111,7 +111,7 @@ for amp in $AMPS; do
         --set "train.mixed_precision=$amp"
 done
 measure "xvec train bf16 channels-last" "${TRAIN[@]}" --set "train.num_workers=$WORKERS" \
-    --set train.mixed_precision=bf16 --channels-last
+    --set train.mixed_precision=bf16 --set train.channels_last=true
 measure "xvec train bf16 1 worker" "${TRAIN[@]}" --set train.num_workers=1 \
     --set train.mixed_precision=bf16
 

@@ -185,6 +185,11 @@ def test_training_start_text_for_fixed_threads_a_gpu_and_a_resumed_run(tmp_path)
     assert "  compute: cuda:0, 4 loader workers" in gpu.splitlines()
     in_process = training_start_text(training_start(tmp_path, threads=1, loader_workers=0))
     assert "  compute: cpu, 1 thread, no loader workers" in in_process.splitlines()
+    layout = training_start_text(training_start(tmp_path, channels_last=True)).splitlines()
+    assert (
+        "  compute: cpu, 1-2 threads following the free cores, 1 loader worker, "
+        "channels-last convolutions"
+    ) in layout
     small = training_start_text(training_start(tmp_path, parameters=190_456))
     assert small.startswith("training ResNetSE34L (190,456 parameters)")
 

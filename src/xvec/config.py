@@ -181,6 +181,13 @@ class TrainConfig(Section):
         "per fp32 ResNetSE34L step on a 2-core CPU after ~90 s of compiling "
         "(docs/benchmarks.md); off by default. A margin ramp recompiles while it changes",
     )
+    channels_last: bool | Literal["auto"] = Field(
+        "auto",
+        description="keep the model's 2-D convolutions in channels-last memory: auto = on the "
+        "CPU (1.2-1.4x per training step for ResNetSE34L and the WeSpeaker ResNet34 on an AMX "
+        "Xeon, docs/benchmarks.md), off on CUDA until measured there; the values computed are "
+        "the same up to float rounding",
+    )
     schedule: LrSchedule | None = Field(
         None,
         description="per-step learning-rate schedule from optim.lr; replaces optim.scheduler",

@@ -96,6 +96,8 @@ def training_start_text(start: TrainingStart) -> str:
     else:
         threads = f"{start.threads} thread{'s' if start.threads != 1 else ''}"
         compute = f"{start.device}, {threads}, {workers}"
+    if start.channels_last:
+        compute += ", channels-last convolutions"
     # A stage of a multi-stage recipe ([init] from) says which checkpoint it starts from and
     # whether the loss head came with it or is new (another loss or other speakers).
     stage = start.init

@@ -42,6 +42,7 @@ class TrainingStart:
     loader_workers: int
     run_dir: Path
     resumed: bool
+    channels_last: bool = False  # the 2-D convolutions run in channels-last memory
     init: StageInit | None = None  # [init] from, applied at this start (never on a resume)
 
 

@@ -55,6 +55,7 @@ from xvec.training.inputs import (
 from xvec.training.optim import (
     apply_schedules,
     autocast_settings,
+    channels_last_on,
     decay_groups,
     make_optimizer,
     make_scheduler,
@@ -190,6 +191,11 @@ def _setup(recipe: Recipe, resume: bool, observer: TrainingObserver, lock: RunLo
     loss = build_loss(recipe, model, train_list)
     init = None if resume else start_from(recipe, model, loss)  # a stage: another run's weights
     net = SpeakerNet(model, loss).to(device)
+    channels_last = channels_last_on(device, recipe.train.channels_last) and any(
+        p.dim() == 4 for p in net.parameters()
+    )
+    if channels_last:  # the 2-D convolutions' layout; the values are the same
+        net = net.to(memory_format=torch.channels_last)
     batches, loader = build_loader(recipe, train_list, loss, rank, world, device)
     params = net.parameters()
     if recipe.optim.exempt_norm_and_bias:
@@ -244,6 +250,7 @@ def _setup(recipe: Recipe, resume: bool, observer: TrainingObserver, lock: RunLo
         threads=compute_threads(device, run.thread_tuner),
         threads_follow_free_cores=run.thread_tuner is not None,
         loader_workers=recipe.train.num_workers,
+        channels_last=channels_last,
         run_dir=run_dir,
         resumed=resume,
         init=init,

@@ -76,6 +76,13 @@ def make_scheduler(
     return None, "none"
 
 
+def channels_last_on(device: torch.device, mode: bool | str) -> bool:
+    """Whether ``train.channels_last`` puts the model in channels-last memory on ``device``:
+    ``"auto"`` turns it on for the CPU, where oneDNN's channels-last convolutions measured
+    faster (docs/benchmarks.md); CUDA keeps the default layout until measured there."""
+    return device.type == "cpu" if mode == "auto" else bool(mode)
+
+
 def autocast_settings(device: torch.device, mode: bool | str) -> tuple[bool, torch.dtype]:
     """Whether to autocast, and to which type, for ``train.mixed_precision`` on ``device``.
 

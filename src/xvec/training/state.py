@@ -81,6 +81,23 @@ def save_state(
     atomic_write_bytes(path, save(tensors, metadata={"xvec_state": json.dumps(meta)}))
 
 
+def _match_parameter_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give each restored per-parameter buffer (momentum, Adam moments) its parameter's memory
+    layout: the state file holds them contiguous, a channels-last model's are channels-last, and
+    the fused optimiser step rounds differently when the layouts differ, so without this a
+    resumed channels-last run would not be bit-identical to an uninterrupted one."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if (
+                    isinstance(value, torch.Tensor)
+                    and value.shape == param.shape
+                    and value.stride() != param.stride()
+                ):
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
 def load_state(
     path: Path,
     net: torch.nn.Module,
@@ -101,6 +118,7 @@ def load_state(
     net_state = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
     load_state_strict(net, net_state, str(path))
     optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
+    _match_parameter_layout(optimizer)
     if scheduler is not None and meta["scheduler"] is not None:
         scheduler.load_state_dict(meta["scheduler"])
     if scaler is not None and meta["scaler"] is not None:
