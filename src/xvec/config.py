@@ -184,9 +184,9 @@ class TrainConfig(Section):
     channels_last: bool | Literal["auto"] = Field(
         "auto",
         description="keep the model's 2-D convolutions in channels-last memory: auto = on the "
-        "CPU (1.2-1.4x per training step for ResNetSE34L and the WeSpeaker ResNet34 on an AMX "
-        "Xeon, docs/benchmarks.md), off on CUDA until measured there; the values computed are "
-        "the same up to float rounding",
+        "CPU (per training step 1.1-1.2x for ResNetSE34L, 1.4-1.8x for the WeSpeaker ResNet34 "
+        "on an AMX Xeon, docs/benchmarks.md), off on CUDA until measured there; the values "
+        "computed are the same up to float rounding",
     )
     schedule: LrSchedule | None = Field(
         None,

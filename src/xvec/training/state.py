@@ -83,9 +83,9 @@ def save_state(
 
 def _match_parameter_layout(optimizer: torch.optim.Optimizer) -> None:
     """Give each restored per-parameter buffer (momentum, Adam moments) its parameter's memory
-    layout: the state file holds them contiguous, a channels-last model's are channels-last, and
-    the fused optimiser step rounds differently when the layouts differ, so without this a
-    resumed channels-last run would not be bit-identical to an uninterrupted one."""
+    layout: the state file holds them contiguous, a channels-last model's are channels-last;
+    with the layouts mixed, a resumed channels-last run was not bit-identical to an
+    uninterrupted one (tests/test_train.py)."""
     for group in optimizer.param_groups:
         for param in group["params"]:
             state = optimizer.state.get(param, {})
