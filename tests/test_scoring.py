@@ -70,11 +70,16 @@ def test_chunks_and_blocks_do_not_change_scores(trials, monkeypatch) -> None:
     whole = cosine_scores(embeddings, enroll, test)
     crops = np.stack([embeddings, embeddings[::-1], embeddings * 2], axis=1)
     whole_crops = vt_crop_scores(crops, enroll, test)
-    monkeypatch.setattr(scoring, "_CHUNK_BYTES", 7 * 16 * 8)  # 7-trial chunks, ragged end
-    # test files in blocks of 7 (ragged end): most enrolment files lie outside the test block
-    monkeypatch.setattr(scoring, "_BLOCK_BYTES", 7 * 3 * 16 * 8)
+    # cosine: 7-trial chunks (ragged end); crops: 2 test files gathered per product, chunks
+    # of 49 trials (4 * 7 * 16 * 8 bytes of [3, 3] float64 products) that split groups
+    monkeypatch.setattr(scoring, "_CHUNK_BYTES", 7 * 16 * 8)
     np.testing.assert_array_equal(cosine_scores(embeddings, enroll, test), whole)
     np.testing.assert_array_equal(vt_crop_scores(crops, enroll, test), whole_crops)
+    # chunks on several threads (and on one) score every trial as the whole-list call does
+    for threads in (1, 3):
+        np.testing.assert_array_equal(
+            vt_crop_scores(crops, enroll, test, threads=threads), whole_crops
+        )
 
 
 @pytest.mark.parametrize("normalize", [True, False])
