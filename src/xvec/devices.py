@@ -1,7 +1,9 @@
-"""Device names given by users (``--device``, ``train.device``): one parser, one-line errors."""
+"""Device names given by users (``--device``, ``train.device``): one parser, one-line errors;
+and the CPUs this process may use."""
 
 from __future__ import annotations
 
+import os
 import re
 from typing import TYPE_CHECKING
 
@@ -12,6 +14,14 @@ if TYPE_CHECKING:
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the platform has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
 
 
 def check_device_name(text: str, what: str = "--device") -> str:

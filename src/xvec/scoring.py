@@ -9,7 +9,6 @@ is needed.
 from __future__ import annotations
 
 import math
-import os
 from array import array
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +18,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from numpy.typing import ArrayLike
 
+from xvec.devices import usable_cpus
 from xvec.errors import XvecError, where
 from xvec.files import atomic_write
 
@@ -121,7 +121,7 @@ def vt_crop_scores(
         )
     enroll_index, test_index = _trial_indices(enroll, test, crops.shape[0])
     n_files, n_crops, dim = crops.shape
-    workers = max(1, threads or len(os.sched_getaffinity(0)))
+    workers = max(1, threads or usable_cpus())
     with ThreadPoolExecutor(workers) as pool:
 
         def in_pieces(function: Callable[[int, int], None], start: int, end: int) -> None:

@@ -32,6 +32,7 @@ import numpy as np
 import soundfile
 
 from xvec.audio import SAMPLE_RATE
+from xvec.devices import usable_cpus
 from xvec.errors import XvecError
 from xvec.files import write_json_atomic, write_text_atomic
 from xvec.prepare import build_trials, write_train_list, write_trials
@@ -677,11 +678,7 @@ def _pool_context() -> BaseContext:
 
 
 def _default_workers(speakers: int) -> int:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, speakers, 16))
+    return max(1, min(usable_cpus(), speakers, 16))
 
 
 def write_lists(
