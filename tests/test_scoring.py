@@ -65,7 +65,7 @@ def test_cosine_matches_per_trial_loop(trials) -> None:
     np.testing.assert_allclose(scores, loop_cosine(embeddings, enroll, test), rtol=0, atol=1e-12)
 
 
-def test_chunks_and_blocks_do_not_change_scores(trials, monkeypatch) -> None:
+def test_chunks_and_threads_do_not_change_scores(trials, monkeypatch) -> None:
     embeddings, enroll, test = trials
     whole = cosine_scores(embeddings, enroll, test)
     crops = np.stack([embeddings, embeddings[::-1], embeddings * 2], axis=1)
