@@ -9,7 +9,17 @@ import pytest
 import soundfile
 
 import xvec.audio as audio_module
-from xvec.augment import NOISE_SNR_DB, Augmenter, change_speed, mix_at_snr, reverberate
+from xvec.augment import (
+    NOISE_SNR_DB,
+    SINC_HALF_WIDTH,
+    SPEAKER_SPEEDS,
+    Augmenter,
+    change_speed,
+    mix_at_snr,
+    reverberate,
+    speed_source_samples,
+)
+from xvec.data import TrainDataset, TrainList
 from xvec.errors import XvecError
 
 from conftest import SHARED
@@ -215,6 +225,69 @@ def test_speed_perturbation_shifts_a_sine_by_ten_percent():
         body = out[200:25000]  # away from the wrap joins
         assert abs(np.sqrt(np.mean(body**2)) / np.sqrt(np.mean(sine**2)) - 1) < 0.01
     assert ratios == {0.9, 1.1}
+
+
+def test_speed_change_of_a_longer_source_wraps_only_within_the_kernels_reach():
+    t = np.arange(40000) / RATE
+    tone = (0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)
+    noise = np.random.default_rng(0).standard_normal(40000).astype(np.float32)
+    for factor in SPEED_FACTORS_UNDER_TEST:
+        needed = speed_source_samples(CROP, factor)
+        out = change_speed(tone[:needed], factor, length=CROP)
+        assert out.shape == (CROP,) and out.dtype == np.float32
+        assert abs(peak_frequency(out) / 1000 - factor) < 0.002
+        # More input changes only the first outputs, whose kernels reach before sample 0.
+        exact = change_speed(noise[:needed], factor, length=CROP)
+        more = change_speed(noise[: needed + 700], factor, length=CROP)
+        reach = 2 * SINC_HALF_WIDTH
+        np.testing.assert_allclose(exact[reach:], more[reach:], rtol=0, atol=1e-5)
+        assert np.abs(exact[:4] - more[:4]).max() > 1e-2
+    # Without ``length`` the output keeps the input's length, as before.
+    np.testing.assert_array_equal(
+        change_speed(tone[:CROP], 1.1), change_speed(tone[:CROP], 1.1, length=CROP)
+    )
+
+
+SPEED_FACTORS_UNDER_TEST = (0.9, 1.1)
+
+
+def test_new_speaker_speeds_relabel_rows_and_play_them_at_their_speed(tmp_path):
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    tones = [300.0, 500.0, 700.0, 900.0, 1100.0, 1300.0]
+    t = np.arange(3 * RATE) / RATE
+    names = []
+    for i, freq in enumerate(tones):
+        names.append(f"s{i % 3}_{i}.wav")
+        soundfile.write(audio / names[-1], 0.5 * np.sin(2 * np.pi * freq * t), RATE, "FLOAT")
+    train_list = TrainList(
+        path=tmp_path / "list.txt",
+        files=names,
+        labels=np.array([i % 3 for i in range(6)], dtype=np.int64),
+        speakers=["s0", "s1", "s2"],
+        lines=list(range(1, 7)),
+    )
+    frames = 200
+    plain = TrainDataset(audio, train_list, frames, seed=3)
+    speeds = pickle.loads(
+        pickle.dumps(TrainDataset(audio, train_list, frames, 3, speed_speakers=True))
+    )
+    seen = set()
+    for index in range(4):
+        key = (0, index, np.arange(6).reshape(6, 1), np.arange(6))
+        waves, labels = speeds[key]
+        plain_waves, plain_labels = plain[key]
+        assert waves.shape == plain_waves.shape == (6, 1, CROP)
+        for row in range(6):
+            speed = int(labels[row]) // 3
+            assert int(labels[row]) % 3 == int(plain_labels[row])
+            seen.add(speed)
+            if speed == 0:  # 1.0x: the very crop a run without speeds reads
+                assert bool((waves[row] == plain_waves[row]).all())
+            else:
+                heard = peak_frequency(waves[row, 0].numpy()) / tones[row]
+                assert abs(heard - SPEAKER_SPEEDS[speed]) < 0.005
+    assert seen == {0, 1, 2}
 
 
 def test_speed_up_does_not_alias_content_near_nyquist():

@@ -98,6 +98,21 @@ def test_train_end_to_end_writes_everything_and_prints_nothing(
     assert meta["recipe"]["train"]["batch_size"] == 4
 
 
+def test_speed_speakers_train_a_head_with_three_times_the_speakers(
+    tmp_path, tone_corpus, tiny_model_dist
+):
+    extra = '\n[augment]\nspeed_perturb = "new_speakers"\n'
+    recipe = load_recipe(recipe_file(tmp_path, tone_corpus, extra=extra))
+    assert recipe.augment.speed_speakers
+    train(recipe)
+    from xvec.checkpoint import read_checkpoint
+
+    checkpoint = read_checkpoint(tmp_path / "run" / "last.safetensors")
+    assert checkpoint.meta["loss"]["num_classes"] == 3 * 4  # 4 training speakers x 3 speeds
+    head = [v for k, v in weights(tmp_path / "run").items() if k.startswith("loss.")]
+    assert any(12 in v.shape for v in head)
+
+
 def test_stop_and_resume_is_exact(tmp_path, tone_corpus, tiny_model_dist):
     train(load_recipe(recipe_file(tmp_path, tone_corpus, "straight")))
     interrupted = load_recipe(recipe_file(tmp_path, tone_corpus, "resumed"))

@@ -22,7 +22,10 @@ Speed perturbation (``speed_perturb=True``, not in VT) joins the draw as one mor
 played 0.9x or 1.1x as fast (pitch and tempo change together, as Kaldi/WeSpeaker's sox ``speed``),
 by windowed-sinc resampling, and cut or wrap-padded back to its length. WeSpeaker gives such
 utterances new speaker labels; here the label is kept, so the model learns to ignore a 10 % pitch
-shift rather than treat it as another voice.
+shift rather than treat it as another voice. WeSpeaker's way is ``speed_perturb = "new_speakers"``
+(applied by :class:`xvec.data.TrainDataset`, not here): every batch row plays at 1.0x, 0.9x or 1.1x,
+drawn uniformly, read from ``speed_source_samples`` of the file so nothing is padded, and the
+0.9x/1.1x rows count as speakers of their own (three times the classes).
 
 An :class:`Augmenter` only indexes its folders when built, so it pickles cheaply into DataLoader
 workers; each worker opens files lazily and keeps its own caches.
@@ -30,6 +33,7 @@ workers; each worker opens files lazily and keeps its own caches.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from fractions import Fraction
 from functools import lru_cache
@@ -44,11 +48,13 @@ from xvec.errors import XvecError
 __all__ = [
     "NOISE_COUNTS",
     "NOISE_SNR_DB",
+    "SPEAKER_SPEEDS",
     "SPEED_FACTORS",
     "Augmenter",
     "change_speed",
     "mix_at_snr",
     "reverberate",
+    "speed_source_samples",
 ]
 
 MUSAN_CATEGORIES = ("music", "speech", "noise")
@@ -60,6 +66,9 @@ NOISE_SNR_DB: dict[str, tuple[float, float]] = {
 }
 NOISE_COUNTS: dict[str, tuple[int, int]] = {"noise": (1, 1), "speech": (3, 7), "music": (1, 1)}
 SPEED_FACTORS = (0.9, 1.1)
+# WeSpeaker's speed perturbation: each utterance plays at one of these speeds (drawn uniformly)
+# and speed i's utterances are speakers of their own (label + i x speakers).
+SPEAKER_SPEEDS = (1.0, 0.9, 1.1)
 # Input samples either side of each output sample in the resampling kernel: 32 keeps a 1.1x
 # speed-up of 7.6 kHz (aliasing to 7.6 kHz again) 30 dB down while 7 kHz passes.
 SINC_HALF_WIDTH = 32
@@ -150,27 +159,41 @@ def _sinc_kernels(numerator: int, denominator: int, half_width: int) -> np.ndarr
     return (kernels / kernels.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def change_speed(audio: np.ndarray, factor: float, half_width: int = SINC_HALF_WIDTH) -> np.ndarray:
-    """Play ``audio`` ``factor`` times as fast (pitch x ``factor``), keeping its length.
+def change_speed(
+    audio: np.ndarray,
+    factor: float,
+    half_width: int = SINC_HALF_WIDTH,
+    length: int | None = None,
+) -> np.ndarray:
+    """Play ``audio`` ``factor`` times as fast (pitch x ``factor``), ``length`` samples of it.
 
     Output sample ``j`` is the band-limited input at position ``j * factor``; the input is treated
     as periodic, so a sped-up crop continues with its own beginning (VT's wrap padding) and a
-    slowed-down one is cut at the crop length. With ``factor = num / den``, outputs
-    ``p, p + den, ...`` share one kernel and read input windows ``num`` samples apart, so each of
-    the ``den`` phases is one matrix-vector product over a strided view.
+    slowed-down one is cut at the crop length. ``length`` defaults to the input's length; from
+    ``speed_source_samples(length, factor)`` input samples, only the first ``half_width`` or so
+    of the ``length`` outputs read wrapped input (the kernel's reach before sample 0). With
+    ``factor = num / den``, outputs ``p, p + den, ...`` share one kernel and read input windows
+    ``num`` samples apart, so each of the ``den`` phases is one matrix-vector product over a
+    strided view.
     """
     ratio = Fraction(factor).limit_denominator(1000)
     num, den = ratio.numerator, ratio.denominator
-    length = audio.shape[0]
+    source = audio.shape[0]
+    length = source if length is None else length
     kernels = _sinc_kernels(num, den, half_width)
     last_base = (length - 1) * num // den
-    wrapped = np.arange(-half_width + 1, last_base + half_width + 1) % length
+    wrapped = np.arange(-half_width + 1, last_base + half_width + 1) % source
     windows = sliding_window_view(np.asarray(audio, dtype=np.float32)[wrapped], 2 * half_width)
     out = np.empty(length, dtype=np.float32)
     for phase in range(min(den, length)):
         rows = windows[phase * num // den :: num][: len(range(phase, length, den))]
         out[phase::den] = rows @ kernels[phase * num % den]
     return out
+
+
+def speed_source_samples(length: int, factor: float, half_width: int = SINC_HALF_WIDTH) -> int:
+    """Input samples that :func:`change_speed` reads to make ``length`` outputs at ``factor``."""
+    return math.ceil((length - 1) * factor) + half_width + 1
 
 
 class Augmenter:

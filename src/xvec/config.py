@@ -245,8 +245,18 @@ class AugmentConfig(Section):
 
     musan_path: Path | None = None
     rir_path: Path | None = None
-    speed_perturb: bool = False
+    speed_perturb: bool | Literal["new_speakers"] = Field(
+        False,
+        description="true: 0.9x/1.1x speed joins the augmentation draw, the label kept; "
+        '"new_speakers": WeSpeaker\'s way, every utterance plays at 1.0x, 0.9x or 1.1x and the '
+        "sped-up and slowed-down ones are speakers of their own (three times the classes)",
+    )
     probability: float = Field(0.6, ge=0, le=1, description="chance an utterance is augmented")
+
+    @property
+    def speed_speakers(self) -> bool:
+        """Whether speed perturbation makes new speakers (WeSpeaker) instead of augmenting."""
+        return self.speed_perturb == "new_speakers"
 
 
 class InitConfig(Section):

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from xvec.audio import DecodeCache, audio_info, train_crop
+from xvec.audio import DecodeCache, audio_info, crop_samples, read_crop, train_crop
+from xvec.augment import SPEAKER_SPEEDS, change_speed, speed_source_samples
 from xvec.errors import XvecError
 from xvec.files import file_problem
 
@@ -426,6 +427,11 @@ class TrainDataset:
     folder) each file is decoded once, into a memory-mapped ``.npy`` there, and crops are sliced
     from it: the same crops, without decoding Opus/FLAC at every step (see
     :class:`xvec.audio.DecodeCache`; the folder holds ~64 kB per second of Opus audio).
+
+    ``speed_speakers`` is WeSpeaker's speed perturbation: each batch row plays at a speed drawn
+    uniformly from :data:`xvec.augment.SPEAKER_SPEEDS` (its own random stream, so the crops and
+    augmentations drawn are those of a run without it) and speed ``i``'s rows are labelled
+    ``speaker + i x num_classes``: the loss then needs ``3 x num_classes`` classes.
     """
 
     def __init__(
@@ -436,13 +442,16 @@ class TrainDataset:
         seed: int,
         augmenter: object | None = None,
         decode_cache: str | Path | None = None,
+        speed_speakers: bool = False,
     ) -> None:
         self.root = Path(root)
         self.files = train_list.files
         self.labels = train_list.labels
+        self.num_classes = train_list.num_classes
         self.max_frames = max_frames
         self.seed = seed
         self.augmenter = augmenter
+        self.speed_speakers = speed_speakers
         self.cache = DecodeCache(decode_cache) if decode_cache is not None else None
         self._infos: dict[int, object] = {}
 
@@ -451,20 +460,35 @@ class TrainDataset:
 
         epoch, index, rows, row_ids = key
         crops = []
-        for row, row_id in zip(rows, row_ids, strict=True):
+        speeds = np.zeros(rows.shape[0], dtype=np.int64)
+        for i, (row, row_id) in enumerate(zip(rows, row_ids, strict=True)):
+            if self.speed_speakers:
+                draw = np.random.default_rng([self.seed, epoch, index, int(row_id), 0x5EED])
+                speeds[i] = draw.integers(len(SPEAKER_SPEEDS))
             rng = np.random.default_rng([self.seed, epoch, index, int(row_id), 0xC0])
-            crops += [self._crop(int(utt), rng) for utt in row]
+            speed = SPEAKER_SPEEDS[speeds[i]]
+            crops += [self._crop(int(utt), rng, speed) for utt in row]
         waves = torch.from_numpy(np.stack(crops).reshape(rows.shape[0], rows.shape[1], -1))
-        labels = torch.from_numpy(self.labels[rows[:, 0]])
+        labels = torch.from_numpy(self.labels[rows[:, 0]] + speeds * self.num_classes)
         return waves, labels
 
-    def _crop(self, utt: int, rng: np.random.Generator) -> np.ndarray:
-        """One random training crop (header read once per file and worker), augmented."""
+    def _crop(self, utt: int, rng: np.random.Generator, speed: float = 1.0) -> np.ndarray:
+        """One random training crop (header read once per file and worker), augmented.
+
+        At ``speed`` != 1 the crop is cut from the ``speed_source_samples`` needed and resampled
+        to the crop's length.
+        """
         info = self._infos.get(utt)
         if info is None:
             info = self._infos[utt] = audio_info(self.root / self.files[utt])
         path = self.root / self.files[utt]
-        audio = train_crop(path, self.max_frames, rng, info=info, cache=self.cache)
+        if speed == 1.0:
+            audio = train_crop(path, self.max_frames, rng, info=info, cache=self.cache)
+        else:
+            length = crop_samples(self.max_frames)
+            needed = speed_source_samples(length, speed)
+            source = read_crop(path, needed, rng.random, info, self.cache)
+            audio = change_speed(source, speed, length=length)
         if self.augmenter is not None:
             audio = self.augmenter(audio, rng)
         return audio

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from xvec import registry
-from xvec.augment import Augmenter
+from xvec.augment import SPEAKER_SPEEDS, Augmenter
 from xvec.config import Recipe
 from xvec.cpu_threads import ThreadTuner
 from xvec.data import (
@@ -96,6 +96,11 @@ def make_thread_tuner(recipe: Recipe, device: torch.device, world: int) -> Threa
     return ThreadTuner(torch.get_num_threads())
 
 
+def training_classes(recipe: Recipe, train_list: TrainList) -> int:
+    """The classes the loss sees: the list's speakers, three times them under speed speakers."""
+    return train_list.num_classes * (len(SPEAKER_SPEEDS) if recipe.augment.speed_speakers else 1)
+
+
 def build_loss(recipe: Recipe, model: nn.Module, train_list: TrainList) -> nn.Module:
     """The recipe's loss, after checking that the list and batch layout suit it."""
     assert recipe.loss is not None  # checked by read_data
@@ -113,8 +118,9 @@ def build_loss(recipe: Recipe, model: nn.Module, train_list: TrainList) -> nn.Mo
             "has 1 speaker; a classification loss needs at least 2"
         )
     _check_per_speaker(train_list.labels, cfg_train, str(recipe.data.train_list))
+    classes = training_classes(recipe, train_list)
     check_sampler(
-        train_list.num_classes,
+        classes,
         cfg_train.batch_size,
         cfg_train.nPerSpeaker,
         loss_cls.distinct_speakers,
@@ -125,7 +131,7 @@ def build_loss(recipe: Recipe, model: nn.Module, train_list: TrainList) -> nn.Mo
         recipe.loss.name,
         recipe.loss.params,
         embedding_dim=model.embedding_dim,
-        num_classes=train_list.num_classes,
+        num_classes=classes,
     )
     if recipe.loss.margin_ramp is not None and not has_margin(loss):
         raise XvecError(
@@ -156,11 +162,12 @@ def build_loader(
         world_size=world,
     )
     augmenter = None
-    if cfg_augment.musan_path or cfg_augment.rir_path or cfg_augment.speed_perturb:
+    speed_kind = cfg_augment.speed_perturb is True
+    if cfg_augment.musan_path or cfg_augment.rir_path or speed_kind:
         augmenter = Augmenter(
             musan_path=cfg_augment.musan_path,
             rir_path=cfg_augment.rir_path,
-            speed_perturb=cfg_augment.speed_perturb,
+            speed_perturb=speed_kind,
             probability=cfg_augment.probability,
         )
     dataset = TrainDataset(
@@ -170,6 +177,7 @@ def build_loader(
         cfg_train.seed,
         augmenter,
         decode_cache=cfg_data.decode_cache,
+        speed_speakers=cfg_augment.speed_speakers,
     )
     loader = torch.utils.data.DataLoader(
         dataset,
