@@ -131,15 +131,19 @@ CONV2D_MODEL = """
 name = "ResNetSE34L"
 nOut = 8
 n_mels = 16
-num_filters = [8, 8, 16, 16]
+num_filters = [{widths}]
 layers = [1, 1, 1, 1]
 """
 
 
-def conv2d_recipe(tmp_path: Path, corpus: Path, out: str, train_lines: str) -> Path:
+def conv2d_recipe(
+    tmp_path: Path, corpus: Path, out: str, train_lines: str, widths: str = "16, 16, 32, 32"
+) -> Path:
     """The test recipe with a small ResNetSE34L (2-D convolutions) in place of TinyModel."""
     text = RECIPE.format(root=corpus, out=tmp_path / out)
-    text = text.replace('[model]\nname = "TinyModel"\nnOut = 8\n', CONV2D_MODEL)
+    text = text.replace(
+        '[model]\nname = "TinyModel"\nnOut = 8\n', CONV2D_MODEL.format(widths=widths)
+    )
     text = text.replace("[train]\n", f"[train]\n{train_lines}\n")
     path = tmp_path / f"{out}.toml"
     path.write_text(text)
@@ -159,6 +163,23 @@ def test_channels_last_training_resumes_exactly(tmp_path, tone_corpus):
     assert straight.keys() == resumed.keys()
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
+
+
+def test_bf16_channels_last_skips_the_layers_onednn_corrupts_memory_on(tmp_path, tone_corpus):
+    # 8 channels into layer2's strided 1x1 downsample: its bf16 channels-last weight gradient
+    # aborted the process (heap corruption) on an AMD Zen 4; "auto" keeps the default layout
+    lines = 'mixed_precision = "bf16"\nmax_steps = 2'
+    seen = Recorder()
+    path = conv2d_recipe(tmp_path, tone_corpus, "auto", lines, widths="8, 8, 16, 16")
+    train(load_recipe(path), observer=seen)
+    assert not next(args for name, args in seen.events if name == "started").channels_last
+    assert [r["step"] for r in read_log(tmp_path / "auto") if r["kind"] == "train"] == [1, 2]
+    forced = conv2d_recipe(
+        tmp_path, tone_corpus, "forced", f"{lines}\nchannels_last = true", widths="8, 8, 16, 16"
+    )
+    with pytest.raises(XvecError, match=r"layer '.*layer2\.0\.downsample\.0'.*mixed_precision"):
+        train(load_recipe(forced))
+    assert not (tmp_path / "forced" / "state.safetensors").exists()
 
 
 def test_channels_last_computes_the_default_layouts_values(tmp_path, tone_corpus):

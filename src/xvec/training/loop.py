@@ -191,8 +191,9 @@ def _setup(recipe: Recipe, resume: bool, observer: TrainingObserver, lock: RunLo
     loss = build_loss(recipe, model, train_list)
     init = None if resume else start_from(recipe, model, loss)  # a stage: another run's weights
     net = SpeakerNet(model, loss).to(device)
-    channels_last = channels_last_on(device, recipe.train.channels_last) and any(
-        p.dim() == 4 for p in net.parameters()
+    use_amp, amp_dtype = autocast_settings(device, recipe.train.mixed_precision)
+    channels_last = channels_last_on(
+        device, recipe.train.channels_last, net, use_amp and amp_dtype == torch.bfloat16
     )
     if channels_last:  # the 2-D convolutions' layout; the values are the same
         net = net.to(memory_format=torch.channels_last)
@@ -202,7 +203,6 @@ def _setup(recipe: Recipe, resume: bool, observer: TrainingObserver, lock: RunLo
         params = decay_groups(net, recipe.optim.weight_decay)
     optimizer = make_optimizer(recipe, params)
     scheduler, schedule_unit = make_scheduler(recipe, optimizer, len(batches))
-    use_amp, amp_dtype = autocast_settings(device, recipe.train.mixed_precision)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     run_dir = Path(recipe.train.output_dir)
     if is_main:

@@ -76,11 +76,49 @@ def make_scheduler(
     return None, "none"
 
 
-def channels_last_on(device: torch.device, mode: bool | str) -> bool:
-    """Whether ``train.channels_last`` puts the model in channels-last memory on ``device``:
-    ``"auto"`` turns it on for the CPU, where oneDNN's channels-last convolutions measured
-    faster (docs/benchmarks.md); CUDA keeps the default layout until measured there."""
-    return device.type == "cpu" if mode == "auto" else bool(mode)
+def channels_last_on(
+    device: torch.device, mode: bool | str, model: nn.Module, bf16_autocast: bool
+) -> bool:
+    """Whether ``train.channels_last`` puts ``model`` in channels-last memory on ``device``.
+
+    ``"auto"`` turns it on for models with 2-D convolutions on the CPU, where oneDNN's
+    channels-last convolutions measured faster (docs/benchmarks.md), except under bf16
+    autocast when the model has a layer of :func:`bf16_channels_last_hazard`; CUDA keeps the
+    default layout until measured there. ``True`` with such a layer is refused.
+    """
+    if not any(p.dim() == 4 for p in model.parameters()):
+        return False
+    hazard = bf16_channels_last_hazard(model) if device.type == "cpu" and bf16_autocast else None
+    if mode == "auto":
+        return device.type == "cpu" and hazard is None
+    if mode and hazard is not None:
+        raise XvecError(
+            f"train.channels_last = true: layer '{hazard}' (a strided 1x1 convolution with "
+            f"fewer than {HAZARD_MIN_CHANNELS} input channels) corrupts memory in oneDNN's "
+            "bf16 channels-last weight gradient on some CPUs (AMD Zen 4); set "
+            'train.channels_last = "auto" or false, or train.mixed_precision = false'
+        )
+    return bool(mode)
+
+
+# oneDNN (torch 2.13, AVX-512 bf16 without AMX: AMD Zen 4) writes past its buffers computing the
+# bf16 weight gradient of a channels-last 1x1 convolution of stride 2 with under 16 input
+# channels (glibc aborts: "corrupted size vs. prev_size"); 16 and more measured safe.
+HAZARD_MIN_CHANNELS = 16
+
+
+def bf16_channels_last_hazard(model: nn.Module) -> str | None:
+    """The name of ``model``'s first strided 1x1 convolution with fewer than
+    :data:`HAZARD_MIN_CHANNELS` input channels (None: there is none)."""
+    for name, module in model.named_modules():
+        if (
+            isinstance(module, nn.Conv2d)
+            and module.kernel_size == (1, 1)
+            and max(module.stride) > 1
+            and module.in_channels < HAZARD_MIN_CHANNELS
+        ):
+            return name
+    return None
 
 
 def autocast_settings(device: torch.device, mode: bool | str) -> tuple[bool, torch.dtype]:
