@@ -165,9 +165,15 @@ def test_channels_last_training_resumes_exactly(tmp_path, tone_corpus):
         assert torch.equal(straight[key], resumed[key]), key
 
 
-def test_bf16_channels_last_skips_the_layers_onednn_corrupts_memory_on(tmp_path, tone_corpus):
+def test_bf16_channels_last_skips_the_layers_onednn_corrupts_memory_on(
+    tmp_path, tone_corpus, monkeypatch
+):
     # 8 channels into layer2's strided 1x1 downsample: its bf16 channels-last weight gradient
-    # aborted the process (heap corruption) on an AMD Zen 4; "auto" keeps the default layout
+    # aborted the process (heap corruption) on an AMD Zen 4 (no AMX): "auto" keeps the default
+    # layout there, and "true" is refused before anything is written
+    from xvec.training import optim
+
+    monkeypatch.setattr(optim, "_cpu_has_amx", lambda: False)
     lines = 'mixed_precision = "bf16"\nmax_steps = 2'
     seen = Recorder()
     path = conv2d_recipe(tmp_path, tone_corpus, "auto", lines, widths="8, 8, 16, 16")
@@ -179,7 +185,19 @@ def test_bf16_channels_last_skips_the_layers_onednn_corrupts_memory_on(tmp_path,
     )
     with pytest.raises(XvecError, match=r"layer '.*layer2\.0\.downsample\.0'.*mixed_precision"):
         train(load_recipe(forced))
-    assert not (tmp_path / "forced" / "state.safetensors").exists()
+    assert not (tmp_path / "forced").exists()
+
+    # where it is safe (AMX, fp32, or no such layer) the layout stays channels-last
+    from xvec import registry
+
+    cpu = torch.device("cpu")
+    params = {"nOut": 8, "n_mels": 16, "layers": [1, 1, 1, 1]}
+    narrow = registry.build("model", "ResNetSE34L", {**params, "num_filters": [8, 8, 16, 16]})
+    wide = registry.build("model", "ResNetSE34L", {**params, "num_filters": [16, 16, 32, 32]})
+    assert optim.channels_last_on(cpu, "auto", wide, bf16_autocast=True)
+    assert optim.channels_last_on(cpu, "auto", narrow, bf16_autocast=False)
+    monkeypatch.setattr(optim, "_cpu_has_amx", lambda: True)
+    assert optim.channels_last_on(cpu, "auto", narrow, bf16_autocast=True)
 
 
 def test_channels_last_computes_the_default_layouts_values(tmp_path, tone_corpus):

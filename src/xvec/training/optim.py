@@ -83,12 +83,14 @@ def channels_last_on(
 
     ``"auto"`` turns it on for models with 2-D convolutions on the CPU, where oneDNN's
     channels-last convolutions measured faster (docs/benchmarks.md), except under bf16
-    autocast when the model has a layer of :func:`bf16_channels_last_hazard`; CUDA keeps the
-    default layout until measured there. ``True`` with such a layer is refused.
+    autocast on a CPU without AMX when the model has a layer of
+    :func:`bf16_channels_last_hazard`; CUDA keeps the default layout until measured there.
+    ``True`` with such a layer there is refused.
     """
     if not any(p.dim() == 4 for p in model.parameters()):
         return False
-    hazard = bf16_channels_last_hazard(model) if device.type == "cpu" and bf16_autocast else None
+    risky = device.type == "cpu" and bf16_autocast and not _cpu_has_amx()
+    hazard = bf16_channels_last_hazard(model) if risky else None
     if mode == "auto":
         return device.type == "cpu" and hazard is None
     if mode and hazard is not None:
@@ -103,7 +105,8 @@ def channels_last_on(
 
 # oneDNN (torch 2.13, AVX-512 bf16 without AMX: AMD Zen 4) writes past its buffers computing the
 # bf16 weight gradient of a channels-last 1x1 convolution of stride 2 with under 16 input
-# channels (glibc aborts: "corrupted size vs. prev_size"); 16 and more measured safe.
+# channels (glibc aborts: "corrupted size vs. prev_size"); 16 and more measured safe, and the
+# AMX kernels of Xeons ran such layers through every test suite of this project.
 HAZARD_MIN_CHANNELS = 16
 
 
@@ -119,6 +122,15 @@ def bf16_channels_last_hazard(model: nn.Module) -> str | None:
         ):
             return name
     return None
+
+
+def _cpu_has_amx() -> bool:
+    """Whether the CPU has AMX bf16 tiles (Linux's CPU flags; elsewhere assumed not)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            return any(line.startswith("flags") and " amx_bf16" in line for line in info)
+    except OSError:
+        return False
 
 
 def autocast_settings(device: torch.device, mode: bool | str) -> tuple[bool, torch.dtype]:
