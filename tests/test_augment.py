@@ -19,10 +19,10 @@ from xvec.augment import (
     reverberate,
     speed_source_samples,
 )
-from xvec.data import TrainDataset, TrainList
+from xvec.data import TrainDataset
 from xvec.errors import XvecError
 
-from conftest import SHARED
+from conftest import SHARED, three_speaker_list
 
 NOISE_DIR = SHARED / "data" / "noise" / "speech_commands"
 RIR_DIR = SHARED / "data" / "rir" / "simulated"
@@ -260,13 +260,7 @@ def test_new_speaker_speeds_relabel_rows_and_play_them_at_their_speed(tmp_path):
     for i, freq in enumerate(tones):
         names.append(f"s{i % 3}_{i}.wav")
         soundfile.write(audio / names[-1], 0.5 * np.sin(2 * np.pi * freq * t), RATE, "FLOAT")
-    train_list = TrainList(
-        path=tmp_path / "list.txt",
-        files=names,
-        labels=np.array([i % 3 for i in range(6)], dtype=np.int64),
-        speakers=["s0", "s1", "s2"],
-        lines=list(range(1, 7)),
-    )
+    train_list = three_speaker_list(tmp_path / "list.txt", names)
     frames = 200
     plain = TrainDataset(audio, train_list, frames, seed=3)
     speeds = pickle.loads(

@@ -12,9 +12,9 @@ import pytest
 import soundfile
 
 from xvec.audio import DecodeCache, audio_info, read_audio, train_crop
-from xvec.data import TrainDataset, TrainList
+from xvec.data import TrainDataset
 
-from conftest import SPEECHOCEAN, requires_speechocean
+from conftest import SPEECHOCEAN, requires_speechocean, three_speaker_list
 
 FRAMES = 20  # 3,440-sample crops: small files keep the tests fast
 
@@ -123,13 +123,7 @@ def test_train_dataset_batches_are_the_same_with_the_cache(tmp_path):
     names = [f"s{i % 3}_{i}.wav" for i in range(6)]
     for i, name in enumerate(names):
         _write(audio / name, 0.15 + 0.2 * i, subtype="PCM_16")
-    train_list = TrainList(
-        path=tmp_path / "list.txt",
-        files=names,
-        labels=np.array([i % 3 for i in range(6)], dtype=np.int64),
-        speakers=["s0", "s1", "s2"],
-        lines=list(range(1, 7)),
-    )
+    train_list = three_speaker_list(tmp_path / "list.txt", names)
     plain = TrainDataset(audio, train_list, FRAMES, seed=3)
     cached = TrainDataset(audio, train_list, FRAMES, seed=3, decode_cache=tmp_path / "cache")
     cached = pickle.loads(pickle.dumps(cached))  # as a loader worker receives it
