@@ -13,13 +13,16 @@ Prints one JSON object: the measured rate and what it counted.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.machinery
 import itertools
 import json
+import os
 import sys
 import tempfile
 import time
 import types
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -65,6 +68,13 @@ def _vt_args(num_classes: int) -> dict:
     }
 
 
+def _nicer_worker(niceness: int, init: Callable[[int], None], worker_id: int) -> None:
+    """VT's worker_init_fn in a worker ``niceness`` steps below its parent (``--worker-nice``:
+    xvec's CPU loader priority given to VT, for the bench's control row)."""
+    os.nice(niceness)
+    init(worker_id)
+
+
 def train(args: argparse.Namespace) -> dict:
     import torch
     from DatasetLoader import train_dataset_loader, train_dataset_sampler, worker_init_fn
@@ -96,7 +106,11 @@ def train(args: argparse.Namespace) -> dict:
         num_workers=args.workers,
         sampler=sampler,
         pin_memory=False,
-        worker_init_fn=worker_init_fn,
+        worker_init_fn=(
+            functools.partial(_nicer_worker, args.worker_nice, worker_init_fn)
+            if args.worker_nice
+            else worker_init_fn
+        ),
         drop_last=True,
     )  # as trainSpeakerNet.py builds it (workers are forked again every epoch)
     net.train()
@@ -194,6 +208,7 @@ def main() -> None:
     parser.add_argument("--eval-frames", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--mixedprec", action="store_true", help="train: VT's fp16 autocast")
+    parser.add_argument("--worker-nice", type=int, default=0, help="train: loader niceness")
     args = parser.parse_args()
     _stub_missing()
     sys.path.insert(0, str(args.vt.resolve()))  # VT imports its packages by top-level name

@@ -13,6 +13,10 @@ Rows, all on input files both sides read:
   (``--threads``, torch's default on this machine) and the same OpenMP wait policy (torch's
   default; xvec training keeps it too). Once on the corpus's Opus files (``train, Opus``) and
   once on a decoded WAV copy the bench writes into its temp folder (``train, WAV``).
+  xvec's loader workers run 19 steps nicer than its compute threads on the CPU
+  (``train.loader_nice``, its default), VT's at the trainer's priority; two control rows
+  swap that on the Opus input: VT with its workers at nice 19, xvec with
+  ``train.loader_nice=0``.
 - ``train-defaults`` ("xvec defaults vs VT defaults"): xvec as a user would run it on the Opus
   list with its decode cache (``data.decode_cache``, filled before the rounds, time printed)
   and ``train.threads = "auto"``, against the VT Opus numbers of the ``train`` row.
@@ -69,6 +73,8 @@ from pathlib import Path
 from _load import start_load, stop_load
 
 from _proctree import run_measured
+
+CPU_LOADER_NICE = 19  # xvec.training.inputs.CPU_LOADER_NICE: train.loader_nice "auto" on the CPU
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
@@ -297,6 +303,8 @@ class Sides:
             f"train.output_dir={run}",
             "train.log_every=1",
         ]
+        if variant == "nice0":
+            overrides.append("train.loader_nice=0")
         if variant == "defaults":
             overrides.append(f"data.decode_cache={self.cache}")
         else:
@@ -321,6 +329,8 @@ class Sides:
         ]  # fmt: skip
         if what == "train":
             wav = variant == "wav"
+            if variant == "nice":
+                command += ["--worker-nice", str(CPU_LOADER_NICE)]
             command += [
                 "--train-list",
                 str(self.train_wav if wav else self.train_opus),
@@ -384,6 +394,16 @@ TABLE = {
     "train": [
         ("train utt/s, Opus (same threads)", ("train", "opus"), ("train", "opus")),
         ("train utt/s, WAV copy (same threads)", ("train", "wav"), ("train", "wav")),
+        (
+            "train utt/s, Opus, VT's workers at xvec's loader priority (nice 19)",
+            ("train", "opus"),
+            ("train", "nice"),
+        ),
+        (
+            "train utt/s, Opus, xvec's workers at VT's (train.loader_nice=0)",
+            ("train", "nice0"),
+            ("train", "opus"),
+        ),
     ],
     "train-defaults": [
         (

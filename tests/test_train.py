@@ -408,6 +408,38 @@ def test_decode_cache_in_the_recipe_gives_the_same_weights(tmp_path, tone_corpus
             assert torch.equal(a[key], b[key]), key
 
 
+def _worker_niceness(tmp_path: Path, corpus: Path, device: str, *overrides: str) -> int:
+    """How much nicer than this process the recipe's one loader worker runs."""
+    from xvec import registry
+    from xvec.training.inputs import build_loader, read_data
+
+    recipe = load_recipe(recipe_file(tmp_path, corpus), ["train.num_workers=1", *overrides])
+    train_list, _ = read_data(recipe)
+    loss = registry.build("loss", "softmax", {}, embedding_dim=8, num_classes=4)
+    _, loader = build_loader(recipe, train_list, loss, 0, 1, torch.device(device))
+    batches = iter(loader)
+    next(batches)  # the worker has run its init
+    worker = batches._workers[0].pid  # type: ignore[attr-defined]
+    try:
+        return os.getpriority(os.PRIO_PROCESS, worker) - os.getpriority(os.PRIO_PROCESS, 0)
+    finally:
+        batches._shutdown_workers()  # type: ignore[attr-defined]
+
+
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="POSIX process priorities")
+def test_cpu_loader_workers_run_below_the_compute_threads(tmp_path, tone_corpus, tiny_model_dist):
+    from xvec.training.inputs import CPU_LOADER_NICE, loader_niceness
+
+    if os.getpriority(os.PRIO_PROCESS, 0) + CPU_LOADER_NICE > 19:
+        pytest.skip("this process already runs at a niceness Linux cannot raise by 19")
+    assert _worker_niceness(tmp_path, tone_corpus, "cpu") == CPU_LOADER_NICE  # auto on the CPU
+    assert _worker_niceness(tmp_path, tone_corpus, "cpu", "train.loader_nice=0") == 0
+    assert _worker_niceness(tmp_path, tone_corpus, "cpu", "train.loader_nice=5") == 5
+    assert loader_niceness("auto", torch.device("cuda")) == 0  # no cores to share with
+    with pytest.raises(XvecError, match=r"loader_nice.*between 0 and 19"):
+        load_recipe(recipe_file(tmp_path, tone_corpus), ["train.loader_nice=20"])
+
+
 def test_a_run_killed_before_its_first_step_resumes_exactly(
     tmp_path, tone_corpus, tiny_model_dist, monkeypatch
 ):

@@ -130,6 +130,20 @@ class TrainConfig(Section):
     seed: int = Field(10, ge=0, le=SEED_MAX)
     output_dir: Path = Path("runs/exp1")
     num_workers: int = Field(2, ge=0, le=INDEX_MAX)
+    loader_nice: int | Literal["auto"] = Field(
+        "auto",
+        description="niceness added to the loader workers: auto = 19 when training on the "
+        "CPU (they then decode while the compute threads wait instead of preempting them "
+        "mid-kernel; docs/benchmarks.md), 0 on CUDA",
+    )
+
+    @field_validator("loader_nice")
+    @classmethod
+    def _niceness_range(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 0 <= value <= 19:
+            raise ValueError("must be 'auto' or between 0 and 19")
+        return value
+
     mixed_precision: Literal["bf16", "fp16"] | bool = Field(
         True,
         description="autocast: true = fp16 on CUDA, bf16 on CPUs that have it (1.6-1.7x fp32 "

@@ -4,6 +4,8 @@ lists, the device and CPU threads, the loss (against the list and batch layout) 
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -187,8 +189,38 @@ def build_loader(
         persistent_workers=cfg_train.num_workers > 0,
         prefetch_factor=2 if cfg_train.num_workers > 0 else None,
         pin_memory=device.type == "cuda",
+        worker_init_fn=_worker_nice_setter(loader_niceness(cfg_train.loader_nice, device)),
     )
     return batches, loader
+
+
+CPU_LOADER_NICE = 19  # measured best of 0 / 10 / 19 (docs/benchmarks.md, "Loader priority")
+
+
+def loader_niceness(mode: int | str, device: torch.device) -> int:
+    """The niceness ``train.loader_nice`` adds to the loader workers on ``device``.
+
+    ``"auto"``: :data:`CPU_LOADER_NICE` when training on the CPU, where the workers share the
+    cores with the intra-op threads, and a worker that preempts one of them mid-kernel makes
+    the other wait at the kernel's barrier; at low priority the workers decode in the gaps
+    instead (a loader that falls behind still gets the cores: the trainer then waits for it).
+    0 on CUDA, where the main process needs no cores of theirs.
+    """
+    if mode == "auto":
+        return CPU_LOADER_NICE if device.type == "cpu" else 0
+    return int(mode)
+
+
+def _worker_nice_setter(niceness: int) -> functools.partial[None] | None:
+    """A DataLoader ``worker_init_fn`` adding ``niceness`` (None when 0 or not POSIX)."""
+    if niceness == 0 or not hasattr(os, "nice"):
+        return None
+    return functools.partial(_lower_priority, niceness)
+
+
+def _lower_priority(niceness: int, worker_id: int) -> None:
+    """Run this loader worker ``niceness`` steps below its parent (capped at 19 by Linux)."""
+    os.nice(niceness)
 
 
 def _check_per_speaker(labels: Any, cfg_train: Any, source: str) -> None:
