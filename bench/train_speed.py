@@ -1,67 +1,121 @@
-"""Training speed and memory: recipes/resnet34l_amsoftmax.toml on speechocean762.
+"""Training speed and memory of xvec variants: a recipe on speechocean762, whole epochs.
 
-Prints utterances/s over whole epochs (from the run's JSON-lines log and wall time), and the
-peak resident memory of the training process and of its whole tree (loader workers included).
-voxceleb_trainer on this 2-core machine: ~21 utt/s over whole epochs, 3.8 GB main process.
+Each measurement is a fresh ``xvec train`` (no evaluation) on the training list or a subset of
+it (``--per-speaker`` utterances of each speaker); utterances/s is timed from the end of the
+first (warm-up) epoch to the end of the last, from the run's JSON-lines log, as
+bench/vs_voxceleb_trainer.py times xvec. Variants are ``NAME=OVERRIDE[,OVERRIDE...]`` pairs of
+``--set`` overrides (``-`` for none) run in interleaved rounds; the table gives min / median /
+max utt/s per variant, the per-round ratio to the first variant, and the peak resident memory
+of the process tree (loader workers included).
 
-    python bench/train_speed.py [--epochs 2] [--workers 2] [--recipe recipes/...toml]
+    python bench/train_speed.py [--recipe recipes/...toml] [--epochs 3] [--workers 2]
+        [--per-speaker 16] [--rounds 3] [--set OVERRIDE ...]
+        [--variant default=-] [--variant nice0=train.loader_nice=0]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
+import time
+from collections import defaultdict
 from pathlib import Path
 
-from _proctree import run_measured
+from _proctree import cpu_model, run_measured
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "speechocean762"
 
 
+def subset_list(per_speaker: int, folder: Path) -> tuple[Path, int]:
+    """The training list, or its first ``per_speaker`` utterances of each speaker; its size."""
+    lines = (DATA / "lists" / "train_list.txt").read_text().splitlines()
+    kept, seen = [], defaultdict(int)
+    for line in lines:
+        fields = line.split()
+        if len(fields) == 2 and (per_speaker <= 0 or seen[fields[0]] < per_speaker):
+            seen[fields[0]] += 1
+            kept.append(line)
+    path = folder / "train_list.txt"
+    path.write_text("\n".join(kept) + "\n")
+    return path, len(kept)
+
+
+def measure(args: argparse.Namespace, overrides: list[str], train_list: Path, size: int,
+            folder: Path) -> tuple[float, float]:  # fmt: skip
+    """(utt/s over epochs 2..N, peak tree RSS MiB) of one fresh training run."""
+    run = folder / f"run{time.monotonic_ns()}"
+    settings = [
+        f"data.train_list={train_list}",
+        f"data.train_path={DATA / 'audio'}",
+        "data.test_list=",
+        f"train.max_epoch={args.epochs}",
+        f"train.test_interval={args.epochs}",
+        f"train.num_workers={args.workers}",
+        f"train.output_dir={run}",
+        "train.log_every=1",
+        *args.overrides,
+        *overrides,
+    ]
+    command = [sys.executable, "-m", "xvec", "train", args.recipe]
+    for item in settings:
+        command += ["--set", item]
+    measured = run_measured(command)
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    ends = [r for r in records if r["kind"] == "epoch"]
+    seconds = ends[-1]["time"] - ends[0]["time"]
+    return (len(ends) - 1) * size / seconds, measured["tree_mib"]
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default=str(ROOT / "recipes" / "resnet34l_amsoftmax.toml"))
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=3, help="epochs run; the first untimed")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--per-speaker", type=int, default=0, help="0: the whole list")
+    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--set", action="append", default=[], dest="overrides")
+    parser.add_argument("--variant", action="append", default=[])
     args = parser.parse_args()
     if not DATA.is_dir():
         raise SystemExit(f"needs {DATA}")
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2 (the first is not timed)")
+    variants = {}
+    for item in args.variant or ["default=-"]:
+        name, _, overrides = item.partition("=")
+        variants[name] = [] if overrides in ("", "-") else overrides.split(",")
+    load_start = Path("/proc/loadavg").read_text().split()[:3]
+    started = time.time()
+    rates: dict[str, list[float]] = defaultdict(list)
+    peaks: dict[str, float] = defaultdict(float)
     with tempfile.TemporaryDirectory() as tmp:
-        run = Path(tmp) / "run"
-        overrides = [
-            f"data.train_list={DATA / 'lists' / 'train_list.txt'}",
-            f"data.train_path={DATA / 'audio'}",
-            "data.test_list=",
-            f"train.max_epoch={args.epochs}",
-            f"train.num_workers={args.workers}",
-            f"train.output_dir={run}",
-            "train.log_every=1",
-            *args.overrides,
-        ]
-        command = [sys.executable, "-m", "xvec", "train", args.recipe]
-        for item in overrides:
-            command += ["--set", item]
-        measured = run_measured(command)
-        records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    steps = [r for r in records if r["kind"] == "train"]
-    lines = (DATA / "lists" / "train_list.txt").read_text().split("\n")
-    utterances = sum(1 for line in lines if line.strip()) * args.epochs
-    train_seconds = steps[-1]["time"]
-    print(f"recipe: {Path(args.recipe).name}, {args.epochs} epochs, {args.workers} workers")
-    print(f"utterances seen: {utterances}")
-    print(f"training time (log): {train_seconds:.1f} s -> {utterances / train_seconds:.1f} utt/s")
+        train_list, size = subset_list(args.per_speaker, Path(tmp))
+        for round_ in range(1, args.rounds + 1):
+            for name, overrides in variants.items():
+                rate, peak = measure(args, overrides, train_list, size, Path(tmp))
+                rates[name].append(rate)
+                peaks[name] = max(peaks[name], peak)
+                print(f"round {round_} {name}: {rate:.1f} utt/s, {peak:.0f} MiB", flush=True)
+    load_end = Path("/proc/loadavg").read_text().split()[:3]
     print(
-        f"whole command incl. start-up: {measured['seconds']:.1f} s -> "
-        f"{utterances / measured['seconds']:.1f} utt/s"
+        f"\n{Path(args.recipe).name}, {size} utterances an epoch, {args.epochs - 1} timed "
+        f"epochs after 1, {args.workers} workers, --set {' '.join(args.overrides) or '-'}; "
+        f"{cpu_model()}; {args.rounds} rounds in {(time.time() - started) / 60:.1f} min; "
+        f"load average {' '.join(load_start)} at start, {' '.join(load_end)} at end"
     )
-    print(
-        f"peak RSS: main process {measured['main_mib']:.0f} MiB, "
-        f"process tree {measured['tree_mib']:.0f} MiB"
-    )
+    first = next(iter(variants))
+    print(f"| variant | utt/s min / median / max | per round vs {first} | peak RSS MiB |")
+    print("|---|---|---|---|")
+    for name, overrides in variants.items():
+        values = rates[name]
+        span = f"{min(values):.1f} / {statistics.median(values):.1f} / {max(values):.1f}"
+        ratios = ", ".join(f"{a / b:.2f}" for a, b in zip(values, rates[first], strict=True))
+        label = f"{name} ({','.join(overrides) or 'defaults'})"
+        print(f"| {label} | {span} | {ratios} | {peaks[name]:.0f} |")
 
 
 if __name__ == "__main__":
