@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -63,7 +64,7 @@ def measure(args: argparse.Namespace, overrides: list[str], train_list: Path, si
     command = [sys.executable, "-m", "xvec", "train", args.recipe]
     for item in settings:
         command += ["--set", item]
-    measured = run_measured(command)
+    measured = run_measured(command, stdout=subprocess.DEVNULL)  # the table is the output
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     ends = [r for r in records if r["kind"] == "epoch"]
     seconds = ends[-1]["time"] - ends[0]["time"]
