@@ -204,7 +204,7 @@ def loader_niceness(mode: int | str, device: torch.device) -> int:
     cores with the intra-op threads, and a worker that preempts one of them mid-kernel makes
     the other wait at the kernel's barrier; at low priority the workers decode in the gaps
     instead (a loader that falls behind still gets the cores: the trainer then waits for it).
-    0 on CUDA, where the main process needs no cores of theirs.
+    0 on CUDA, where the convolutions run on the GPU, not on the cores the workers use.
     """
     if mode == "auto":
         return CPU_LOADER_NICE if device.type == "cpu" else 0
