@@ -38,6 +38,16 @@ from _load import start_load, stop_load
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def parse_variants(items: list[str]) -> dict[str, list[str]]:
+    """``NAME=OVERRIDE[,OVERRIDE...]`` items (``-`` for none) as {name: overrides}, in order;
+    one ``default`` variant when there are none."""
+    variants = {}
+    for item in items or ["default=-"]:
+        name, _, overrides = item.partition("=")
+        variants[name] = [] if overrides in ("", "-") else overrides.split(",")
+    return variants
+
+
 def measure(overrides: list[str], steps: int, workdir: Path) -> tuple[float, str]:
     """Utterances/s of one fresh training run over steps 2..``steps``, and the threads used
     (``count x steps`` over those steps)."""
@@ -71,10 +81,7 @@ def main() -> None:
     parser.add_argument("--loads", default="quiet,busy,torch")
     parser.add_argument("--variant", action="append", default=[])
     args = parser.parse_args()
-    variants = {}
-    for item in args.variant or ["default=-"]:
-        name, _, overrides = item.partition("=")
-        variants[name] = [] if overrides in ("", "-") else overrides.split(",")
+    variants = parse_variants(args.variant)
     loads = args.loads.split(",")
     if not (ROOT / "data" / "demo" / ".synth-complete.json").is_file():
         subprocess.run([sys.executable, "-m", "xvec", "synth", "data/demo"], cwd=ROOT, check=True)

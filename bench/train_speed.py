@@ -16,7 +16,6 @@ of the process tree (loader workers included).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -25,24 +24,13 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from loaded_training import parse_variants
+from vs_voxceleb_trainer import train_subset, xvec_epoch_rate
+
 from _proctree import cpu_model, run_measured
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "speechocean762"
-
-
-def subset_list(per_speaker: int, folder: Path) -> tuple[Path, int]:
-    """The training list, or its first ``per_speaker`` utterances of each speaker; its size."""
-    lines = (DATA / "lists" / "train_list.txt").read_text().splitlines()
-    kept, seen = [], defaultdict(int)
-    for line in lines:
-        fields = line.split()
-        if len(fields) == 2 and (per_speaker <= 0 or seen[fields[0]] < per_speaker):
-            seen[fields[0]] += 1
-            kept.append(line)
-    path = folder / "train_list.txt"
-    path.write_text("\n".join(kept) + "\n")
-    return path, len(kept)
 
 
 def measure(args: argparse.Namespace, overrides: list[str], train_list: Path, size: int,
@@ -65,10 +53,8 @@ def measure(args: argparse.Namespace, overrides: list[str], train_list: Path, si
     for item in settings:
         command += ["--set", item]
     measured = run_measured(command, stdout=subprocess.DEVNULL)  # the table is the output
-    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    ends = [r for r in records if r["kind"] == "epoch"]
-    seconds = ends[-1]["time"] - ends[0]["time"]
-    return (len(ends) - 1) * size / seconds, measured["tree_mib"]
+    rate, _ = xvec_epoch_rate(run / "log.jsonl", size)
+    return rate, measured["tree_mib"]
 
 
 def main() -> None:
@@ -85,16 +71,14 @@ def main() -> None:
         raise SystemExit(f"needs {DATA}")
     if args.epochs < 2:
         parser.error("--epochs must be at least 2 (the first is not timed)")
-    variants = {}
-    for item in args.variant or ["default=-"]:
-        name, _, overrides = item.partition("=")
-        variants[name] = [] if overrides in ("", "-") else overrides.split(",")
+    variants = parse_variants(args.variant)
     load_start = Path("/proc/loadavg").read_text().split()[:3]
     started = time.time()
     rates: dict[str, list[float]] = defaultdict(list)
     peaks: dict[str, float] = defaultdict(float)
     with tempfile.TemporaryDirectory() as tmp:
-        train_list, size = subset_list(args.per_speaker, Path(tmp))
+        train_list = Path(tmp) / "train_list.txt"
+        size, _ = train_subset(DATA / "lists" / "train_list.txt", args.per_speaker, train_list)
         for round_ in range(1, args.rounds + 1):
             for name, overrides in variants.items():
                 rate, peak = measure(args, overrides, train_list, size, Path(tmp))

@@ -107,6 +107,20 @@ def _env(policy: str | None) -> dict[str, str]:
     return env
 
 
+def train_subset(train_list: Path, per_speaker: int, out: Path) -> tuple[int, int]:
+    """Write the first ``per_speaker`` lines of each speaker of ``train_list`` (all when 0) to
+    ``out``, in the list's order; (utterances, speakers) written."""
+    kept: list[str] = []
+    seen: dict[str, int] = defaultdict(int)
+    for line in train_list.read_text().splitlines():
+        fields = line.split()
+        if len(fields) == 2 and (per_speaker <= 0 or seen[fields[0]] < per_speaker):
+            seen[fields[0]] += 1
+            kept.append(line)
+    out.write_text("\n".join(kept) + "\n")
+    return len(kept), len(seen)
+
+
 def xvec_epoch_rate(log_jsonl: Path, utterances_per_epoch: int) -> tuple[float, int]:
     """(utt/s from the end of epoch 1 to the end of the last epoch, steps timed).
 
@@ -150,15 +164,11 @@ class Sides:
             self.long_trials = self._long_files()
 
     def _train_subset(self) -> Path:
-        lines = (self.args.data / "lists" / "train_list.txt").read_text().splitlines()
-        per: dict[str, list[str]] = defaultdict(list)
-        for line in lines:
-            fields = line.split()
-            if len(fields) == 2 and len(per[fields[0]]) < self.args.per_speaker:
-                per[fields[0]].append(line)
         out = self.work / "train_opus.txt"
-        out.write_text("\n".join(line for group in per.values() for line in group) + "\n")
-        print(f"training subset: {sum(map(len, per.values()))} utterances, {len(per)} speakers")
+        utterances, speakers = train_subset(
+            self.args.data / "lists" / "train_list.txt", self.args.per_speaker, out
+        )
+        print(f"training subset: {utterances} utterances, {speakers} speakers")
         return out
 
     def _wav_copy(self, list_file: Path) -> Path:
