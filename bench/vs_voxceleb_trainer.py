@@ -14,12 +14,16 @@ Rows, all on input files both sides read:
   default; xvec training keeps it too). Once on the corpus's Opus files (``train, Opus``) and
   once on a decoded WAV copy the bench writes into its temp folder (``train, WAV``).
   xvec's loader workers run 19 steps nicer than its compute threads on the CPU
-  (``train.loader_nice``, its default), VT's at the trainer's priority; two control rows
-  swap that on the Opus input: VT with its workers at nice 19, xvec with
-  ``train.loader_nice=0``.
+  (``train.loader_nice``, its default), VT's at the trainer's priority. Both sides train in
+  float32 here: the same work.
+- ``train-controls``: two control rows that swap the loader priority on the Opus input: VT
+  with its workers at nice 19, xvec with ``train.loader_nice=0``.
 - ``train-defaults`` ("xvec defaults vs VT defaults"): xvec as a user would run it on the Opus
-  list with its decode cache (``data.decode_cache``, filled before the rounds, time printed)
-  and ``train.threads = "auto"``, against the VT Opus numbers of the ``train`` row.
+  list, ``train.threads = "auto"`` and ``train.mixed_precision`` at its default (bfloat16
+  autocast on a CPU with bf16 units, float32 otherwise: the log's ``precision`` says which),
+  once on the Opus files themselves (equal input) and once with its decode cache
+  (``data.decode_cache``, filled before the rounds, time printed), against the VT Opus numbers
+  of the ``train`` row.
 - ``embed``: whole-file embedding files/s on ``--files`` dev files (Opus); VT ``eval_frames
   0``, xvec ``xvec eval --length-tolerance 0``.
 - ``crops``: 10 crops of 4 s per file on VoxCeleb-length files: the bench concatenates one
@@ -52,7 +56,8 @@ sides: how each behaves on a shared machine.
     python bench/vs_voxceleb_trainer.py --vt /path/to/voxceleb_trainer \\
         --vt-python /path/with/torchaudio/bin/python [--xvec-python PY] \\
         --data ../shared/data/speechocean762 [--rounds 3] [--epochs 2] [--per-speaker 4] \\
-        [--files 200] [--crop-files 60] [--what train,train-defaults,embed,crops,score]
+        [--files 200] [--crop-files 60] \\
+        [--what train,train-controls,train-defaults,embed,crops,score] \\
         [--load quiet|busy[:N]|torch[:N]]
 """
 
@@ -80,7 +85,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
 DATA = ROOT.parent / "shared" / "data" / "speechocean762"
 RECIPE = ROOT / "recipes" / "resnet34l_amsoftmax.toml"
-WHATS = ["train", "train-defaults", "embed", "crops", "score"]
+WHATS = ["train", "train-controls", "train-defaults", "embed", "crops", "score"]
 SAMPLE_RATE = 16000
 
 
@@ -305,7 +310,6 @@ class Sides:
             f"data.max_frames={args.max_frames}",
             f"train.batch_size={args.batch_size}",
             "train.nPerSpeaker=1",
-            "train.mixed_precision=false",
             "train.device=cpu",
             f"train.num_workers={args.workers}",
             f"train.max_epoch={args.epochs + 1}",
@@ -317,8 +321,8 @@ class Sides:
             overrides.append("train.loader_nice=0")
         if variant == "defaults":
             overrides.append(f"data.decode_cache={self.cache}")
-        else:
-            overrides.append(f"train.threads={args.threads}")
+        if not variant.startswith("defaults"):
+            overrides += ["train.mixed_precision=false", f"train.threads={args.threads}"]
         command = [str(args.xvec_python), "-m", "xvec", "train", str(RECIPE)]
         for item in overrides:
             command += ["--set", item]
@@ -404,6 +408,8 @@ TABLE = {
     "train": [
         ("train utt/s, Opus (same threads)", ("train", "opus"), ("train", "opus")),
         ("train utt/s, WAV copy (same threads)", ("train", "wav"), ("train", "wav")),
+    ],
+    "train-controls": [
         (
             "train utt/s, Opus, VT's workers at xvec's loader priority (nice 19)",
             ("train", "opus"),
@@ -416,6 +422,11 @@ TABLE = {
         ),
     ],
     "train-defaults": [
+        (
+            "train utt/s, xvec defaults vs VT defaults, Opus (equal input)",
+            ("train", "defaults-opus"),
+            ("train", "opus"),
+        ),
         (
             "train utt/s, xvec defaults + decode cache vs VT defaults, Opus",
             ("train", "defaults"),
