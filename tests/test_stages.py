@@ -19,7 +19,7 @@ from xvec.config import load_recipe
 from xvec.data import read_train_list, read_trials
 from xvec.embed import embed_files, model_fingerprint
 from xvec.errors import XvecError
-from xvec.evaluate import evaluate_model
+from xvec.evaluate import SpeakerCohort, evaluate_model
 from xvec.metrics import compute_metrics
 from xvec.protocol import Protocol
 from xvec.runlog import read_log
@@ -196,6 +196,60 @@ def test_the_final_evaluation_adds_asnorm_against_the_training_speakers_means(
     assert len(final[0][0].rows()) == 2  # the table shows both rows
     with pytest.raises(XvecError, match="asnorm_top_k needs protocol"):
         load_recipe(path, ['eval.protocol="vt-crops"'])
+
+
+def test_a_capped_cohort_draws_that_many_files_of_each_speaker(tmp_path):
+    counts = {"ann": 5, "bob": 1, "cat": 3, "dan": 40}
+    lines = [f"{s} {s}/{i}.wav" for i in range(40) for s, n in counts.items() if i < n]
+    (tmp_path / "train.txt").write_text("\n".join(lines) + "\n")
+    train_list = read_train_list(tmp_path / "train.txt")
+    every = SpeakerCohort(tmp_path, train_list).members()
+    assert every.tolist() == list(range(len(lines)))
+    capped = SpeakerCohort(tmp_path, train_list, files_per_speaker=2)
+    members = capped.members()
+    assert members.tolist() == sorted(set(members.tolist()))  # list order, no repeats
+    per_speaker = np.bincount(train_list.labels[members], minlength=4)
+    assert per_speaker.tolist() == [2, 1, 2, 2]  # ann, bob, cat, dan: at most 2, all of bob
+    assert capped.members().tolist() == members.tolist()  # a fixed draw
+    dan = [train_list.files[i] for i in members if train_list.files[i].startswith("dan")]
+    assert dan != ["dan/0.wav", "dan/1.wav"]  # drawn, not the first files of the list
+    vectors = {f: np.full(3, float(i)) for i, f in enumerate(train_list.files)}
+    means = capped.matrix(vectors)
+    for k in range(4):
+        chosen = [i for i in members if train_list.labels[i] == k]
+        assert means[k] == pytest.approx(np.full(3, np.mean(chosen)))
+
+
+def test_the_final_asnorm_can_mean_fewer_files_per_speaker(tmp_path, tone_corpus, tiny_model_dist):
+    extra = "\n[eval]\nasnorm_top_k = 2\nasnorm_files_per_speaker = 2\n"
+    path = stage_file(tmp_path, tone_corpus, "capped", extra=extra)
+    train(load_recipe(path))
+    result = json.loads((tmp_path / "capped" / "result.json").read_text())
+    recipe = load_recipe(path)
+    model = load_model(tmp_path / "capped" / "last.safetensors")
+    trials = read_trials(recipe.data.test_list)
+    train_list = read_train_list(recipe.data.train_list)
+    members = SpeakerCohort(Path(recipe.data.train_path), train_list, 2, 2).members()
+    assert len(members) == 2 * train_list.num_classes < len(train_list.files)
+    files = [train_list.files[i] for i in members]
+    vectors = embed_files(model, recipe.data.train_path, files, device="cpu")
+    means = np.stack(
+        [
+            np.mean([vectors[train_list.files[i]] for i in members if train_list.labels[i] == k],
+                    axis=0)
+            for k in range(train_list.num_classes)
+        ]
+    )  # fmt: skip
+    raw = evaluate_model(model, trials, recipe.data.test_path, device="cpu")
+    embeddings = np.stack([embed_files(model, recipe.data.test_path, [f], device="cpu")[f]
+                           for f in trials.files])  # fmt: skip
+    normalised = as_norm(raw.scores, trials.enroll, trials.test, embeddings, means, top_k=2)
+    expected = compute_metrics(normalised, trials.labels)
+    assert result["asnorm"]["cohort"] == train_list.num_classes
+    assert result["asnorm"]["cohort_files"] == len(members)
+    assert result["asnorm"]["eer"] == pytest.approx(expected.eer, abs=1e-9)
+    with pytest.raises(XvecError, match="asnorm_files_per_speaker needs asnorm_top_k"):
+        load_recipe(path, ["eval.asnorm_top_k="])
 
 
 @pytest.mark.slow

@@ -248,11 +248,21 @@ class EvalConfig(Section):
         "of each training speaker, this many top cohort scores per file (WeSpeaker: 300; a "
         "smaller cohort is used whole); unset = raw cosine only",
     )
+    asnorm_files_per_speaker: int | None = Field(
+        None,
+        ge=1,
+        le=INDEX_MAX,
+        description="AS-norm's cohort means over at most this many files of each training "
+        "speaker (a fixed random draw): a shorter cohort pass for a noisier mean; unset = "
+        "every file (WeSpeaker's)",
+    )
 
     @model_validator(mode="after")
     def _asnorm_needs_full(self) -> EvalConfig:
         if self.asnorm_top_k is not None and self.protocol != "full":
             raise ValueError('asnorm_top_k needs protocol = "full" (one embedding per file)')
+        if self.asnorm_files_per_speaker is not None and self.asnorm_top_k is None:
+            raise ValueError("asnorm_files_per_speaker needs asnorm_top_k (AS-norm is off)")
         return self
 
 

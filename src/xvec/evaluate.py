@@ -38,13 +38,32 @@ class SpeakerCohort:
     root: Path
     train_list: TrainList
     top_k: int = 300
+    files_per_speaker: int | None = None  # None: every file (WeSpeaker's)
+
+    def members(self) -> np.ndarray:
+        """Indices into the train list of the files embedded for the cohort: all of them, or
+        at most ``files_per_speaker`` of each speaker, drawn at random with a fixed seed (a
+        speaker's first files in a VoxCeleb list often share one video), in list order."""
+        labels = self.train_list.labels
+        if self.files_per_speaker is None:
+            return np.arange(len(labels))
+        rng = np.random.default_rng(0x5EB5)
+        order = np.argsort(rng.random(len(labels)), kind="stable")  # a seeded shuffle
+        order = order[np.argsort(labels[order], kind="stable")]  # grouped by speaker
+        rank = np.arange(len(order)) - np.searchsorted(labels[order], labels[order])
+        return np.sort(order[rank < self.files_per_speaker])
+
+    def files(self) -> list[str]:
+        return [self.train_list.files[i] for i in self.members()]
 
     def matrix(self, vectors: dict[str, np.ndarray]) -> np.ndarray:
-        """``[speakers, dim]``: each speaker's mean embedding (float64)."""
-        stacked = np.stack([vectors[f] for f in self.train_list.files]).astype(np.float64)
+        """``[speakers, dim]``: each speaker's mean embedding over :meth:`members` (float64)."""
+        members = self.members()
+        files, labels = self.train_list.files, self.train_list.labels[members]
+        stacked = np.stack([vectors[files[i]] for i in members]).astype(np.float64)
         sums = np.zeros((self.train_list.num_classes, stacked.shape[1]))
-        np.add.at(sums, self.train_list.labels, stacked)
-        return sums / self.train_list.utterances_per_speaker()[:, None]
+        np.add.at(sums, labels, stacked)
+        return sums / np.bincount(labels, minlength=self.train_list.num_classes)[:, None]
 
 
 @dataclass
@@ -55,9 +74,15 @@ class Normalised:
     scores: np.ndarray
     top_k: int
     cohort_size: int
+    cohort_files: int
 
     def summary(self) -> dict:
-        return {**self.metrics.to_dict(), "top_k": self.top_k, "cohort": self.cohort_size}
+        return {
+            **self.metrics.to_dict(),
+            "top_k": self.top_k,
+            "cohort": self.cohort_size,
+            "cohort_files": self.cohort_files,
+        }
 
 
 @dataclass
@@ -150,7 +175,7 @@ def evaluate_model(
         members = embed_files(
             model,
             cohort.root,
-            cohort.train_list.files,
+            cohort.files(),
             protocol,
             batch_size=batch_size,
             device=device,
@@ -165,6 +190,7 @@ def evaluate_model(
             normalised_scores,
             top_k,
             len(matrix),
+            len(members),
         )
     return EvalResult(
         name=name,

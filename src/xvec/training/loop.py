@@ -503,10 +503,15 @@ def _periodic_eval(
 
 def _cohort(run: _Run) -> SpeakerCohort | None:
     """The AS-norm cohort of ``eval.asnorm_top_k``: the training speakers' mean embeddings."""
-    top_k = run.recipe.eval.asnorm_top_k
-    if top_k is None:
+    settings = run.recipe.eval
+    if settings.asnorm_top_k is None:
         return None
-    return SpeakerCohort(Path(run.recipe.data.train_path), run.train_list, top_k)
+    return SpeakerCohort(
+        Path(run.recipe.data.train_path),
+        run.train_list,
+        settings.asnorm_top_k,
+        settings.asnorm_files_per_speaker,
+    )
 
 
 def _average_and_evaluate(run: _Run, epoch: int, stop: StopFlag | None) -> EvalResult | None:
