@@ -172,7 +172,7 @@ def evaluate_model(
     if cohort is not None:
         if protocol.crops:
             raise XvecError("AS-norm needs one embedding per file: use the full protocol")
-        members = embed_files(
+        cohort_vectors = embed_files(
             model,
             cohort.root,
             cohort.files(),
@@ -182,7 +182,7 @@ def evaluate_model(
             progress=progress,
             prepare=False,
         )
-        matrix = cohort.matrix(members)
+        matrix = cohort.matrix(cohort_vectors)
         top_k = min(cohort.top_k, len(matrix))
         normalised_scores = as_norm(scores, trials.enroll, trials.test, embeddings, matrix, top_k)
         normalised = Normalised(
@@ -190,7 +190,7 @@ def evaluate_model(
             normalised_scores,
             top_k,
             len(matrix),
-            len(members),
+            len(cohort_vectors),
         )
     return EvalResult(
         name=name,
