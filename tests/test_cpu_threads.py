@@ -26,15 +26,17 @@ class FakeMachine:
         self.threads = 0
         self.switches: list[int] = []
         self.idle_cores = idle_cores
+        self.idle_seconds = 0.0  # core-seconds idle so far
+        self.reads = 0
 
     def clock(self) -> float:
         return self.now
 
     def cpu_times(self) -> tuple[float, float] | None:
+        self.reads += 1
         if self.idle_cores is None:
             return None
-        cores = os.cpu_count() or 1
-        return self.now * self.idle_cores, self.now * cores
+        return self.idle_seconds, self.now * (os.cpu_count() or 1)
 
     def hooks(self) -> dict:
         """ThreadTuner's clock, thread setter and idle-core reader: this machine's, never the
@@ -48,6 +50,7 @@ class FakeMachine:
     def run(self, tuner: ThreadTuner, steps: int) -> None:
         for _ in range(steps):
             self.now += self.cost[self.threads]
+            self.idle_seconds += self.cost[self.threads] * (self.idle_cores or 0.0)
             tuner.step_done()
 
 
@@ -93,6 +96,34 @@ def test_no_larger_count_is_tried_without_a_free_core() -> None:
     machine.cost = {2: 0.10, 1: 0.17}
     machine.run(tuner, 5000)
     assert tuner.threads == 2
+
+
+def test_a_core_freed_between_probes_is_probed_within_the_watch_interval() -> None:
+    machine = FakeMachine({2: 3.0, 1: 0.4}, idle_cores=0.1)  # other jobs fill every core
+    tuner = ThreadTuner(2, retune_seconds=10.0, **machine.hooks())
+    machine.run(tuner, 4000)  # 1600 s: probes now 480 s apart
+    assert tuner._retune_seconds == 480.0 and machine.threads == 1
+    last_probe = tuner.history[-1][0]
+    while machine.now < last_probe + 50:  # the next scheduled probe is 430 s away
+        machine.run(tuner, 1)
+    machine.idle_cores = 1.0  # the other jobs end: a core is free
+    machine.cost = {2: 0.10, 1: 0.17}
+    freed_at = machine.now
+    while machine.threads == 1 and machine.now < freed_at + 400:
+        machine.run(tuner, 1)
+    assert machine.threads == 2
+    assert machine.now - freed_at <= 2 * tuner.watch_seconds + 1.0  # one window, then a probe
+    machine.run(tuner, 2000)
+    assert tuner.threads == 2
+
+
+def test_a_quiet_machine_that_keeps_one_thread_is_not_probed_more_often() -> None:
+    machine = FakeMachine({2: 0.30, 1: 0.17}, idle_cores=1.0)  # one thread wins on a free core
+    tuner = ThreadTuner(2, retune_seconds=10.0, **machine.hooks())
+    machine.run(tuner, 10000)  # 1700 s
+    assert all(threads == 1 for _, threads in tuner.history)
+    assert len(tuner.history) <= 9  # 10, 20, 40, ... s apart, capped at 480 s
+    assert machine.reads > 100  # the idle cores were read between probes all along
 
 
 def test_cpu_times_are_read_from_proc_stat() -> None:

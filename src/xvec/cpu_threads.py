@@ -37,7 +37,10 @@ class ThreadTuner:
     ``min_idle_cpus`` cores stayed idle during the steps with the count in use (read from
     ``/proc/stat`` where there is one): without a free core more threads only wait for each
     other. Probes repeat after ``retune_seconds``, doubling up to ``max_retune_seconds`` while
-    they keep the count in use.
+    they keep the count in use. Between probes, while fewer threads than cores run, the idle
+    cores are read every ``watch_seconds``: when at least ``freed_cpus`` more stay idle than
+    during the last probe (the other jobs have ended), the next probe starts at once instead
+    of up to ``max_retune_seconds`` later.
     """
 
     def __init__(
@@ -49,6 +52,8 @@ class ThreadTuner:
         margin: float = 0.05,
         abort_ratio: float = 1.5,
         min_idle_cpus: float = 0.5,
+        watch_seconds: float = 15.0,
+        freed_cpus: float = 0.5,
         clock: Callable[[], float] = time.perf_counter,
         set_threads: Callable[[int], None] = torch.set_num_threads,
         idle_cpus: Callable[[], tuple[float, float] | None] | None = None,
@@ -60,9 +65,13 @@ class ThreadTuner:
         self.margin = margin
         self.abort_ratio = abort_ratio
         self.min_idle_cpus = min_idle_cpus
+        self.watch_seconds = watch_seconds
+        self.freed_cpus = freed_cpus
         self._clock = clock
         self._idle_cpus = idle_cpus or machine_cpu_times
         self._idle_at_start: tuple[float, float] | None = None
+        self._idle_during_probe: float | None = None  # idle cores while the incumbent ran
+        self._watch_from: tuple[float, tuple[float, float] | None] | None = None
         self._set_threads = set_threads
         self.threads = self.candidates[-1]
         self._set_threads(self.threads)
@@ -86,6 +95,8 @@ class ThreadTuner:
         if len(self.candidates) == 1:
             return
         if not self._queue:
+            if now < self._next_probe and self._cores_freed(now):
+                self._next_probe, self._retune_seconds = now, self.min_retune_seconds
             if now >= self._next_probe:
                 self._incumbent = self.threads
                 others = [n for n in self.candidates if n != self.threads]
@@ -116,12 +127,22 @@ class ThreadTuner:
 
     def _no_free_core(self) -> bool:
         """Whether fewer than ``min_idle_cpus`` cores were idle since the probe started."""
-        end = self._idle_cpus()
-        if self._idle_at_start is None or end is None:
+        self._idle_during_probe = _idle_cores(self._idle_at_start, self._idle_cpus())
+        return self._idle_during_probe is not None and self._idle_during_probe < self.min_idle_cpus
+
+    def _cores_freed(self, now: float) -> bool:
+        """Between probes, below the largest count: whether, over the last ``watch_seconds``,
+        at least ``freed_cpus`` more cores stayed idle than during the last probe."""
+        if self._idle_during_probe is None or self.threads >= self.candidates[0]:
             return False
-        idle = end[0] - self._idle_at_start[0]
-        total = end[1] - self._idle_at_start[1]
-        return total > 0 and idle / total * (os.cpu_count() or 1) < self.min_idle_cpus
+        if self._watch_from is None or now - self._watch_from[0] < self.watch_seconds:
+            if self._watch_from is None:
+                self._watch_from = (now, self._idle_cpus())
+            return False
+        reading = self._idle_cpus()
+        idle = _idle_cores(self._watch_from[1], reading)
+        self._watch_from = (now, reading)
+        return idle is not None and idle >= self._idle_during_probe + self.freed_cpus
 
     def _use(self, threads: int) -> None:
         if threads != self.threads:
@@ -141,6 +162,7 @@ class ThreadTuner:
             self._retune_seconds = self.min_retune_seconds
         self.history.append((now, chosen))
         self._next_probe = now + self._retune_seconds
+        self._watch_from = None
 
 
 def machine_cpu_times() -> tuple[float, float] | None:
@@ -155,6 +177,13 @@ def machine_cpu_times() -> tuple[float, float] | None:
         return None
     idle, iowait = ticks[3], ticks[4]  # after user, nice, system; before irq, softirq, steal
     return float(idle + iowait), float(sum(ticks))
+
+
+def _idle_cores(start: tuple[float, float] | None, end: tuple[float, float] | None) -> float | None:
+    """Cores idle on average between two :func:`machine_cpu_times` readings (None: unknown)."""
+    if start is None or end is None or end[1] <= start[1]:
+        return None
+    return (end[0] - start[0]) / (end[1] - start[1]) * (os.cpu_count() or 1)
 
 
 def _median(times: list[float]) -> float:
