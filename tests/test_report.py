@@ -16,8 +16,13 @@ from rich.console import Console
 from xvec import report
 from xvec.metrics import compute_metrics
 from xvec.report import FileProgress, metrics_table, shorten_left
-from xvec.report_training import ConsoleTrainingObserver, EpochProgress, training_start_text
-from xvec.training.events import EpochStats, TrainingStart
+from xvec.report_training import (
+    ConsoleTrainingObserver,
+    EpochProgress,
+    training_outcome_text,
+    training_start_text,
+)
+from xvec.training.events import EpochStats, TrainingOutcome, TrainingStart
 
 from conftest import ROOT, run_cli
 
@@ -192,6 +197,20 @@ def test_training_start_text_for_fixed_threads_a_gpu_and_a_resumed_run(tmp_path)
     ) in layout
     small = training_start_text(training_start(tmp_path, parameters=190_456))
     assert small.startswith("training ResNetSE34L (190,456 parameters)")
+
+
+def test_training_outcome_names_only_the_models_the_run_wrote(tmp_path) -> None:
+    (tmp_path / "last.safetensors").touch()
+    plain = training_outcome_text(TrainingOutcome(tmp_path, evaluated=False)).splitlines()
+    assert plain == [f"run folder: {tmp_path}", f"model: {tmp_path / 'last.safetensors'}"]
+    (tmp_path / "best.safetensors").touch()
+    (tmp_path / "avg.safetensors").touch()
+    scored = training_outcome_text(TrainingOutcome(tmp_path, evaluated=True)).splitlines()
+    assert scored[1:4] == [
+        f"model: {tmp_path / 'last.safetensors'} (best: {tmp_path / 'best.safetensors'})",
+        f"averaged model: {tmp_path / 'avg.safetensors'} (scored)",
+        f"scores: {tmp_path / 'scores.txt'}",
+    ]
 
 
 def test_file_progress_rate_counts_from_the_start_and_logs_plain_lines(monkeypatch) -> None:

@@ -109,9 +109,9 @@ def test_average_last_writes_the_average_and_the_final_evaluation_is_of_it(
     assert kept == ["epoch_0002.safetensors", "epoch_0003.safetensors"]  # at least N kept
     averaged = [args for name, args in seen.calls if name == "averaged"]
     assert averaged == [(run / "avg.safetensors", [run / "models" / name for name in kept])]
-    # The last epoch is evaluated as usual (the log, best.safetensors), then the average:
+    # The last epoch is saved, then averaged with the one before and the average evaluated:
     assert seen.names()[-6:] == [
-        "evaluated",
+        "epoch_ended",
         "averaged",
         "evaluation_started",
         "evaluation_progress",
@@ -138,6 +138,28 @@ def test_average_last_writes_the_average_and_the_final_evaluation_is_of_it(
     assert not torch.equal(last["out.weight"], mean["out.weight"])
     epoch3 = read_checkpoint(run / "models" / "epoch_0003.safetensors").model_state
     assert all(torch.equal(last[key], epoch3[key]) for key in last)
+
+
+def test_a_run_that_averages_evaluates_the_average_in_place_of_its_last_epoch(
+    tmp_path, tone_corpus, tiny_model_dist
+):
+    """The end of training is evaluated once, on the model the run ships: with averaging the
+    average and not also the last epoch (3), even where test_interval lands on it."""
+    evaluated, logged = {}, {}
+    runs = (("avg", "average_last = 2\n", 2), ("avg1", "average_last = 2\n", 1), ("plain", "", 2))
+    for name, extra, interval in runs:
+        seen = Recorder()
+        path = stage_file(tmp_path, tone_corpus, name, extra=extra)
+        train(load_recipe(path, [f"train.test_interval={interval}"]), observer=seen)
+        evaluated[name] = sum(event == "evaluated" for event, _ in seen.events)
+        records = read_log(tmp_path / name)
+        logged[name] = [record["epoch"] for record in records if record["kind"] == "eval"]
+    assert logged == {"avg": [2], "avg1": [1, 2], "plain": [2, 3]}
+    assert evaluated == {"avg": 2, "avg1": 3, "plain": 2}  # the epochs logged, then the average
+    assert json.loads((tmp_path / "avg" / "result.json").read_text())["name"] == "avg.safetensors"
+    best = read_checkpoint(tmp_path / "avg" / "best.safetensors").model_state
+    epoch2 = read_checkpoint(tmp_path / "avg" / "models" / "epoch_0002.safetensors").model_state
+    assert all(torch.equal(best[key], epoch2[key]) for key in best)
 
 
 def test_a_finished_run_missing_its_average_writes_it_again(tmp_path, tone_corpus, tiny_model_dist):

@@ -126,7 +126,13 @@ class TrainConfig(Section):
     nClasses: int | None = Field(
         None, gt=0, le=INDEX_MAX, description="checked against the train list"
     )
-    test_interval: int = Field(10, gt=0, le=INDEX_MAX)
+    test_interval: int = Field(
+        10,
+        gt=0,
+        le=INDEX_MAX,
+        description="evaluate every N epochs, and at the end of training (with average_last: "
+        "the average, in place of the last epoch)",
+    )
     seed: int = Field(10, ge=0, le=SEED_MAX)
     output_dir: Path = Path("runs/exp1")
     num_workers: int = Field(2, ge=0, le=INDEX_MAX)
@@ -216,7 +222,7 @@ class TrainConfig(Section):
         ge=0,
         le=INDEX_MAX,
         description="at the end, average the last N epochs' models into avg.safetensors and "
-        "evaluate that (keeps at least N per-epoch models)",
+        "evaluate that in place of the last epoch (keeps at least N per-epoch models)",
     )
 
     @field_validator("average_last")

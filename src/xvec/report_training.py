@@ -11,6 +11,7 @@ from rich.console import Console
 
 from xvec import report
 from xvec.report import FileProgress, metrics_table, print_warning
+from xvec.training.averaging import AVERAGE_FILE
 from xvec.training.events import EpochStats, TrainingObserver, TrainingOutcome, TrainingStart
 
 if TYPE_CHECKING:
@@ -117,10 +118,11 @@ def training_start_text(start: TrainingStart) -> str:
 def training_outcome_text(outcome: TrainingOutcome) -> str:
     """Where a finished run's outputs are, one line each."""
     run_dir = outcome.run_dir
-    lines = [
-        f"run folder: {run_dir}",
-        f"model: {run_dir / 'last.safetensors'} (best: {run_dir / 'best.safetensors'})",
-    ]
+    best, average = run_dir / "best.safetensors", run_dir / AVERAGE_FILE
+    model = f"model: {run_dir / 'last.safetensors'}"
+    lines = [f"run folder: {run_dir}", model + (f" (best: {best})" if best.is_file() else "")]
+    if average.is_file():
+        lines.append(f"averaged model: {average}" + (" (scored)" if outcome.evaluated else ""))
     if outcome.evaluated:
         lines += [f"scores: {run_dir / 'scores.txt'}", f"histogram: {run_dir / 'hist.png'}"]
     if (run_dir / "curves.png").is_file():

@@ -7,7 +7,8 @@ weights, optimiser, scheduler, scaler, position, RNG), ``last.safetensors`` and
 ``best.safetensors`` (self-describing model checkpoints), and after training ``scores.txt``,
 ``result.json``, ``hist.png`` and ``curves.png``. Every file is written atomically. With
 ``[train] average_last = N`` the last N epochs' models (kept in ``models/``) are averaged into
-``avg.safetensors`` at the end, and the final outputs are that model's evaluation. With
+``avg.safetensors`` at the end, and the final outputs are that model's evaluation, in place of
+the last epoch's (``xvec eval`` scores ``last.safetensors`` if wanted). With
 ``[init] from`` a run starts from another run's checkpoint (a stage); a resume never re-applies it.
 
 Resume is exact: the batches of an epoch and every crop's randomness are functions of
@@ -375,7 +376,10 @@ def _end_of_epoch(run: _Run, stop: StopFlag) -> bool:
             run.scheduler.step()
         position.epoch += 1
         position.batch = 0
-    due = epoch % recipe.train.test_interval == 0 or run.finished()
+    if run.finished():  # evaluated, unless the run averages: the average is, in its place
+        due = not recipe.train.average_last
+    else:
+        due = epoch % recipe.train.test_interval == 0
     position.pending_eval = epoch if run.trials is not None and due else None
     return _close_epoch(run, epoch, stop)
 
