@@ -178,6 +178,9 @@ def test_run_folder_given_as_model_names_its_checkpoint(tmp_path, trials, comman
         f"error: {run_dir}: is a run folder, not a checkpoint file; "
         f"give {run_dir / 'best.safetensors'}"
     )
+    (run_dir / "avg.safetensors").write_bytes(b"")  # a run that averages scored its average
+    line = one_line_error(xvec(*args))
+    assert line.endswith(f"; give {run_dir / 'avg.safetensors'}")
 
 
 # --------------------------------------------------------------------------- prepare folder

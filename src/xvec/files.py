@@ -143,7 +143,8 @@ def file_problem(path: str | Path) -> str | None:
     return f"is not a regular file ({kind})"
 
 
-RUN_CHECKPOINTS = ("best.safetensors", "last.safetensors")  # what a training run folder holds
+# What a training run folder holds, the model its final evaluation scored first (the average)
+RUN_CHECKPOINTS = ("avg.safetensors", "best.safetensors", "last.safetensors")
 
 
 def require_checkpoint_file(path: Path) -> None:
