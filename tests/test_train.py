@@ -126,6 +126,86 @@ def test_stop_and_resume_is_exact(tmp_path, tone_corpus, tiny_model_dist):
         assert torch.equal(a[key], b[key]), key
 
 
+ECAPA_MODEL = """
+[model]
+name = "ECAPA-TDNN"
+channels = 16
+embedding_size = 8
+n_mels = 16
+"""
+DITHERED_MODEL = """
+[model]
+name = "WeSpeakerResNet"
+depth = 18
+m_channels = 4
+feat_dim = 16
+embed_dim = 8
+"""
+SPEC_AUGMENT = "\n[augment.spec_augment]\nprobability = 1.0\nmax_frames = 5\nmax_bands = 4\n"
+
+
+def model_recipe(
+    tmp_path: Path, corpus: Path, out: str, model: str = ECAPA_MODEL, extra: str = ""
+) -> Path:
+    """The test recipe with ``model`` (a TOML [model] section) in place of TinyModel."""
+    text = RECIPE.format(root=corpus, out=tmp_path / out).replace(
+        '[model]\nname = "TinyModel"\nnOut = 8\n', model
+    )
+    path = tmp_path / f"{out}.toml"
+    path.write_text(text + extra)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("model", "extra"),
+    [(ECAPA_MODEL, SPEC_AUGMENT), (DITHERED_MODEL, "")],
+    ids=["spec_augment", "fbank_dither"],
+)
+def test_a_model_that_draws_random_numbers_resumes_exactly(tmp_path, tone_corpus, model, extra):
+    train(load_recipe(model_recipe(tmp_path, tone_corpus, "straight", model, extra)))
+    interrupted = load_recipe(model_recipe(tmp_path, tone_corpus, "resumed", model, extra))
+    train(interrupted, stop_when=after_steps(3))
+    train(interrupted, resume=True, stop_when=after_steps(2))  # into epoch 2
+    train(interrupted, resume=True)
+    straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+
+
+def test_spec_augment_changes_what_a_run_learns(tmp_path, tone_corpus):
+    train(load_recipe(model_recipe(tmp_path, tone_corpus, "plain")))
+    train(load_recipe(model_recipe(tmp_path, tone_corpus, "masked", extra=SPEC_AUGMENT)))
+    plain, masked = weights(tmp_path / "plain"), weights(tmp_path / "masked")
+    assert any(not torch.equal(plain[key], masked[key]) for key in plain)
+
+
+def test_spec_augment_masks_the_front_end_only_while_training(tmp_path, tone_corpus):
+    from xvec import registry
+    from xvec.training.inputs import add_spec_augment
+
+    recipe = load_recipe(model_recipe(tmp_path, tone_corpus, "run", extra=SPEC_AUGMENT))
+    model = registry.build("model", recipe.model.name, recipe.model.params)
+    plain = registry.build("model", recipe.model.name, recipe.model.params)
+    plain.load_state_dict(model.state_dict())
+    add_spec_augment(recipe, model)
+    waves = torch.randn(3, 16000)
+    model.eval(), plain.eval()
+    assert torch.equal(model(waves), plain(waves))
+    model.train()
+    masked, features = model.fbank(waves), plain.fbank(waves)
+    hidden_frames = (masked != features).all(dim=1).sum(dim=1)  # every row: probability 1
+    assert ((hidden_frames >= 1) & (hidden_frames <= 5)).all()
+
+
+def test_spec_augment_is_refused_for_a_model_without_a_marked_front_end(tmp_path, tone_corpus):
+    recipe = load_recipe(
+        conv2d_recipe(tmp_path, tone_corpus, "run", ""), ["augment.spec_augment={}"]
+    )
+    with pytest.raises(XvecError, match=r"augment.spec_augment: model ResNetSE34L .* found none"):
+        train(recipe)
+    assert not (tmp_path / "run").exists()  # refused before the run folder is made
+
+
 CONV2D_MODEL = """
 [model]
 name = "ResNetSE34L"

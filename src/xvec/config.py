@@ -272,6 +272,17 @@ class EvalConfig(Section):
         return self
 
 
+class SpecAugmentConfig(Section):
+    """``[augment.spec_augment]``: masks on the model's features while training (WeSpeaker's
+    ``spec_aug``, whose defaults these are); ``{}`` turns it on as they are."""
+
+    probability: float = Field(0.6, ge=0, le=1, description="chance an utterance is masked")
+    time_masks: int = Field(1, ge=0, description="time spans masked per utterance")
+    max_frames: int = Field(10, ge=1, description="longest time span, in frames")
+    band_masks: int = Field(1, ge=0, description="mel-band spans masked per utterance")
+    max_bands: int = Field(8, ge=1, description="widest band span, in bands")
+
+
 class AugmentConfig(Section):
     """Data augmentation (off unless a source is given)."""
 
@@ -284,6 +295,11 @@ class AugmentConfig(Section):
         "sped-up and slowed-down ones are speakers of their own (three times the classes)",
     )
     probability: float = Field(0.6, ge=0, le=1, description="chance an utterance is augmented")
+    spec_augment: SpecAugmentConfig | None = Field(
+        None,
+        description="SpecAugment on the features of models whose front end supports it "
+        "(the peers' models: ECAPA-TDNN, TDNN, WeSpeaker ResNet, CAM++, ERes2Net); off unless set",
+    )
 
     @property
     def speed_speakers(self) -> bool:
@@ -351,6 +367,8 @@ class Recipe(Section):
             del data["loss"]["margin_ramp"]  # so runs recorded before ramps existed resume
         if data["init"] is None:
             del data["init"]  # a one-stage run records what it did before stages existed
+        if data["augment"]["spec_augment"] is None:
+            del data["augment"]["spec_augment"]  # runs recorded before SpecAugment resume
         return data
 
 

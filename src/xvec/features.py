@@ -12,7 +12,7 @@ they have nothing to learn.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,7 @@ __all__ = [
     "kaldi_mel_banks",
     "kaldi_window",
     "mel_filterbank",
+    "spec_augment",
     "vt_filterbank",
     "vt_log_mel",
     "wrap_pad_to",
@@ -200,6 +201,8 @@ class LogFbank(nn.Module):
     non-persistent buffers: they are constants, so checkpoints do not carry them. Signals
     shorter than one window are cyclically padded to one window.
     """
+
+    band_axis: ClassVar[int] = 1  # the output's mel-band axis: a SpecAugment target
 
     def __init__(
         self,
@@ -562,6 +565,8 @@ class KaldiFbankCMN(nn.Module):
     state-dict entries.
     """
 
+    band_axis: ClassVar[int] = 2  # the output's mel-band axis: a SpecAugment target
+
     def __init__(
         self,
         n_mels: int = 80,
@@ -586,3 +591,56 @@ class KaldiFbankCMN(nn.Module):
             if self.mean_norm:
                 features = features - features.mean(dim=1, keepdim=True)
             return features
+
+
+def _mask_spans(
+    rows: torch.Tensor, masks: int, max_width: int, size: int, device: torch.device
+) -> torch.Tensor:
+    """``[batch, size]`` True inside ``masks`` random spans per row marked in ``rows``.
+
+    Each span starts uniformly in ``0 .. size - 1`` and is ``1 .. max_width`` long, cut at the
+    end (WeSpeaker's ``spec_aug`` draws); rows where ``rows`` is False get no span.
+    """
+    batch = rows.shape[0]
+    start = torch.randint(0, size, (batch, masks, 1), device=device)
+    width = torch.randint(1, max_width + 1, (batch, masks, 1), device=device)
+    position = torch.arange(size, device=device)
+    inside = (position >= start) & (position < start + width)  # [batch, masks, size]
+    return inside.any(dim=1) & rows[:, None]
+
+
+def spec_augment(
+    features: torch.Tensor,
+    band_axis: int,
+    probability: float,
+    time_masks: int,
+    max_frames: int,
+    band_masks: int,
+    max_bands: int,
+) -> torch.Tensor:
+    """SpecAugment of a ``[batch, ., .]`` feature batch: a masked copy, the input untouched.
+
+    WeSpeaker's ``spec_aug``: each row, with chance ``probability``, gets ``time_masks`` spans of
+    1 .. ``max_frames`` frames and ``band_masks`` spans of 1 .. ``max_bands`` mel bands, each
+    starting uniformly and cut at the edge. Masked values become the row's mean of that band
+    over time: 0 after mean normalisation (WeSpeaker's fill), a neutral value without it.
+    Draws come from torch's default generator of the features' device, which a training
+    state saves and restores, so a resumed run masks exactly as an uninterrupted one.
+    """
+    if features.dim() != 3 or band_axis not in (1, 2):
+        raise ValueError(
+            "expected [batch, bands, frames] or [batch, frames, bands] features, got shape "
+            f"{tuple(features.shape)} with band axis {band_axis}"
+        )
+    bands_first = features if band_axis == 1 else features.transpose(1, 2)
+    batch, bands, frames = bands_first.shape
+    device = features.device
+    rows = torch.rand(batch, device=device) < probability
+    hidden = torch.zeros(batch, bands, frames, dtype=torch.bool, device=device)
+    if time_masks:
+        hidden |= _mask_spans(rows, time_masks, max_frames, frames, device)[:, None, :]
+    if band_masks:
+        hidden |= _mask_spans(rows, band_masks, max_bands, bands, device)[:, :, None]
+    fill = bands_first.mean(dim=2, keepdim=True)
+    masked = torch.where(hidden, fill, bands_first)
+    return masked if band_axis == 1 else masked.transpose(1, 2).contiguous()

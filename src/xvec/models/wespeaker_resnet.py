@@ -72,6 +72,8 @@ class WeSpeakerFrontEnd(nn.Module):
     ``min_samples`` are repeated cyclically up to that length. No state-dict entries.
     """
 
+    band_axis: ClassVar[int] = 2  # the output's mel-band axis: a SpecAugment target
+
     def __init__(
         self,
         n_mels: int = 80,

@@ -31,6 +31,7 @@ from xvec.data import (
 )
 from xvec.devices import parse_device
 from xvec.errors import XvecError
+from xvec.features import spec_augment
 from xvec.schedules import has_margin
 
 
@@ -141,6 +142,47 @@ def build_loss(recipe: Recipe, model: nn.Module, train_list: TrainList) -> nn.Mo
             "drive it; remove the ramp or use a margin loss (amsoftmax, aamsoftmax)"
         )
     return loss
+
+
+def add_spec_augment(recipe: Recipe, model: nn.Module) -> None:
+    """Mask the model's features in training mode as ``[augment.spec_augment]`` says.
+
+    The features are the output of the model's one front-end module that names its mel-band
+    axis (``band_axis``: xvec's ``LogFbank``, ``KaldiFbankCMN`` and WeSpeaker front end; a
+    plugin's front end may declare it too); a forward hook replaces that output with a masked
+    copy while the module trains, so evaluation, checkpoints and averaging see the plain model.
+    """
+    config = recipe.augment.spec_augment
+    if config is None:
+        return
+    front_ends = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(getattr(type(module), "band_axis", None), int)
+    ]
+    if len(front_ends) != 1:
+        found = ", ".join(name for name, _ in front_ends) or "none"
+        raise XvecError(
+            f"augment.spec_augment: model {recipe.model.name} needs exactly one front end that "
+            f"names its band axis, found {found}; remove augment.spec_augment for this model"
+        )
+    _, front_end = front_ends[0]
+    band_axis = type(front_end).band_axis  # type: ignore[attr-defined]
+
+    def mask(module: nn.Module, inputs: Any, features: torch.Tensor) -> torch.Tensor | None:
+        if not module.training:
+            return None
+        return spec_augment(
+            features,
+            band_axis,
+            config.probability,
+            config.time_masks,
+            config.max_frames,
+            config.band_masks,
+            config.max_bands,
+        )
+
+    front_end.register_forward_hook(mask)
 
 
 def build_loader(

@@ -12,8 +12,9 @@ the last epoch's (``xvec eval`` scores ``last.safetensors`` if wanted). With
 ``[init] from`` a run starts from another run's checkpoint (a stage); a resume never re-applies it.
 
 Resume is exact: the batches of an epoch and every crop's randomness are functions of
-(seed, epoch, batch), so a run killed at any point and resumed from its last state reproduces an
-uninterrupted run's weights bit for bit on CPU.
+(seed, epoch, batch), and the model's own draws (dither, SpecAugment) of (seed, step, rank), so
+a run killed at any point and resumed from its last state reproduces an uninterrupted run's
+weights bit for bit on CPU.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -45,6 +47,7 @@ from xvec.training.averaging import (
 from xvec.training.distributed import world_position
 from xvec.training.events import EpochStats, TrainingObserver, TrainingOutcome, TrainingStart
 from xvec.training.inputs import (
+    add_spec_augment,
     build_loader,
     build_loss,
     compute_threads,
@@ -137,6 +140,7 @@ class _Run:
     run_dir: Path
     device: torch.device
     world: int
+    rank: int
     is_main: bool
     model: nn.Module
     loss: nn.Module
@@ -189,6 +193,7 @@ def _setup(recipe: Recipe, resume: bool, observer: TrainingObserver, lock: RunLo
     device = init_device(recipe, world, local_rank)
     torch.manual_seed(recipe.train.seed)
     model = registry.build("model", recipe.model.name, recipe.model.params)
+    add_spec_augment(recipe, model)
     loss = build_loss(recipe, model, train_list)
     init = None if resume else start_from(recipe, model, loss)  # a stage: another run's weights
     net = SpeakerNet(model, loss).to(device)
@@ -220,6 +225,7 @@ def _setup(recipe: Recipe, resume: bool, observer: TrainingObserver, lock: RunLo
         run_dir=run_dir,
         device=device,
         world=world,
+        rank=rank,
         is_main=is_main,
         model=model,
         loss=loss,
@@ -282,6 +288,10 @@ def _step(run: _Run, waves: torch.Tensor, labels: torch.Tensor) -> tuple[float, 
         total_epochs=recipe.train.max_epoch,
         base_lr=recipe.optim.lr,
     )
+    # The model's own draws (fbank dither, SpecAugment masks, dropout) are a function of
+    # (seed, step, rank) like the loader's crops, so a resumed run draws exactly what an
+    # uninterrupted one does, whatever else used torch's generator in between.
+    torch.manual_seed(step_seed(recipe.train.seed, run.position.step, run.rank))
     with torch.autocast(device_type=run.device.type, dtype=run.amp_dtype, enabled=run.use_amp):
         value, accuracy = run.ddp_net(waves, labels)
     if not torch.isfinite(value):
@@ -307,6 +317,12 @@ def _step(run: _Run, waves: torch.Tensor, labels: torch.Tensor) -> tuple[float, 
     run.position.step += 1
     run.position.batch += 1
     return value.item(), accuracy.item()
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The torch seed of optimiser step ``step`` on process ``rank`` of a run seeded ``seed``."""
+    words = np.random.SeedSequence([seed, step, rank, 0x57E9]).generate_state(2, np.uint32)
+    return (int(words[0]) << 31) | (int(words[1]) >> 1)  # 63 bits: torch's seed range
 
 
 def _train_epoch(run: _Run, stop: StopFlag, stop_when: Callable[[Position], bool] | None) -> bool:
