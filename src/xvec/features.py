@@ -624,8 +624,8 @@ def spec_augment(
     1 .. ``max_frames`` frames and ``band_masks`` spans of 1 .. ``max_bands`` mel bands, each
     starting uniformly and cut at the edge. Masked values become the row's mean of that band
     over time: 0 after mean normalisation (WeSpeaker's fill), a neutral value without it.
-    Draws come from torch's default generator of the features' device, which a training
-    state saves and restores, so a resumed run masks exactly as an uninterrupted one.
+    Draws come from torch's default generator of the features' device (the training loop
+    seeds it per step, so a resumed run masks exactly as an uninterrupted one).
     """
     if features.dim() != 3 or band_axis not in (1, 2):
         raise ValueError(

@@ -291,7 +291,7 @@ def _step(run: _Run, waves: torch.Tensor, labels: torch.Tensor) -> tuple[float, 
     # The model's own draws (fbank dither, SpecAugment masks, dropout) are a function of
     # (seed, step, rank) like the loader's crops, so a resumed run draws exactly what an
     # uninterrupted one does, whatever else used torch's generator in between.
-    torch.manual_seed(step_seed(recipe.train.seed, run.position.step, run.rank))
+    torch.manual_seed(_step_seed(recipe.train.seed, run.position.step, run.rank))
     with torch.autocast(device_type=run.device.type, dtype=run.amp_dtype, enabled=run.use_amp):
         value, accuracy = run.ddp_net(waves, labels)
     if not torch.isfinite(value):
@@ -319,7 +319,7 @@ def _step(run: _Run, waves: torch.Tensor, labels: torch.Tensor) -> tuple[float, 
     return value.item(), accuracy.item()
 
 
-def step_seed(seed: int, step: int, rank: int) -> int:
+def _step_seed(seed: int, step: int, rank: int) -> int:
     """The torch seed of optimiser step ``step`` on process ``rank`` of a run seeded ``seed``."""
     words = np.random.SeedSequence([seed, step, rank, 0x57E9]).generate_state(2, np.uint32)
     return (int(words[0]) << 31) | (int(words[1]) >> 1)  # 63 bits: torch's seed range
