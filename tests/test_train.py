@@ -145,15 +145,35 @@ SPEC_AUGMENT = "\n[augment.spec_augment]\nprobability = 1.0\nmax_frames = 5\nmax
 
 
 def model_recipe(
-    tmp_path: Path, corpus: Path, out: str, model: str = ECAPA_MODEL, extra: str = ""
+    tmp_path: Path,
+    corpus: Path,
+    out: str,
+    model: str = ECAPA_MODEL,
+    extra: str = "",
+    train_lines: str = "",
 ) -> Path:
-    """The test recipe with ``model`` (a TOML [model] section) in place of TinyModel."""
-    text = RECIPE.format(root=corpus, out=tmp_path / out).replace(
-        '[model]\nname = "TinyModel"\nnOut = 8\n', model
-    )
+    """The test recipe with ``model`` (a TOML [model] section) in place of TinyModel,
+    ``train_lines`` added to [train] and ``extra`` at the end."""
+    text = RECIPE.format(root=corpus, out=tmp_path / out)
+    text = text.replace('[model]\nname = "TinyModel"\nnOut = 8\n', model)
+    text = text.replace("[train]\n", f"[train]\n{train_lines}\n")
     path = tmp_path / f"{out}.toml"
     path.write_text(text + extra)
     return path
+
+
+def resume_twice(recipe) -> None:
+    """Train ``recipe`` stopped mid-epoch 1, resumed into epoch 2 and stopped, then finished."""
+    train(recipe, stop_when=after_steps(3))
+    train(recipe, resume=True, stop_when=after_steps(2))  # into epoch 2
+    train(recipe, resume=True)
+
+
+def assert_same_weights(run_a: Path, run_b: Path) -> None:
+    a, b = weights(run_a), weights(run_b)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
 
 
 @pytest.mark.parametrize(
@@ -163,13 +183,8 @@ def model_recipe(
 )
 def test_a_model_that_draws_random_numbers_resumes_exactly(tmp_path, tone_corpus, model, extra):
     train(load_recipe(model_recipe(tmp_path, tone_corpus, "straight", model, extra)))
-    interrupted = load_recipe(model_recipe(tmp_path, tone_corpus, "resumed", model, extra))
-    train(interrupted, stop_when=after_steps(3))
-    train(interrupted, resume=True, stop_when=after_steps(2))  # into epoch 2
-    train(interrupted, resume=True)
-    straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
-    for key in straight:
-        assert torch.equal(straight[key], resumed[key]), key
+    resume_twice(load_recipe(model_recipe(tmp_path, tone_corpus, "resumed", model, extra)))
+    assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
 
 
 def test_spec_augment_changes_what_a_run_learns(tmp_path, tone_corpus):
@@ -220,14 +235,8 @@ def conv2d_recipe(
     tmp_path: Path, corpus: Path, out: str, train_lines: str, widths: str = "16, 16, 32, 32"
 ) -> Path:
     """The test recipe with a small ResNetSE34L (2-D convolutions) in place of TinyModel."""
-    text = RECIPE.format(root=corpus, out=tmp_path / out)
-    text = text.replace(
-        '[model]\nname = "TinyModel"\nnOut = 8\n', CONV2D_MODEL.format(widths=widths)
-    )
-    text = text.replace("[train]\n", f"[train]\n{train_lines}\n")
-    path = tmp_path / f"{out}.toml"
-    path.write_text(text)
-    return path
+    model = CONV2D_MODEL.format(widths=widths)
+    return model_recipe(tmp_path, corpus, out, model, train_lines=train_lines)
 
 
 def test_channels_last_training_resumes_exactly(tmp_path, tone_corpus):
@@ -235,14 +244,9 @@ def test_channels_last_training_resumes_exactly(tmp_path, tone_corpus):
     train(load_recipe(conv2d_recipe(tmp_path, tone_corpus, "straight", "")), observer=seen)
     started = next(args for name, args in seen.events if name == "started")
     assert started.channels_last  # auto: on for the CPU, and the model has 2-D convolutions
-    interrupted = load_recipe(conv2d_recipe(tmp_path, tone_corpus, "resumed", ""))
-    train(interrupted, stop_when=after_steps(3))
-    train(interrupted, resume=True, stop_when=after_steps(2))  # into epoch 2
-    train(interrupted, resume=True)  # restored Adam moments take the parameters' layout
-    straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
-    assert straight.keys() == resumed.keys()
-    for key in straight:
-        assert torch.equal(straight[key], resumed[key]), key
+    # the restored Adam moments must take the parameters' layout
+    resume_twice(load_recipe(conv2d_recipe(tmp_path, tone_corpus, "resumed", "")))
+    assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
 
 
 def test_bf16_channels_last_skips_the_layers_onednn_corrupts_memory_on(

@@ -326,6 +326,11 @@ class InitConfig(Section):
     )
 
 
+# Optional sections added after runs were first recorded: left out of a recipe's stored form
+# while unset, so a run recorded before they existed still resumes (its recipe compares equal).
+OMITTED_WHEN_UNSET = (("loss", "margin_ramp"), ("init",), ("augment", "spec_augment"))
+
+
 class Recipe(Section):
     """A whole training/evaluation recipe."""
 
@@ -363,12 +368,12 @@ class Recipe(Section):
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (paths as strings), the form stored in checkpoints."""
         data = self.model_dump(mode="json", by_alias=True)
-        if data["loss"] is not None and data["loss"]["margin_ramp"] is None:
-            del data["loss"]["margin_ramp"]  # so runs recorded before ramps existed resume
-        if data["init"] is None:
-            del data["init"]  # a one-stage run records what it did before stages existed
-        if data["augment"]["spec_augment"] is None:
-            del data["augment"]["spec_augment"]  # runs recorded before SpecAugment resume
+        for *sections, field in OMITTED_WHEN_UNSET:
+            node = data
+            for section in sections:
+                node = node[section] or {}
+            if field in node and node[field] is None:
+                del node[field]
         return data
 
 
