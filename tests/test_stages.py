@@ -21,6 +21,7 @@ from xvec.embed import embed_files, model_fingerprint
 from xvec.errors import XvecError
 from xvec.evaluate import SpeakerCohort, evaluate_model
 from xvec.metrics import compute_metrics
+from xvec.plda import Backend, fit_backend
 from xvec.protocol import Protocol
 from xvec.runlog import read_log
 from xvec.schedules import MarginRamp, margin_at
@@ -264,6 +265,56 @@ def test_the_final_asnorm_can_mean_fewer_files_per_speaker(tmp_path, tone_corpus
     assert result["asnorm"]["eer"] == pytest.approx(expected.eer, abs=1e-9)
     with pytest.raises(XvecError, match="asnorm_files_per_speaker needs asnorm_top_k"):
         load_recipe(path, ["eval.asnorm_top_k="])
+
+
+def test_the_final_evaluation_adds_plda_fitted_on_every_training_file(
+    tmp_path, tone_corpus, tiny_model_dist
+):
+    extra = "\n[eval]\nasnorm_top_k = 2\nasnorm_files_per_speaker = 2\nplda_lda_dim = 2\n"
+    path = stage_file(tmp_path, tone_corpus, "plda", extra=extra)
+    seen = Recorder()
+    train(load_recipe(path), observer=seen)
+    run_dir = tmp_path / "plda"
+    result = json.loads((run_dir / "result.json").read_text())
+    # Independently: every training file and trial file embedded on its own, a back end fitted
+    # on them, the trials scored pair by pair.
+    recipe = load_recipe(path)
+    model = load_model(run_dir / "last.safetensors")
+    train_list = read_train_list(recipe.data.train_list)
+    trials = read_trials(recipe.data.test_list)
+    train_vectors = embed_files(model, recipe.data.train_path, train_list.files, device="cpu")
+    backend = fit_backend(
+        np.stack([train_vectors[f] for f in train_list.files]), train_list.labels, lda_dim=2
+    )
+    embeddings = embed_files(model, recipe.data.test_path, trials.files, device="cpu")
+    llrs = np.array(
+        [
+            backend.score(embeddings[trials.files[e]], embeddings[trials.files[t]])[0]
+            for e, t in zip(trials.enroll, trials.test, strict=True)
+        ]
+    )
+    expected = compute_metrics(llrs, trials.labels)
+    assert result["plda"]["eer"] == pytest.approx(expected.eer, abs=1e-9)
+    assert result["plda"]["min_dcf"]["0.05"] == pytest.approx(expected.min_dcf[0.05], abs=1e-9)
+    assert result["plda"]["fitted_files"] == len(train_list.files)
+    assert result["plda"]["speakers"] == train_list.num_classes
+    assert result["plda"]["lda_dim"] == 2
+    # The cohort's files come out of the back end's pass: AS-norm is unchanged by it.
+    members = SpeakerCohort(Path(recipe.data.train_path), train_list, 2, 2).members()
+    _, asnorm = _asnorm_by_hand(model, recipe, train_list, members)
+    assert result["asnorm"]["eer"] == pytest.approx(asnorm.eer, abs=1e-9)
+    final = [args for name, args in seen.calls if name == "final_evaluation"]
+    assert [row["name"] for row in final[0][0].rows()][2].startswith("model + PLDA (LDA 2, ")
+    # The run keeps the back end for `xvec score --backend`.
+    stored = Backend.load(run_dir / "plda.safetensors")
+    assert stored.score_trials(
+        np.stack([embeddings[f] for f in trials.files]), trials.enroll, trials.test
+    ) == pytest.approx(llrs, abs=1e-9)
+    with pytest.raises(XvecError, match="plda_lda_dim needs protocol"):
+        load_recipe(
+            path,
+            ['eval.protocol="vt-crops"', "eval.asnorm_top_k=", "eval.asnorm_files_per_speaker="],
+        )
 
 
 @pytest.mark.slow

@@ -262,11 +262,22 @@ class EvalConfig(Section):
         "speaker (a fixed random draw): a shorter cohort pass for a noisier mean; unset = "
         "every file (WeSpeaker's)",
     )
+    plda_lda_dim: int | None = Field(
+        None,
+        ge=1,
+        le=INDEX_MAX,
+        description="the final evaluation also scores with a PLDA back end (centering, LDA to "
+        "this many dimensions, length normalisation, two-covariance PLDA) fitted on the "
+        "embeddings of every training file; at most the training speakers less one; unset = "
+        "no back end",
+    )
 
     @model_validator(mode="after")
     def _asnorm_needs_full(self) -> EvalConfig:
         if self.asnorm_top_k is not None and self.protocol != "full":
             raise ValueError('asnorm_top_k needs protocol = "full" (one embedding per file)')
+        if self.plda_lda_dim is not None and self.protocol != "full":
+            raise ValueError('plda_lda_dim needs protocol = "full" (one embedding per file)')
         if self.asnorm_files_per_speaker is not None and self.asnorm_top_k is None:
             raise ValueError("asnorm_files_per_speaker needs asnorm_top_k (AS-norm is off)")
         return self
@@ -328,7 +339,12 @@ class InitConfig(Section):
 
 # Optional sections added after runs were first recorded: left out of a recipe's stored form
 # while unset, so a run recorded before they existed still resumes (its recipe compares equal).
-OMITTED_WHEN_UNSET = (("loss", "margin_ramp"), ("init",), ("augment", "spec_augment"))
+OMITTED_WHEN_UNSET = (
+    ("loss", "margin_ramp"),
+    ("init",),
+    ("augment", "spec_augment"),
+    ("eval", "plda_lda_dim"),
+)
 
 
 class Recipe(Section):

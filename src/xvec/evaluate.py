@@ -21,6 +21,7 @@ from xvec.embed import EmbedStats, embed_files
 from xvec.errors import XvecError
 from xvec.files import write_json_atomic
 from xvec.metrics import DEFAULT_P_TARGETS, Metrics, compute_metrics
+from xvec.plda import Backend, fit_backend
 from xvec.protocol import Protocol
 from xvec.scoring import as_norm, write_scores
 
@@ -66,6 +67,38 @@ class SpeakerCohort:
         return sums / np.bincount(labels, minlength=self.train_list.num_classes)[:, None]
 
 
+@dataclass(frozen=True)
+class PldaSetup:
+    """The final evaluation's PLDA back end: fitted on the embeddings of every file of a train
+    list (Kaldi's recipe: centering, LDA to ``lda_dim``, length normalisation, PLDA)."""
+
+    root: Path
+    train_list: TrainList
+    lda_dim: int | None = None
+
+    def files(self) -> list[str]:
+        return list(self.train_list.files)
+
+
+@dataclass
+class BackendScored:
+    """A system's metrics with PLDA log-likelihood ratios as scores, and the back end."""
+
+    metrics: Metrics
+    scores: np.ndarray
+    backend: Backend
+    fitted_files: int
+    speakers: int
+
+    def summary(self) -> dict:
+        return {
+            **self.metrics.to_dict(),
+            "lda_dim": self.backend.lda_dim,
+            "fitted_files": self.fitted_files,
+            "speakers": self.speakers,
+        }
+
+
 @dataclass
 class Normalised:
     """A system's metrics after AS-norm, and the normalised scores (trial order)."""
@@ -88,7 +121,7 @@ class Normalised:
 @dataclass
 class EvalResult:
     """Metrics, scores (trial order) and speed of one system on one trial list, and the same
-    after AS-norm when a cohort was given."""
+    after AS-norm when a cohort was given and with a PLDA back end when one was asked for."""
 
     name: str
     metrics: Metrics
@@ -96,6 +129,7 @@ class EvalResult:
     seconds: float
     stats: EmbedStats
     asnorm: Normalised | None = None
+    plda: BackendScored | None = None
 
     def summary(self) -> dict:
         summary = {
@@ -109,10 +143,12 @@ class EvalResult:
         }
         if self.asnorm is not None:
             summary["asnorm"] = self.asnorm.summary()
+        if self.plda is not None:
+            summary["plda"] = self.plda.summary()
         return summary
 
     def rows(self) -> list[dict]:
-        """Table rows: the raw scores', and the AS-norm scores' beside them."""
+        """Table rows: the raw scores', and the AS-norm and PLDA scores' beside them."""
         rows = [self.summary()]
         if self.asnorm is not None:
             norm = self.asnorm
@@ -122,6 +158,16 @@ class EvalResult:
                     **norm.metrics.to_dict(),
                     "name": f"{self.name} + AS-norm (top {norm.top_k} of "
                     f"{norm.cohort_size} speakers)",
+                }
+            )
+        if self.plda is not None:
+            lda = self.plda.backend.lda_dim
+            rows.append(
+                {
+                    **rows[0],
+                    **self.plda.metrics.to_dict(),
+                    "name": f"{self.name} + PLDA ({f'LDA {lda}, ' if lda else ''}"
+                    f"{self.plda.fitted_files} files of {self.plda.speakers} speakers)",
                 }
             )
         return rows
@@ -141,10 +187,14 @@ def evaluate_model(
     c_fa: float = 1.0,
     progress: Progress | None = None,
     cohort: SpeakerCohort | None = None,
+    plda: PldaSetup | None = None,
 ) -> EvalResult:
     """Embed every unique trial file once, score all trials in one vectorised pass, measure;
-    with a ``cohort``, also the metrics after AS-norm against it."""
+    with a ``cohort``, also the metrics after AS-norm against it; with ``plda``, also those of
+    a PLDA back end fitted on the train list. A training file both need is embedded once."""
     protocol = protocol or Protocol()
+    if (cohort is not None or plda is not None) and protocol.crops:
+        raise XvecError("AS-norm and PLDA need one embedding per file: use the full protocol")
     require_both_labels(trials)
     check_files_exist(audio_root, trials.files, trials.path)
     start = time.perf_counter()
@@ -168,20 +218,29 @@ def evaluate_model(
     scores = protocol.score_trials(embeddings, trials)
     settings = {"p_targets": p_targets, "c_miss": c_miss, "c_fa": c_fa}
     metrics = compute_metrics(scores, trials.labels, **settings)
-    normalised = None
-    if cohort is not None:
-        if protocol.crops:
-            raise XvecError("AS-norm needs one embedding per file: use the full protocol")
-        cohort_vectors = embed_files(
+    reference: dict[tuple[Path, str], np.ndarray] = {}  # training files embedded so far
+    for side in (plda, cohort):  # the cohort's files are among the back end's
+        if side is None:
+            continue
+        root = Path(side.root)
+        missing = list(dict.fromkeys(f for f in side.files() if (root, f) not in reference))
+        if not missing:
+            continue
+        computed = embed_files(
             model,
-            cohort.root,
-            cohort.files(),
+            root,
+            missing,
             protocol,
             batch_size=batch_size,
             device=device,
             progress=progress,
             prepare=False,
         )
+        reference.update({(root, name): vector for name, vector in computed.items()})
+    normalised = None
+    if cohort is not None:
+        root = Path(cohort.root)
+        cohort_vectors = {name: reference[root, name] for name in cohort.files()}
         matrix = cohort.matrix(cohort_vectors)
         top_k = min(cohort.top_k, len(matrix))
         normalised_scores = as_norm(scores, trials.enroll, trials.test, embeddings, matrix, top_k)
@@ -192,6 +251,19 @@ def evaluate_model(
             len(matrix),
             len(cohort_vectors),
         )
+    backend_scored = None
+    if plda is not None:
+        root = Path(plda.root)
+        train = np.stack([reference[root, name] for name in plda.files()])
+        backend = fit_backend(train, plda.train_list.labels, lda_dim=plda.lda_dim)
+        llrs = backend.score_trials(embeddings, trials.enroll, trials.test)
+        backend_scored = BackendScored(
+            compute_metrics(llrs, trials.labels, **settings),
+            llrs,
+            backend,
+            len(train),
+            plda.train_list.num_classes,
+        )
     return EvalResult(
         name=name,
         metrics=metrics,
@@ -199,6 +271,7 @@ def evaluate_model(
         seconds=time.perf_counter() - start,
         stats=stats,
         asnorm=normalised,
+        plda=backend_scored,
     )
 
 

@@ -142,6 +142,18 @@ class Backend:
             llrs[rows] = (e * e + t * t) @ self._quadratic + (e * t) @ self._cross
         return llrs + self._constant
 
+    def score_trials(
+        self, embeddings: ArrayLike, enroll: np.ndarray, test: np.ndarray
+    ) -> np.ndarray:
+        """LLR of each trial ``(enroll[i], test[i])``, indices into the rows of ``embeddings``;
+        gathered a block of trials at a time, so a long list never copies every pair at once."""
+        matrix = np.asarray(embeddings)
+        llrs = np.empty(len(enroll))
+        for start in range(0, llrs.size, _SCORE_CHUNK):
+            rows = slice(start, start + _SCORE_CHUNK)
+            llrs[rows] = self.score(matrix[enroll[rows]], matrix[test[rows]])
+        return llrs
+
     def score_matrix(self, enroll: ArrayLike, test: ArrayLike) -> np.ndarray:
         """LLRs of every enrolment row against every test row: ``[N_enroll, N_test]``."""
         e = self.transform(self._embeddings(enroll, "enrolment")) @ self._basis

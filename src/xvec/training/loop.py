@@ -34,7 +34,13 @@ from xvec.config import Recipe
 from xvec.cpu_threads import ThreadTuner
 from xvec.data import EpochBatches, TrainList, Trials
 from xvec.errors import XvecError
-from xvec.evaluate import EvalResult, SpeakerCohort, evaluate_model, write_eval_outputs
+from xvec.evaluate import (
+    EvalResult,
+    PldaSetup,
+    SpeakerCohort,
+    evaluate_model,
+    write_eval_outputs,
+)
 from xvec.plots import plot_histogram, plot_training
 from xvec.protocol import Protocol
 from xvec.runlog import LOG_FILE, RunLog, read_log
@@ -64,7 +70,13 @@ from xvec.training.optim import (
     make_optimizer,
     make_scheduler,
 )
-from xvec.training.run_dir import STATE_FILE, RunLock, final_outputs, prepare_run_dir
+from xvec.training.run_dir import (
+    PLDA_FILE,
+    STATE_FILE,
+    RunLock,
+    final_outputs,
+    prepare_run_dir,
+)
 from xvec.training.signals import Interrupted, StopFlag
 from xvec.training.stages import start_from, with_init_record
 from xvec.training.state import Position, load_state, save_state
@@ -514,6 +526,7 @@ def _periodic_eval(
             c_fa=recipe.eval.dcf_c_fa,
             progress=progress,
             cohort=_cohort(run) if final else None,
+            plda=_plda(run) if final else None,
         )
     finally:
         model.train(was_training)
@@ -532,6 +545,14 @@ def _cohort(run: _Run) -> SpeakerCohort | None:
         settings.asnorm_top_k,
         settings.asnorm_files_per_speaker,
     )
+
+
+def _plda(run: _Run) -> PldaSetup | None:
+    """The PLDA back end of ``eval.plda_lda_dim``: fitted on every training file's embedding."""
+    lda_dim = run.recipe.eval.plda_lda_dim
+    if lda_dim is None:
+        return None
+    return PldaSetup(Path(run.recipe.data.train_path), run.train_list, lda_dim)
 
 
 def _average_and_evaluate(run: _Run, epoch: int, stop: StopFlag | None) -> EvalResult | None:
@@ -554,6 +575,8 @@ def _finish(run: _Run, result: EvalResult | None) -> None:
     run_dir, trials = run.run_dir, run.trials
     if result is not None and trials is not None:
         write_eval_outputs(run_dir, result.summary(), result.scores, trials)
+        if result.plda is not None:  # for `xvec score --backend` with the run's final model
+            result.plda.backend.save(run_dir / PLDA_FILE)
         plot_histogram(
             result.scores,
             trials.labels,

@@ -81,14 +81,17 @@ def _holder_alive(pid: int, host: str) -> bool:
 
 FINAL_OUTPUTS = ("last.safetensors", "curves.png")
 EVAL_OUTPUTS = ("scores.txt", "result.json", "hist.png")
+PLDA_FILE = "plda.safetensors"  # the final model's back end, with [eval] plda_lda_dim
 
 
 def final_outputs(recipe: Recipe, evaluated: bool) -> tuple[str, ...]:
     """The files a finished run leaves in its folder (a resumed finished run writes those
     missing): the last model and curves, the evaluation's files with a trial list, and the
-    averaged model with ``[train] average_last``."""
+    averaged model with ``[train] average_last``, the PLDA back end with ``[eval]
+    plda_lda_dim``."""
     averaged = (AVERAGE_FILE,) if recipe.train.average_last else ()
-    return FINAL_OUTPUTS + (EVAL_OUTPUTS if evaluated else ()) + averaged
+    plda = (PLDA_FILE,) if evaluated and recipe.eval.plda_lda_dim is not None else ()
+    return FINAL_OUTPUTS + (EVAL_OUTPUTS if evaluated else ()) + averaged + plda
 
 
 def recorded_init(run_dir: Path) -> InitConfig | None:
@@ -112,6 +115,7 @@ RUN_FILES = (
     "models",
     *FINAL_OUTPUTS,
     *EVAL_OUTPUTS,
+    PLDA_FILE,
 )
 
 

@@ -19,8 +19,6 @@ from xvec.outputs import check_outputs
 from xvec.plda import Backend, fit_backend
 from xvec.scoring import write_scores
 
-_TRIAL_CHUNK = 65536  # trials scored at once: bounds the gathered [chunk, dim] matrices
-
 
 @dataclass(frozen=True)
 class BackendFit:
@@ -110,9 +108,6 @@ def score_with_backend(
             "the same model",
             file=backend,
         )
-    llrs = np.empty(len(trial_list))
-    for start in range(0, llrs.size, _TRIAL_CHUNK):
-        rows = slice(start, start + _TRIAL_CHUNK)
-        llrs[rows] = model.score(matrix[trial_list.enroll[rows]], matrix[trial_list.test[rows]])
+    llrs = model.score_trials(matrix, trial_list.enroll, trial_list.test)
     write_scores(output, llrs, trial_list.enroll_names(), trial_list.test_names())
     return len(trial_list)
