@@ -310,6 +310,9 @@ def test_the_final_evaluation_adds_plda_fitted_on_every_training_file(
     assert stored.score_trials(
         np.stack([embeddings[f] for f in trials.files]), trials.enroll, trials.test
     ) == pytest.approx(llrs, abs=1e-9)
+    speakers = train_list.num_classes
+    with pytest.raises(XvecError, match=f"has {speakers} speakers: LDA keeps at most"):
+        train(load_recipe(path, [f"eval.plda_lda_dim={speakers}"]))  # refused before training
     with pytest.raises(XvecError, match="plda_lda_dim needs protocol"):
         load_recipe(
             path,

@@ -57,6 +57,13 @@ def read_data(recipe: Recipe) -> tuple[TrainList, Trials | None]:
             f"{train_list.num_classes} speakers; remove nClasses (xvec counts it) or fix the list"
         )
     check_files_exist(cfg_data.train_path, train_list.files, cfg_data.train_list)
+    lda_dim = recipe.eval.plda_lda_dim
+    if lda_dim is not None and lda_dim >= train_list.num_classes:
+        raise XvecError(
+            f"eval.plda_lda_dim is {lda_dim} but {cfg_data.train_list} has "
+            f"{train_list.num_classes} speakers: LDA keeps at most {train_list.num_classes - 1} "
+            "dimensions; lower plda_lda_dim"
+        )
     trials = None
     if cfg_data.test_list is not None:
         trials = read_trials(cfg_data.test_list)
