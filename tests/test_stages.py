@@ -240,6 +240,8 @@ def test_a_capped_cohort_draws_that_many_files_of_each_speaker(tmp_path):
     per_speaker = np.bincount(train_list.labels[members], minlength=4)
     assert per_speaker.tolist() == [2, 1, 2, 2]  # ann, bob, cat, dan: at most 2, all of bob
     assert capped.members().tolist() == members.tolist()  # a fixed draw
+    larger = SpeakerCohort(tmp_path, train_list, files_per_speaker=3).members()
+    assert set(members.tolist()) < set(larger.tolist())  # a smaller draw is inside a larger
     dan = [train_list.files[i] for i in members if train_list.files[i].startswith("dan")]
     assert dan != ["dan/0.wav", "dan/1.wav"]  # drawn, not the first files of the list
     vectors = {f: np.full(3, float(i)) for i, f in enumerate(train_list.files)}
@@ -267,6 +269,25 @@ def test_the_final_asnorm_can_mean_fewer_files_per_speaker(tmp_path, tone_corpus
         load_recipe(path, ["eval.asnorm_top_k="])
 
 
+def _plda_by_hand(model, recipe, train_list, members):
+    """Each chosen training file and each trial file embedded on its own, a back end fitted
+    on the former (LDA 2), the trials scored pair by pair: (trial embeddings, LLRs)."""
+    files = [train_list.files[i] for i in members]
+    train_vectors = embed_files(model, recipe.data.train_path, files, device="cpu")
+    backend = fit_backend(
+        np.stack([train_vectors[f] for f in files]), train_list.labels[members], lda_dim=2
+    )
+    trials = read_trials(recipe.data.test_list)
+    embeddings = embed_files(model, recipe.data.test_path, trials.files, device="cpu")
+    llrs = np.array(
+        [
+            backend.score(embeddings[trials.files[e]], embeddings[trials.files[t]])[0]
+            for e, t in zip(trials.enroll, trials.test, strict=True)
+        ]
+    )
+    return embeddings, llrs
+
+
 def test_the_final_evaluation_adds_plda_fitted_on_every_training_file(
     tmp_path, tone_corpus, tiny_model_dist
 ):
@@ -282,17 +303,7 @@ def test_the_final_evaluation_adds_plda_fitted_on_every_training_file(
     model = load_model(run_dir / "last.safetensors")
     train_list = read_train_list(recipe.data.train_list)
     trials = read_trials(recipe.data.test_list)
-    train_vectors = embed_files(model, recipe.data.train_path, train_list.files, device="cpu")
-    backend = fit_backend(
-        np.stack([train_vectors[f] for f in train_list.files]), train_list.labels, lda_dim=2
-    )
-    embeddings = embed_files(model, recipe.data.test_path, trials.files, device="cpu")
-    llrs = np.array(
-        [
-            backend.score(embeddings[trials.files[e]], embeddings[trials.files[t]])[0]
-            for e, t in zip(trials.enroll, trials.test, strict=True)
-        ]
-    )
+    embeddings, llrs = _plda_by_hand(model, recipe, train_list, np.arange(len(train_list.files)))
     expected = compute_metrics(llrs, trials.labels)
     assert result["plda"]["eer"] == pytest.approx(expected.eer, abs=1e-9)
     assert result["plda"]["min_dcf"]["0.05"] == pytest.approx(expected.min_dcf[0.05], abs=1e-9)
@@ -318,6 +329,25 @@ def test_the_final_evaluation_adds_plda_fitted_on_every_training_file(
             path,
             ['eval.protocol="vt-crops"', "eval.asnorm_top_k=", "eval.asnorm_files_per_speaker="],
         )
+
+
+def test_the_final_plda_can_fit_fewer_files_per_speaker(tmp_path, tone_corpus, tiny_model_dist):
+    extra = "\n[eval]\nplda_lda_dim = 2\nplda_files_per_speaker = 2\n"
+    path = stage_file(tmp_path, tone_corpus, "plda2", extra=extra)
+    train(load_recipe(path))
+    result = json.loads((tmp_path / "plda2" / "result.json").read_text())
+    recipe = load_recipe(path)
+    model = load_model(tmp_path / "plda2" / "last.safetensors")
+    train_list = read_train_list(recipe.data.train_list)
+    members = SpeakerCohort(Path(recipe.data.train_path), train_list, 2, 2).members()
+    assert len(members) == 2 * train_list.num_classes < len(train_list.files)
+    _, llrs = _plda_by_hand(model, recipe, train_list, members)
+    expected = compute_metrics(llrs, read_trials(recipe.data.test_list).labels)
+    assert result["plda"]["fitted_files"] == len(members)
+    assert result["plda"]["eer"] == pytest.approx(expected.eer, abs=1e-9)
+    assert result["plda"]["min_dcf"]["0.05"] == pytest.approx(expected.min_dcf[0.05], abs=1e-9)
+    with pytest.raises(XvecError, match="plda_files_per_speaker needs plda_lda_dim"):
+        load_recipe(path, ["eval.plda_lda_dim="])
 
 
 @pytest.mark.slow

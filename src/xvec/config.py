@@ -271,6 +271,14 @@ class EvalConfig(Section):
         "embeddings of every training file; at most the training speakers less one; unset = "
         "no back end",
     )
+    plda_files_per_speaker: int | None = Field(
+        None,
+        ge=2,
+        le=INDEX_MAX,
+        description="the PLDA back end is fitted on at most this many files of each training "
+        "speaker (the AS-norm cohort's fixed random draw): a shorter pass at the end of "
+        "training; unset = every file",
+    )
 
     @model_validator(mode="after")
     def _asnorm_needs_full(self) -> EvalConfig:
@@ -280,6 +288,8 @@ class EvalConfig(Section):
             raise ValueError('plda_lda_dim needs protocol = "full" (one embedding per file)')
         if self.asnorm_files_per_speaker is not None and self.asnorm_top_k is None:
             raise ValueError("asnorm_files_per_speaker needs asnorm_top_k (AS-norm is off)")
+        if self.plda_files_per_speaker is not None and self.plda_lda_dim is None:
+            raise ValueError("plda_files_per_speaker needs plda_lda_dim (PLDA is off)")
         return self
 
 
@@ -344,6 +354,7 @@ OMITTED_WHEN_UNSET = (
     ("init",),
     ("augment", "spec_augment"),
     ("eval", "plda_lda_dim"),
+    ("eval", "plda_files_per_speaker"),
 )
 
 

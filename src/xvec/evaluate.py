@@ -31,6 +31,19 @@ if TYPE_CHECKING:
 Progress = Callable[[int, int], None]
 
 
+def draw_per_speaker(labels: np.ndarray, files_per_speaker: int | None) -> np.ndarray:
+    """Indices into a train list: all of them, or at most ``files_per_speaker`` of each
+    speaker, drawn at random with a fixed seed (a speaker's first files in a VoxCeleb list often
+    share one video), in list order. A smaller draw is a subset of a larger one."""
+    if files_per_speaker is None:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(0x5EB5)
+    order = np.argsort(rng.random(len(labels)), kind="stable")  # a seeded shuffle
+    order = order[np.argsort(labels[order], kind="stable")]  # grouped by speaker
+    rank = np.arange(len(order)) - np.searchsorted(labels[order], labels[order])
+    return np.sort(order[rank < files_per_speaker])
+
+
 @dataclass(frozen=True)
 class SpeakerCohort:
     """AS-norm's cohort as WeSpeaker builds it: the mean embedding of each speaker of a train
@@ -42,17 +55,8 @@ class SpeakerCohort:
     files_per_speaker: int | None = None  # None: every file (WeSpeaker's)
 
     def members(self) -> np.ndarray:
-        """Indices into the train list of the files embedded for the cohort: all of them, or
-        at most ``files_per_speaker`` of each speaker, drawn at random with a fixed seed (a
-        speaker's first files in a VoxCeleb list often share one video), in list order."""
-        labels = self.train_list.labels
-        if self.files_per_speaker is None:
-            return np.arange(len(labels))
-        rng = np.random.default_rng(0x5EB5)
-        order = np.argsort(rng.random(len(labels)), kind="stable")  # a seeded shuffle
-        order = order[np.argsort(labels[order], kind="stable")]  # grouped by speaker
-        rank = np.arange(len(order)) - np.searchsorted(labels[order], labels[order])
-        return np.sort(order[rank < self.files_per_speaker])
+        """Indices into the train list of the files embedded for the cohort."""
+        return draw_per_speaker(self.train_list.labels, self.files_per_speaker)
 
     def files(self) -> list[str]:
         return [self.train_list.files[i] for i in self.members()]
@@ -69,15 +73,21 @@ class SpeakerCohort:
 
 @dataclass(frozen=True)
 class PldaSetup:
-    """The final evaluation's PLDA back end: fitted on the embeddings of every file of a train
-    list (Kaldi's recipe: centering, LDA to ``lda_dim``, length normalisation, PLDA)."""
+    """The final evaluation's PLDA back end: fitted on the embeddings of the files of a train
+    list (Kaldi's recipe: centering, LDA to ``lda_dim``, length normalisation, PLDA); every
+    file, or at most ``files_per_speaker`` of each speaker (the cohort's draw) for a shorter
+    pass."""
 
     root: Path
     train_list: TrainList
     lda_dim: int | None = None
+    files_per_speaker: int | None = None
+
+    def members(self) -> np.ndarray:
+        return draw_per_speaker(self.train_list.labels, self.files_per_speaker)
 
     def files(self) -> list[str]:
-        return list(self.train_list.files)
+        return [self.train_list.files[i] for i in self.members()]
 
 
 @dataclass
@@ -255,7 +265,8 @@ def evaluate_model(
     if plda is not None:
         root = Path(plda.root)
         train = np.stack([reference[root, name] for name in plda.files()])
-        backend = fit_backend(train, plda.train_list.labels, lda_dim=plda.lda_dim)
+        labels = plda.train_list.labels[plda.members()]
+        backend = fit_backend(train, labels, lda_dim=plda.lda_dim)
         llrs = backend.score_trials(embeddings, trials.enroll, trials.test)
         backend_scored = BackendScored(
             compute_metrics(llrs, trials.labels, **settings),

@@ -548,11 +548,17 @@ def _cohort(run: _Run) -> SpeakerCohort | None:
 
 
 def _plda(run: _Run) -> PldaSetup | None:
-    """The PLDA back end of ``eval.plda_lda_dim``: fitted on every training file's embedding."""
-    lda_dim = run.recipe.eval.plda_lda_dim
-    if lda_dim is None:
+    """The PLDA back end of ``eval.plda_lda_dim``: fitted on the training files' embeddings
+    (every file, or ``eval.plda_files_per_speaker`` of each speaker)."""
+    settings = run.recipe.eval
+    if settings.plda_lda_dim is None:
         return None
-    return PldaSetup(Path(run.recipe.data.train_path), run.train_list, lda_dim)
+    return PldaSetup(
+        Path(run.recipe.data.train_path),
+        run.train_list,
+        settings.plda_lda_dim,
+        settings.plda_files_per_speaker,
+    )
 
 
 def _average_and_evaluate(run: _Run, epoch: int, stop: StopFlag | None) -> EvalResult | None:
