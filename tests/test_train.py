@@ -284,6 +284,44 @@ def test_bf16_channels_last_skips_the_layers_onednn_corrupts_memory_on(
     assert optim.channels_last_on(cpu, "auto", narrow, bf16_autocast=True)
 
 
+def test_fp32_channels_last_skips_the_layers_onednn_corrupts_memory_on_avx2(
+    tmp_path, tone_corpus, monkeypatch
+):
+    # 4 channels into layer2's strided 1x1 shortcut (DITHERED_MODEL): its float32 channels-last
+    # weight gradient aborted the process (heap corruption) on an AMD Zen 3 (AVX2, no
+    # AVX-512): "auto" keeps the default layout there, and "true" is refused before anything
+    # is written
+    from xvec import registry
+    from xvec.training import optim
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    lines = "mixed_precision = false\nmax_steps = 2"
+    seen = Recorder()
+    path = model_recipe(tmp_path, tone_corpus, "auto", DITHERED_MODEL, train_lines=lines)
+    train(load_recipe(path), observer=seen)
+    assert not next(args for name, args in seen.events if name == "started").channels_last
+    assert [r["step"] for r in read_log(tmp_path / "auto") if r["kind"] == "train"] == [1, 2]
+    forced = model_recipe(
+        tmp_path,
+        tone_corpus,
+        "forced",
+        DITHERED_MODEL,
+        train_lines=f"{lines}\nchannels_last = true",
+    )
+    with pytest.raises(XvecError, match=r"layer '.*layer2\.0\.shortcut\.0'.*AVX2 float32"):
+        train(load_recipe(forced))
+    assert not (tmp_path / "forced").exists()
+
+    # 8 channels, or an AVX-512 CPU: channels-last
+    cpu = torch.device("cpu")
+    params = {"depth": 18, "feat_dim": 16, "embed_dim": 8}
+    narrow = registry.build("model", "WeSpeakerResNet", {**params, "m_channels": 4})
+    wide = registry.build("model", "WeSpeakerResNet", {**params, "m_channels": 8})
+    assert optim.channels_last_on(cpu, "auto", wide, bf16_autocast=False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert optim.channels_last_on(cpu, "auto", narrow, bf16_autocast=False)
+
+
 def test_channels_last_computes_the_default_layouts_values(tmp_path, tone_corpus):
     losses = {}
     for layout in ("true", "false"):

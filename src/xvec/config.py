@@ -206,9 +206,9 @@ class TrainConfig(Section):
         description="keep the model's 2-D convolutions in channels-last memory: auto = on the "
         "CPU (per training step 1.1-1.2x for ResNetSE34L, 1.4-1.8x for the WeSpeaker ResNet34 "
         "on an AMX Xeon, docs/benchmarks.md), off on CUDA until measured there, and off "
-        "under bf16 on a CPU without AMX for a model with a strided 1x1 convolution of under "
-        "16 input channels (a oneDNN bug); the values computed are the same up to float "
-        "rounding",
+        "for a model with a strided 1x1 convolution of under 16 input channels under bf16 on a "
+        "CPU without AMX, or of under 8 in float32 on an AVX2 CPU (oneDNN bugs); the values "
+        "computed are the same up to float rounding",
     )
     schedule: LrSchedule | None = Field(
         None,

@@ -82,45 +82,59 @@ def channels_last_on(
     """Whether ``train.channels_last`` puts ``model`` in channels-last memory on ``device``.
 
     ``"auto"`` turns it on for models with 2-D convolutions on the CPU, where oneDNN's
-    channels-last convolutions measured faster (docs/benchmarks.md), except under bf16
-    autocast on a CPU without AMX when the model has a layer of
-    :func:`bf16_channels_last_hazard`; CUDA keeps the default layout until measured there.
-    ``True`` with such a layer there is refused.
+    channels-last convolutions measured faster (docs/benchmarks.md), except where
+    :func:`channels_last_hazard` finds a layer that oneDNN's kernels for this CPU and precision
+    corrupt memory on; CUDA keeps the default layout until measured there. ``True`` with such
+    a layer there is refused.
     """
     if not any(p.dim() == 4 for p in model.parameters()):
         return False
-    risky = device.type == "cpu" and bf16_autocast and not _cpu_has_amx()
-    hazard = bf16_channels_last_hazard(model) if risky else None
+    hazard = channels_last_hazard(model, device, bf16_autocast)
     if mode == "auto":
         return device.type == "cpu" and hazard is None
     if mode and hazard is not None:
+        name, min_channels, kernel = hazard
         raise XvecError(
-            f"train.channels_last = true: layer '{hazard}' (a strided 1x1 convolution with "
-            f"fewer than {HAZARD_MIN_CHANNELS} input channels) corrupts memory in oneDNN's "
-            "bf16 channels-last weight gradient on some CPUs (AMD Zen 4); set "
-            'train.channels_last = "auto" or false, or train.mixed_precision = false'
+            f"train.channels_last = true: layer '{name}' (a strided 1x1 convolution with "
+            f"fewer than {min_channels} input channels) corrupts memory in oneDNN's {kernel} "
+            'channels-last weight gradient on this CPU; set train.channels_last = "auto" or '
+            "false" + (", or train.mixed_precision = false" if bf16_autocast else "")
         )
     return bool(mode)
 
 
-# oneDNN (torch 2.13, AVX-512 bf16 without AMX: AMD Zen 4) writes past its buffers computing the
-# bf16 weight gradient of a channels-last 1x1 convolution of stride 2 with under 16 input
-# channels (glibc aborts: "corrupted size vs. prev_size"); 16 and more measured safe, and the
-# AMX kernels of Xeons ran such layers through every test suite of this project.
-HAZARD_MIN_CHANNELS = 16
+# oneDNN (torch 2.13) writes past its buffers computing the weight gradient of a channels-last
+# 1x1 convolution of stride 2 with few input channels (glibc aborts: "corrupted size vs.
+# prev_size", "double free or corruption"): in bf16 on AVX-512 CPUs without AMX (AMD Zen 4)
+# under 16 input channels, 16 and more measured safe (the AMX kernels of Xeons ran such layers
+# through every test suite of this project); in float32 on AVX2 CPUs without AVX-512 (AMD
+# Zen 3) under 8 input channels (1-7 abort within 20 steps), 8 and more measured safe.
+BF16_HAZARD_MIN_CHANNELS = 16
+AVX2_HAZARD_MIN_CHANNELS = 8
 
 
-def bf16_channels_last_hazard(model: nn.Module) -> str | None:
-    """The name of ``model``'s first strided 1x1 convolution with fewer than
-    :data:`HAZARD_MIN_CHANNELS` input channels (None: there is none)."""
+def channels_last_hazard(
+    model: nn.Module, device: torch.device, bf16_autocast: bool
+) -> tuple[str, int, str] | None:
+    """``model``'s first strided 1x1 convolution with too few input channels for oneDNN's
+    channels-last weight gradient on this CPU and precision: (its name, the channel count
+    measured safe, the kernel's precision); None where there is none or no such bug is known."""
+    if device.type != "cpu":
+        return None
+    if bf16_autocast and not _cpu_has_amx():
+        min_channels, kernel = BF16_HAZARD_MIN_CHANNELS, "bf16"
+    elif not bf16_autocast and torch.backends.cpu.get_cpu_capability() == "AVX2":
+        min_channels, kernel = AVX2_HAZARD_MIN_CHANNELS, "AVX2 float32"
+    else:
+        return None
     for name, module in model.named_modules():
         if (
             isinstance(module, nn.Conv2d)
             and module.kernel_size == (1, 1)
             and max(module.stride) > 1
-            and module.in_channels < HAZARD_MIN_CHANNELS
+            and module.in_channels < min_channels
         ):
-            return name
+            return name, min_channels, kernel
     return None
 
 
