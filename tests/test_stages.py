@@ -19,7 +19,7 @@ from xvec.config import load_recipe
 from xvec.data import read_train_list, read_trials
 from xvec.embed import embed_files, model_fingerprint
 from xvec.errors import XvecError
-from xvec.evaluate import SpeakerCohort, evaluate_model
+from xvec.evaluate import SpeakerCohort, draw_per_speaker, evaluate_model
 from xvec.metrics import compute_metrics
 from xvec.plda import Backend, fit_backend
 from xvec.protocol import Protocol
@@ -251,16 +251,25 @@ def test_a_capped_cohort_draws_that_many_files_of_each_speaker(tmp_path):
         assert means[k] == pytest.approx(np.full(3, np.mean(chosen)))
 
 
+def _run_drawing_two_files_per_speaker(tmp_path, corpus, name: str, extra: str):
+    """Train the stage recipe plus ``extra``: (recipe file, result.json, recipe, final model,
+    train list, the train list's indices of the fixed draw of 2 files a speaker)."""
+    path = stage_file(tmp_path, corpus, name, extra=extra)
+    train(load_recipe(path))
+    result = json.loads((tmp_path / name / "result.json").read_text())
+    recipe = load_recipe(path)
+    model = load_model(tmp_path / name / "last.safetensors")
+    train_list = read_train_list(recipe.data.train_list)
+    members = draw_per_speaker(train_list.labels, 2)
+    assert len(members) == 2 * train_list.num_classes < len(train_list.files)
+    return path, result, recipe, model, train_list, members
+
+
 def test_the_final_asnorm_can_mean_fewer_files_per_speaker(tmp_path, tone_corpus, tiny_model_dist):
     extra = "\n[eval]\nasnorm_top_k = 2\nasnorm_files_per_speaker = 2\n"
-    path = stage_file(tmp_path, tone_corpus, "capped", extra=extra)
-    train(load_recipe(path))
-    result = json.loads((tmp_path / "capped" / "result.json").read_text())
-    recipe = load_recipe(path)
-    model = load_model(tmp_path / "capped" / "last.safetensors")
-    train_list = read_train_list(recipe.data.train_list)
-    members = SpeakerCohort(Path(recipe.data.train_path), train_list, 2, 2).members()
-    assert len(members) == 2 * train_list.num_classes < len(train_list.files)
+    path, result, recipe, model, train_list, members = _run_drawing_two_files_per_speaker(
+        tmp_path, tone_corpus, "capped", extra
+    )
     _, expected = _asnorm_by_hand(model, recipe, train_list, members)
     assert result["asnorm"]["cohort"] == train_list.num_classes
     assert result["asnorm"]["cohort_files"] == len(members)
@@ -333,14 +342,9 @@ def test_the_final_evaluation_adds_plda_fitted_on_every_training_file(
 
 def test_the_final_plda_can_fit_fewer_files_per_speaker(tmp_path, tone_corpus, tiny_model_dist):
     extra = "\n[eval]\nplda_lda_dim = 2\nplda_files_per_speaker = 2\n"
-    path = stage_file(tmp_path, tone_corpus, "plda2", extra=extra)
-    train(load_recipe(path))
-    result = json.loads((tmp_path / "plda2" / "result.json").read_text())
-    recipe = load_recipe(path)
-    model = load_model(tmp_path / "plda2" / "last.safetensors")
-    train_list = read_train_list(recipe.data.train_list)
-    members = SpeakerCohort(Path(recipe.data.train_path), train_list, 2, 2).members()
-    assert len(members) == 2 * train_list.num_classes < len(train_list.files)
+    path, result, recipe, model, train_list, members = _run_drawing_two_files_per_speaker(
+        tmp_path, tone_corpus, "plda2", extra
+    )
     _, llrs = _plda_by_hand(model, recipe, train_list, members)
     expected = compute_metrics(llrs, read_trials(recipe.data.test_list).labels)
     assert result["plda"]["fitted_files"] == len(members)
