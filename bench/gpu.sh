@@ -56,10 +56,10 @@ if [[ -n "$WHEELS" ]]; then
 fi
 
 if [[ $DRY -eq 1 ]]; then
-    DEVICE=cpu SPEAKERS=12 UTTS=4 BATCH=8 WORKERS=1 EPOCHS=1 FRAMES=30 DDP_STEPS=2
-    AMPS="false bf16" EMBED_FILES=12
+    DEVICE=cpu SPEAKERS=8 UTTS=3 BATCH=8 WORKERS=1 EPOCHS=1 FRAMES=20 DDP_STEPS=2 DDP_WARMUP=1
+    AMPS="false bf16" EMBED_FILES=8
 else
-    DEVICE=cuda SPEAKERS=400 UTTS=12 BATCH=128 WORKERS=10 EPOCHS=2 FRAMES=200 DDP_STEPS=30
+    DEVICE=cuda SPEAKERS=400 UTTS=12 BATCH=128 WORKERS=10 EPOCHS=2 FRAMES=200 DDP_STEPS=30 DDP_WARMUP=3
     AMPS="false bf16 fp16" EMBED_FILES=400
 fi
 export PYTHONUNBUFFERED=1
@@ -125,7 +125,7 @@ done
 
 measure "torchrun 1 process DDP bf16" "$PY" -m torch.distributed.run --standalone \
     --nproc_per_node=1 "$HERE/_gpu_side.py" ddp --device "$DEVICE" --batch-size "$BATCH" \
-    --max-frames "$FRAMES" --steps "$DDP_STEPS" --amp bf16
+    --max-frames "$FRAMES" --steps "$DDP_STEPS" --warmup "$DDP_WARMUP" --amp bf16
 
 if [[ -n "$VT" ]]; then
     VT_TRAIN=(

@@ -3,8 +3,9 @@
 The exported graph takes 16 kHz waveforms ``[batch, samples]`` (both axes dynamic, at least one
 second) and returns ``[batch, embedding_dim]``, so a service needs no feature code. ONNX export
 uses torch's dynamo exporter (it handles the STFT of the log-mel front ends) and falls back to
-the TorchScript-based exporter for graphs ``torch.export`` cannot capture with a symbolic length
-(RawNet3's strided sinc front end). After writing, the
+the TorchScript-based exporter for graphs ``torch.export`` cannot capture with a symbolic length;
+a model that is known to be one (RawNet3's pooled block sums) says so with
+``SpeakerModel.onnx_exporter`` and skips the failing attempt (20 s). After writing, the
 export is run on random waveforms of several lengths and compared with the PyTorch model; a
 difference above ``tolerance`` is an error, and the file is removed rather than left looking good.
 """
@@ -103,16 +104,18 @@ def _export_onnx(model: torch.nn.Module, path: Path, metadata: dict[str, str]) -
             "pip install 'xvec[export]'"
         ) from exc
     example = torch.from_numpy(_check_inputs()[1])  # not at the minimum length: no specialising
+    exporters = {"dynamo": _dynamo_onnx, "torchscript": _torchscript_onnx}
+    first = getattr(model, "onnx_exporter", "dynamo")  # plugins may not subclass SpeakerModel
+    (second,) = set(exporters) - {first}
     try:
-        proto = _dynamo_onnx(model, example)
-    except Exception as dynamo_error:  # any exporter failure: try the other exporter
+        proto = exporters[first](model, example)
+    except Exception as first_error:  # any exporter failure: try the other exporter
         try:
-            proto = _torchscript_onnx(model, example)
+            proto = exporters[second](model, example)
         except Exception as exc:
-            reason = _first_line(dynamo_error)
             raise XvecError(
-                f"{type(model).__name__} cannot be exported to ONNX: {reason}; the TorchScript "
-                f"exporter fails too: {_first_line(exc)}"
+                f"{type(model).__name__} cannot be exported to ONNX: {_first_line(first_error)}; "
+                f"the {second} exporter fails too: {_first_line(exc)}"
             ) from exc
     for key, value in metadata.items():
         entry = proto.metadata_props.add()

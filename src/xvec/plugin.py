@@ -10,7 +10,7 @@ This module is the only part of xvec a plugin needs to import.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -37,6 +37,9 @@ class SpeakerModel(nn.Module):
     Params: ClassVar[type[Params]] = Params
     sample_rate: ClassVar[int] = SAMPLE_RATE
     exact_padding: ClassVar[bool] = False  # True where forward_padded is implemented
+    # ONNX export tries this exporter first, the other if it fails: "torchscript" for a graph
+    # torch.export cannot capture with a symbolic length, where a dynamo attempt only costs time
+    onnx_exporter: ClassVar[Literal["dynamo", "torchscript"]] = "dynamo"
 
     def __init__(self, params: Params | None = None) -> None:
         super().__init__()

@@ -241,6 +241,7 @@ class RawNet3(SpeakerModel):
 
     Params = RawNet3Params
     params: RawNet3Params
+    onnx_exporter = "torchscript"  # torch.export cannot equate the pooled blocks' symbolic lengths
 
     def __init__(self, params: RawNet3Params | None = None) -> None:
         super().__init__(params)
