@@ -487,19 +487,17 @@ def test_two_gloo_processes_equal_one_process(tmp_path, tone_corpus, tiny_model_
     """DDP deals each global batch out to the ranks: same batches, same crops, same steps."""
     env = _env_with(tiny_model_dist)
     settings = [
-        "--set", "optim.optimizer=sgd", "--set", "optim.lr=0.05",
-        "--set", "model.batch_norm=false", "--set", "train.max_epoch=1",
-        "--set", "data.test_list=",
+        "optim.optimizer=sgd", "optim.lr=0.05", "model.batch_norm=false", "train.max_epoch=1",
+        "data.test_list=",
         # bf16 autocast (on CPUs that have it) rounds differently with half batches.
-        "--set", "train.mixed_precision=false",
+        "train.mixed_precision=false",
     ]  # fmt: skip
-    single = recipe_file(tmp_path, tone_corpus, "single")
-    assert _xvec_train(single, env, *settings, stdout=subprocess.DEVNULL).wait() == 0
+    train(load_recipe(recipe_file(tmp_path, tone_corpus, "single"), settings))  # in this process
     double = recipe_file(tmp_path, tone_corpus, "double")
     proc = _xvec_train(
         double,
         env,
-        *settings,
+        *[arg for setting in settings for arg in ("--set", setting)],
         "--nproc",
         "2",
         stdout=subprocess.PIPE,
