@@ -101,6 +101,9 @@ def test_onnx_export_tries_the_model_s_own_exporter_first_then_the_other(tmp_pat
         export_model(rawnet, tmp_path / "c.onnx")
     assert tried == ["dynamo", "dynamo", "torchscript"]
     assert not (tmp_path / "c.onnx").exists()
+    rawnet.onnx_exporter = "tflite"
+    with pytest.raises(XvecError, match=r"RawNet3\.onnx_exporter is 'tflite'; .* or torchscript"):
+        export_model(rawnet, tmp_path / "d.onnx")
 
 
 @pytest.mark.parametrize("name", families(fast=[n for n in FAMILIES if n != "CAMPPlus"]))

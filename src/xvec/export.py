@@ -106,6 +106,11 @@ def _export_onnx(model: torch.nn.Module, path: Path, metadata: dict[str, str]) -
     example = torch.from_numpy(_check_inputs()[1])  # not at the minimum length: no specialising
     exporters = {"dynamo": _dynamo_onnx, "torchscript": _torchscript_onnx}
     first = getattr(model, "onnx_exporter", "dynamo")  # plugins may not subclass SpeakerModel
+    if first not in exporters:
+        raise XvecError(
+            f"{type(model).__name__}.onnx_exporter is {first!r}; it names an exporter to try "
+            f"first: {' or '.join(exporters)}"
+        )
     (second,) = set(exporters) - {first}
     try:
         proto = exporters[first](model, example)
