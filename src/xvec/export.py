@@ -111,7 +111,7 @@ def _export_onnx(model: torch.nn.Module, path: Path, metadata: dict[str, str]) -
             f"{type(model).__name__}.onnx_exporter is {first!r}; it names an exporter to try "
             f"first: {' or '.join(exporters)}"
         )
-    (second,) = set(exporters) - {first}
+    second = "torchscript" if first == "dynamo" else "dynamo"
     try:
         proto = exporters[first](model, example)
     except Exception as first_error:  # any exporter failure: try the other exporter
